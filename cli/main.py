@@ -1,0 +1,69 @@
+"""The `realdpo` command: one thin function per command, built from its config class."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cli.options import add_command
+from realaction.config import CurateConfig
+from realaction.errors import UserError
+from realdpo.configs.demo import DemoConfig
+from realdpo.configs.eval import EvalConfig
+from realdpo.configs.negatives import NegativesConfig
+from realdpo.configs.sample import SampleConfig
+from realdpo.configs.train import TrainConfig
+
+app = typer.Typer(
+    name="realdpo",
+    help="Curate real human-action clips and post-train video diffusion models with RealDPO.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+add_command(app, "curate", CurateConfig, "realaction.pipeline:curate",
+            "Curate raw videos into RealAction WebDataset shards (scene cuts, clips, filters, captions).")
+add_command(app, "train", TrainConfig, "realdpo.trainer:train",
+            "Post-train a video diffusion transformer with RealDPO on curated shards.")
+add_command(app, "negatives", NegativesConfig, "realdpo.negatives:precompute",
+            "Precompute the generated 'lose' videos (as latents) for curated shards.")
+add_command(app, "sample", SampleConfig, "realdpo.sampling:sample",
+            "Generate a video from a prompt (and a first frame), optionally with a trained LoRA.")
+add_command(app, "eval", EvalConfig, "realdpo.evaluation.report:evaluate",
+            "Score folders of generated videos side by side: motion, smoothness, flicker, CLIP, FVD.")
+add_command(app, "demo", DemoConfig, "realdpo.demo:demo",
+            "Curate the built-in footage, train the built-in model, and sample: all offline, on a CPU.")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (expected mistakes print one line and return 2)."""
+    try:
+        app(args=argv, prog_name="realdpo", standalone_mode=False)
+    except UserError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:
+        return int(e.code or 0)
+    except typer.Exit as e:
+        return e.exit_code
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            print("Aborted.", file=sys.stderr)
+            return 130
+        raise
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

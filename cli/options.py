@@ -1,0 +1,137 @@
+"""Build Typer commands from typed config dataclasses.
+
+Each command has one config dataclass (TRL style): every field carries its default and its help text in
+`metadata["help"]`, so the CLI, `--config FILE` and the library read the same definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import typer
+
+from realaction.errors import UserError
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str, greedy: bool = False, flag: str | None = None,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help text.
+
+    greedy: the command's leftover positional words are appended to this list field, so a shell-expanded
+    `--shards data/*.tar` works. flag: the option's name on the command line when it differs from the field's.
+    """
+    meta = {"help": help, "greedy": greedy, "flag": flag}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def option_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
+    """Read a YAML or TOML file of option values; keys may use dashes or underscores."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as e:  # parse errors of either format
+        raise UserError(f"cannot parse config file {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of option names to values")
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known:
+            raise UserError(f"unknown option in config file {path}: {key}")
+        out[name] = value
+    return out
+
+
+def _resolve(target: str) -> Callable:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def add_command(app: typer.Typer, name: str, config_cls: type, target: str, help: str) -> None:
+    """Register `name` on `app`: options from `config_cls`, and `target` ("module:function") runs the config.
+
+    The target is imported only when the command runs, so `--help` stays fast.
+    """
+    hints = typing.get_type_hints(config_cls)
+    params = []
+    greedy_field = None
+    own = set(config_cls.__dict__.get("__annotations__", {}))
+    ordered = sorted(dataclasses.fields(config_cls), key=lambda f: f.name not in own)  # the command's own options first
+    for f in ordered:
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = ...
+        if f.metadata.get("greedy"):
+            greedy_field = f.name
+        names = [option_name(f)]
+        annotation = hints[f.name]
+        if annotation is bool:
+            flag = option_name(f)
+            names = [f"{flag}/--no-{flag[2:]}"]
+        params.append(inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+            default=typer.Option(default, *names, help=f.metadata.get("help", ""), show_default=True),
+        ))
+
+    def load_config(ctx: typer.Context, value: Path | None) -> Path | None:
+        if value is not None:
+            ctx.default_map = {**(ctx.default_map or {}), **read_config_file(Path(value), config_cls)}
+        return value
+
+    params.append(inspect.Parameter(
+        "config", inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[Path],
+        default=typer.Option(None, "--config", help="YAML or TOML file supplying any of these options "
+                             "(command-line options win).", is_eager=True, callback=load_config),
+    ))
+    params.insert(0, inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context))
+
+    def command(ctx: typer.Context, **kwargs: Any) -> None:
+        kwargs.pop("config", None)
+        extra = list(ctx.args)
+        if extra:
+            if greedy_field is None:
+                raise UserError(f"unexpected argument: {extra[0]}")
+            kwargs[greedy_field] = list(kwargs[greedy_field] or []) + extra
+        for f in dataclasses.fields(config_cls):  # typer gives tuples for list options
+            if isinstance(kwargs.get(f.name), tuple):
+                kwargs[f.name] = list(kwargs[f.name])
+        cfg = config_cls(**kwargs)
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+        _resolve(target)(cfg)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__name__ = name.replace("-", "_")
+    command.__doc__ = help
+    settings = {"allow_extra_args": greedy_field is not None}
+    app.command(name, help=help, context_settings=settings)(command)
+
+
+def fail(message: str) -> None:
+    """Print one error line and exit non-zero."""
+    click.echo(f"Error: {message}", err=True)
+    raise SystemExit(2)

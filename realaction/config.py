@@ -1,0 +1,92 @@
+"""Options of `realdpo curate`; every field documents itself and shows its default in `--help`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from cli.options import field
+from realaction.errors import UserError
+
+DETECTORS = ("adaptive", "content", "threshold", "hash", "histogram")
+CAPTIONERS = ("sidecar", "clip", "vlm")
+PERSON_DETECTORS = ("hog", "haar", "hog+haar", "none")
+
+
+@dataclass
+class CurateConfig:
+    src: Optional[Path] = field(None, help="Folder of raw videos, searched recursively (mp4, mov, mkv, avi, webm, ...).")
+    out: Path = field(Path("curated"), help="Output folder: shards/, manifest.jsonl, sources.jsonl, summary.json, data card.")
+    max_side: int = field(640, help="Longest side of written clips in pixels (never upscaled).")
+    fps: Optional[float] = field(None, help="Frame rate of written clips; default keeps the source's.")
+    min_seconds: float = field(2.0, help="Shortest clip kept, in seconds.")
+    max_seconds: float = field(10.0, help="Longest clip; longer scenes are split into several clips.")
+    cut_margin: int = field(2, help="Frames trimmed on each side of a scene cut.")
+    detector: str = field("adaptive", help=f"PySceneDetect detector: {', '.join(DETECTORS)}.")
+    threshold: Optional[float] = field(None, help="Detector threshold; default is the detector's own.")
+    detect_side: int = field(256, help="Longest side of the downscaled frames scene detection runs on.")
+    analysis_side: int = field(256, help="Longest side of the frames the filters score.")
+    analysis_fps: float = field(8.0, help="Frames per second sampled for scoring (decoded once per source).")
+    min_short_side: int = field(128, help="Reject sources whose shorter side is below this many pixels.")
+    min_brightness: float = field(20.0, help="Reject clips whose mean luma (0-255) is below this.")
+    max_brightness: float = field(235.0, help="Reject clips whose mean luma (0-255) is above this.")
+    min_sharpness: float = field(15.0, help="Reject clips whose mean variance of the Laplacian (at analysis size) is below this.")
+    max_black_fraction: float = field(0.3, help="Reject clips where more than this fraction of frames is black.")
+    max_frozen_fraction: float = field(0.5, help="Reject clips where more than this fraction of frame pairs is frozen.")
+    min_motion: float = field(0.15, help="Reject clips whose subject motion (flow minus camera motion, px/frame at analysis size) is below this.")
+    max_camera_motion: float = field(12.0, help="Reject clips whose camera motion (global flow fit, px/frame at analysis size) is above this.")
+    person_detector: str = field("hog+haar", help=f"Offline person detector: {', '.join(PERSON_DETECTORS)}.")
+    min_person: float = field(0.0, help="Reject clips where a person is found in less than this fraction of scored frames (0 disables).")
+    clip_checkpoint: Optional[Path] = field(None, help="Local open_clip checkpoint for the CLIP person score and the clip captioner.")
+    clip_arch: str = field("ViT-B-32", help="open_clip architecture of --clip-checkpoint.")
+    min_clip_person: float = field(0.0, help="Reject clips whose CLIP 'a person' score is below this (needs --clip-checkpoint; 0 disables).")
+    captioner: str = field("sidecar", help=f"Caption source: {', '.join(CAPTIONERS)}.")
+    captions_csv: Optional[Path] = field(None, help="CSV of path,caption rows for the sidecar captioner (paths relative to --src).")
+    action_vocab: Optional[Path] = field(None, help="Text file of actions, one per line, for the clip captioner; default is the built-in list.")
+    vlm_model: Optional[Path] = field(None, help="Local folder of a vision-language model (e.g. Qwen2-VL) for the vlm captioner.")
+    vlm_prompt: str = field("Describe in detail what the person in this video is doing and how they move.", help="Prompt given to the vlm captioner.")
+    vlm_max_tokens: int = field(96, help="Longest caption the vlm captioner writes, in tokens.")
+    workers: int = field(1, help="Sources processed in parallel.")
+    shard_max_count: int = field(1000, help="Most samples per shard.")
+    shard_max_mb: float = field(1024.0, help="Largest shard size in MiB.")
+
+    def validate(self) -> None:
+        if self.src is None:
+            raise UserError("--src is required: the folder of raw videos to curate")
+        if not Path(self.src).is_dir():
+            raise UserError(f"--src is not a folder: {self.src}")
+        if self.detector not in DETECTORS:
+            raise UserError(f"unknown --detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
+        if self.captioner not in CAPTIONERS:
+            raise UserError(f"unknown --captioner {self.captioner!r}; choose one of {', '.join(CAPTIONERS)}")
+        if self.person_detector not in PERSON_DETECTORS:
+            raise UserError(f"unknown --person-detector {self.person_detector!r}; choose one of {', '.join(PERSON_DETECTORS)}")
+        if not 0 < self.min_seconds <= self.max_seconds:
+            raise UserError("--min-seconds must be > 0 and at most --max-seconds")
+        for name in ("max_side", "detect_side", "analysis_side", "workers", "shard_max_count"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.cut_margin < 0 or self.min_short_side < 0:
+            raise UserError("--cut-margin and --min-short-side must not be negative")
+        if self.fps is not None and self.fps <= 0:
+            raise UserError("--fps must be positive")
+        if self.analysis_fps <= 0 or self.shard_max_mb <= 0:
+            raise UserError("--analysis-fps and --shard-max-mb must be positive")
+        if not 0 <= self.min_brightness < self.max_brightness <= 255:
+            raise UserError("--min-brightness and --max-brightness must satisfy 0 <= min < max <= 255")
+        for name in ("max_black_fraction", "max_frozen_fraction", "min_person"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1")
+        if self.min_sharpness < 0 or self.min_motion < 0 or self.max_camera_motion <= 0:
+            raise UserError("--min-sharpness and --min-motion must be >= 0, --max-camera-motion > 0")
+        for name in ("clip_checkpoint", "captions_csv", "action_vocab", "vlm_model"):
+            p = getattr(self, name)
+            if p is not None and not Path(p).exists():
+                raise UserError(f"--{name.replace('_', '-')} not found: {p}")
+        if self.captioner == "clip" and self.clip_checkpoint is None:
+            raise UserError("--captioner clip needs --clip-checkpoint PATH (a local open_clip checkpoint)")
+        if self.min_clip_person > 0 and self.clip_checkpoint is None:
+            raise UserError("--min-clip-person needs --clip-checkpoint PATH")
+        if self.captioner == "vlm" and self.vlm_model is None:
+            raise UserError("--captioner vlm needs --vlm-model DIR (a local vision-language model folder)")

@@ -1,0 +1,64 @@
+"""Decode and encode videos: decord for reading (files or bytes), PyAV/libx264 for writing."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+VideoSource = str | Path | bytes
+
+
+def _reader(src: VideoSource, width: int = -1, height: int = -1):
+    import decord
+
+    if isinstance(src, (bytes, bytearray)):
+        return decord.VideoReader(io.BytesIO(src), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+    return decord.VideoReader(str(src), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+
+
+def video_info(src: VideoSource) -> tuple[int, float, int, int]:
+    """(num_frames, fps, width, height) as decord reads them."""
+    vr = _reader(src)
+    h, w = vr[0].shape[:2]
+    return len(vr), float(vr.get_avg_fps()), w, h
+
+
+def decode_frames(src: VideoSource, indices: Sequence[int] | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Frames as uint8 RGB [T, H, W, 3]; `indices` picks frames (all by default), `size` = (width, height) resizes."""
+    w, h = size if size else (-1, -1)
+    vr = _reader(src, w, h)
+    idx = list(range(len(vr))) if indices is None else [int(i) for i in indices]
+    if not idx:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    return vr.get_batch(idx).asnumpy()
+
+
+def encode_mp4(frames: np.ndarray | Sequence[np.ndarray], fps: float, crf: int = 18, path: str | Path | None = None) -> bytes:
+    """Encode uint8 RGB frames as H.264 yuv420p MP4 (odd sizes are cropped to even). Returns the bytes; also writes `path`."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"expected frames [T, H, W, 3], got {frames.shape}")
+    t, h, w, _ = frames.shape
+    h2, w2 = h - h % 2, w - w % 2
+    buf = io.BytesIO()
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for frame in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h2, :w2]), format="rgb24")
+            for packet in stream.encode(vf):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data

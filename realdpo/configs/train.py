@@ -1,0 +1,74 @@
+"""Options of `realdpo train`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from cli.options import field
+from realaction.errors import UserError
+from realdpo.configs.common import ModelOptions, NegativeOptions
+
+LOSSES = ("dpo", "sft", "dpo+sft")
+REFERENCES = ("base", "ema")
+SCHEDULERS = ("constant", "linear", "cosine")
+
+
+@dataclass
+class TrainConfig(ModelOptions, NegativeOptions):
+    shards: list[str] = field(default_factory=list, greedy=True, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
+    out: Path = field(Path("runs/realdpo"), help="Run folder: lora/, checkpoints/, logs, train_config.json, plot.")
+    steps: int = field(100, help="Optimizer steps.")
+    batch_size: int = field(1, help="Real clips per micro-batch (each with its K negatives).")
+    grad_accum: int = field(1, help="Micro-batches per optimizer step.")
+    lr: float = field(1e-4, help="Peak learning rate.")
+    lr_scheduler: str = field("constant", help=f"Learning-rate schedule after warm-up: {', '.join(SCHEDULERS)}.")
+    warmup_steps: int = field(0, help="Linear warm-up steps.")
+    max_grad_norm: float = field(1.0, help="Gradient clipping norm (0 disables).")
+    weight_decay: float = field(1e-4, help="AdamW weight decay.")
+    beta: float = field(5000.0, help="DPO beta (paper: 5000 for v-prediction; flow matching works use ~100-500).")
+    loss: str = field("dpo", help=f"Objective: {', '.join(LOSSES)}.")
+    sft_weight: float = field(1.0, help="Weight of the SFT term in --loss dpo+sft.")
+    t_min: float = field(0.0, help="Lowest timestep drawn, as a fraction of the schedule (sigma for flow matching).")
+    t_max: float = field(0.5, help="Highest timestep drawn, as a fraction of the schedule (paper: the less-noisy half).")
+    lora: bool = field(True, help="Train LoRA adapters on the transformer (--no-lora: full fine-tuning with a frozen reference copy).")
+    lora_rank: int = field(16, help="LoRA rank.")
+    lora_alpha: Optional[float] = field(None, help="LoRA alpha; default equals the rank.")
+    ref: str = field("base", help=f"Reference model: {', '.join(REFERENCES)} (base = adapters disabled; ema = EMA of the policy, kept in fp32).")
+    ema_rate: float = field(0.999, help="EMA rate w in ref <- w*ref + (1-w)*policy.")
+    ema_every: int = field(100, help="Optimizer steps between EMA reference updates.")
+    rounds: int = field(1, help="Rounds of fresh negatives; rounds after the first regenerate them with the current policy.")
+    chunk_size: Optional[int] = field(None, help="Largest batch one forward pass runs on; default runs winner and losers together.")
+    gradient_checkpointing: bool = field(False, help="Recompute transformer activations in the backward pass.")
+    num_workers: int = field(0, help="Data-loader worker processes.")
+    shuffle_buffer: int = field(64, help="Samples in the streaming shuffle buffer.")
+    checkpoint_every: int = field(50, help="Optimizer steps between checkpoints (0: only at the end).")
+    validate_every: int = field(0, help="Optimizer steps between validation samples (0 disables).")
+    validation_prompt: Optional[str] = field(None, help="Prompt for validation samples; default is the first clip's caption.")
+    resume: bool = field(False, help="Continue from the latest checkpoint in --out.")
+
+    def validate(self) -> None:
+        self.validate_model_options()
+        self.validate_negative_options()
+        if not self.shards:
+            raise UserError("--shards is required: one or more curated .tar shards or globs")
+        if self.loss not in LOSSES:
+            raise UserError(f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.ref not in REFERENCES:
+            raise UserError(f"unknown --ref {self.ref!r}; choose one of {', '.join(REFERENCES)}")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise UserError(f"unknown --lr-scheduler {self.lr_scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        for name in ("steps", "batch_size", "grad_accum", "lora_rank", "ema_every", "rounds"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise UserError("--chunk-size must be at least 1")
+        if self.lr <= 0 or self.beta <= 0:
+            raise UserError("--lr and --beta must be positive")
+        if not 0 <= self.t_min < self.t_max <= 1:
+            raise UserError("--t-min and --t-max must satisfy 0 <= t-min < t-max <= 1")
+        if not 0 < self.ema_rate < 1:
+            raise UserError("--ema-rate must be between 0 and 1")
+        if min(self.warmup_steps, self.checkpoint_every, self.validate_every, self.num_workers) < 0:
+            raise UserError("--warmup-steps, --checkpoint-every, --validate-every and --num-workers must not be negative")

@@ -1,0 +1,96 @@
+"""The model-spec interface: everything model-specific lives behind one small class per family.
+
+The trainer, negatives, sampling and losses talk to a model only through `ModelSpec`; they never branch on the
+family. Tensors crossing the interface:
+
+- video: float [B, F, 3, H, W] in [-1, 1]
+- latents: the family's native latent layout, batched on dim 0 and already scaled/normalised the way its
+  transformer and pipeline expect (so pipeline `output_type="latent"` results and `encode_videos` agree)
+- cond: dict[str, Tensor], every value batched on dim 0 (prompt embeddings, and for image-to-video the
+  first-frame latents); the trainer concatenates, repeats and caches these without looking inside.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import torch
+
+Cond = dict[str, torch.Tensor]
+
+
+class ModelSpec(ABC):
+    family: ClassVar[str]  # "cogvideox", "wan"
+    prediction_type: ClassVar[str]  # "v_prediction" or "flow_matching"
+
+    task: str  # "t2v" or "i2v"
+    path: Path
+    transformer: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, path: Path) -> bool:
+        """Whether the diffusers folder at `path` holds a pipeline of this family (reads model_index.json)."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "ModelSpec":
+        """Load components from a local diffusers folder (raise UserError naming any missing component)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short stable hash of the model's identity (configs and weights), used in cache keys."""
+
+    @abstractmethod
+    def default_size(self) -> tuple[int, int, int]:
+        """(frames, height, width) the model was trained at."""
+
+    @abstractmethod
+    def check_size(self, frames: int, height: int, width: int) -> None:
+        """Raise UserError if the model cannot run at this size (e.g. frames must be 4k+1)."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        """Text conditioning for a batch of prompts."""
+
+    @abstractmethod
+    def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
+        """Clean latents x0 of videos [B, F, 3, H, W] in [-1, 1] (deterministic: the posterior mode)."""
+
+    @abstractmethod
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Videos [B, F, 3, H, W] in [-1, 1]."""
+
+    @abstractmethod
+    def encode_first_frames(self, images: torch.Tensor, num_frames: int) -> Cond:
+        """Image-to-video conditioning from first frames [B, 3, H, W] in [-1, 1]; {} for text-to-video."""
+
+    @abstractmethod
+    def sample_timesteps(self, n: int, t_min: float, t_max: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n timesteps drawn uniformly from the fraction [t_min, t_max) of the schedule (0 = clean)."""
+
+    @abstractmethod
+    def per_sample_error(self, transformer: torch.nn.Module, latents: torch.Tensor, noise: torch.Tensor,
+                         timesteps: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """E of DESIGN §1 for each sample, float32 [B]: noise `latents` with `noise` at `timesteps`, run
+        `transformer` (the policy, or the reference), and return the weighted squared error."""
+
+    @abstractmethod
+    def generate_latents(self, prompts: Sequence[str], cond: Cond, *, num_frames: int, height: int, width: int,
+                         steps: int, guidance: float, seeds: Sequence[int],
+                         transformer: torch.nn.Module | None = None) -> torch.Tensor:
+        """Generate one video per prompt with the family's diffusers pipeline, kept as latents
+        (`output_type="latent"`); `cond` carries first-frame conditioning for image-to-video."""
+
+    @abstractmethod
+    def pipeline(self, transformer: torch.nn.Module | None = None):
+        """The family's diffusers pipeline built from the loaded components (for sampling and LoRA loading)."""
+
+    @property
+    @abstractmethod
+    def lora_target_modules(self) -> list[str]:
+        """Transformer module names LoRA adapters attach to."""
