@@ -63,12 +63,14 @@ def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
     return out
 
 
-def _resolve(target: str) -> Callable:
+def _resolve(target: str | Callable) -> Callable:
+    if callable(target):
+        return target
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def add_command(app: typer.Typer, name: str, config_cls: type, target: str, help: str) -> None:
+def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Callable, help: str) -> None:
     """Register `name` on `app`: options from `config_cls`, and `target` ("module:function") runs the config.
 
     The target is imported only when the command runs, so `--help` stays fast.

@@ -1,0 +1,99 @@
+"""The CLI shell: help, one-line errors, --config files, shell-expanded globs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import typer
+
+from cli.main import run
+from cli.options import add_command, field
+from realaction.errors import UserError
+
+
+def test_help_lists_every_command(capsys):
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("curate", "train", "negatives", "sample", "eval", "demo"):
+        assert name in out
+
+
+def test_console_script_prints_one_line_for_a_bad_option(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "curate", "--src", str(tmp_path / "missing")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"Error: --src is not a folder: {tmp_path / 'missing'}"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["curate"], "--src is required"),
+    (["train"], "--shards is required"),
+    (["sample"], "--prompt is required"),
+    (["eval"], "--videos NAME=DIR is required"),
+    (["train", "--shards", "x.tar", "--loss", "ppo"], "unknown --loss 'ppo'"),
+])
+def test_expected_mistakes_exit_2_with_one_line(argv, message, capsys):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+@dataclass
+class _Cfg:
+    name: str = field("a", help="A name.")
+    count: int = field(1, help="A count.")
+    ratio: float = field(0.5, help="A ratio.")
+    flag: bool = field(False, help="A flag.")
+    paths: list[str] = field(default_factory=list, greedy=True, help="Paths.")
+
+
+_SEEN: list = []
+
+
+def _record(cfg):
+    _SEEN.append(cfg)
+
+
+def _app():
+    app = typer.Typer()
+    add_command(app, "go", _Cfg, _record, "Record the config.")
+    add_command(app, "other", _Cfg, _record, "A second command.")
+    _SEEN.clear()
+    return app
+
+
+def _invoke(app, argv):
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("suffix, text", [
+    (".yaml", "name: fromfile\ncount: 7\nflag: true\npaths: [x.tar, y.tar]\n"),
+    (".toml", 'name = "fromfile"\ncount = 7\nflag = true\npaths = ["x.tar", "y.tar"]\n'),
+])
+def test_config_file_supplies_options_and_command_line_wins(tmp_path, suffix, text):
+    cfg_file = tmp_path / f"c{suffix}"
+    cfg_file.write_text(text)
+    app = _app()
+    assert _invoke(app, ["go", "--config", str(cfg_file), "--count", "9"]) is None
+    cfg = _SEEN[-1]
+    assert (cfg.name, cfg.count, cfg.flag, cfg.paths, cfg.ratio) == ("fromfile", 9, True, ["x.tar", "y.tar"], 0.5)
+
+
+def test_config_file_with_unknown_key_is_a_user_error(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("nmae: typo\n")
+    assert "unknown option in config file" in _invoke(_app(), ["go", "--config", str(cfg_file)])
+    assert _SEEN == []
+
+
+def test_shell_expanded_glob_lands_in_the_greedy_list():
+    app = _app()
+    assert _invoke(app, ["go", "--paths", "a.tar", "b.tar", "c.tar", "--count", "2"]) is None
+    assert _SEEN[-1].paths == ["a.tar", "b.tar", "c.tar"] and _SEEN[-1].count == 2
