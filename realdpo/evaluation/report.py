@@ -1,0 +1,256 @@
+"""`realdpo eval`: score folders of generated videos side by side and write report.json, a table and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from realaction.errors import UserError
+from realdpo.configs.eval import EvalConfig
+from realdpo.evaluation import motion
+from realdpo.evaluation.scoring import Job, Result, init_worker, run_job
+from realdpo.evaluation.videos import expand_real, list_videos, match_prompts, parse_methods, read_prompts
+
+# Metric name -> True when higher is better. Order is the table's column order.
+METRICS = {
+    "dynamic_degree": True,
+    "motion_smoothness": True,
+    "flicker": False,
+    "clipsim": True,
+    "fvd": False,
+    "pref_accuracy": True,
+    "pref_margin": True,
+}
+
+
+def _jobs_iter(jobs: list[Job], workers: int) -> Iterator[Result]:
+    if workers <= 1 or len(jobs) <= 1:
+        init_worker()
+        for job in jobs:
+            yield run_job(job)
+        return
+    import multiprocessing as mp
+
+    # spawn: the parent may hold torch/CLIP state that must not be forked
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                             initializer=init_worker) as pool:
+        futures = [pool.submit(run_job, job) for job in jobs]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run every available metric over every method's videos; returns the report dict (also written as JSON)."""
+    console = Console(stderr=False)
+    started = time.time()
+    methods = parse_methods(cfg.videos)
+    prompts_file = read_prompts(cfg.prompts)
+    videos: dict[str, list[Path]] = {}
+    prompts: dict[str, list[str | None]] = {}
+    for name, folder in methods.items():
+        videos[name] = list_videos(folder)
+        if not videos[name]:
+            raise UserError(f"--videos {name}: no video files in {folder}")
+        prompts[name] = match_prompts(videos[name], prompts_file, name)
+    real = expand_real(cfg.real) if cfg.real else []
+
+    skipped: dict[str, str] = {}
+    clip_model = None
+    if cfg.clip_checkpoint is None:
+        skipped["clipsim"] = "no --clip-checkpoint given"
+    elif not all(p for ps in prompts.values() for p in ps):
+        skipped["clipsim"] = "some videos have no prompt (give --prompts or a <stem>.txt beside each video)"
+    else:
+        from realdpo.evaluation.clipsim import ClipScorer
+
+        clip_model = ClipScorer.load(cfg.clip_arch, cfg.clip_checkpoint)
+    detector = None
+    if cfg.i3d is None:
+        skipped["fvd"] = "no --i3d given"
+    elif not real:
+        skipped["fvd"] = "no --real clips given"
+    else:
+        from realdpo.evaluation.fvd import load_i3d
+
+        detector = load_i3d(cfg.i3d)
+    pref = None
+    if not cfg.pairs:
+        skipped["pref_accuracy"] = skipped["pref_margin"] = "no --pairs given"
+    else:  # before the videos: a bad --lora or --model fails before the long part
+        from realdpo.evaluation.pref_accuracy import preference_accuracy
+
+        pref = preference_accuracy(cfg, console)
+        if "skipped" in pref:
+            skipped["pref_accuracy"] = skipped["pref_margin"] = pref["skipped"]
+
+    jobs: list[Job] = []
+    for name, files in videos.items():
+        for i, path in enumerate(files):
+            jobs.append(Job(name, i, path.name, path, cfg.flow_side, cfg.sample_fps,
+                            clip_frames=cfg.clip_frames if clip_model is not None else None,
+                            fvd=detector is not None, strip=i < cfg.strip_videos))
+    if detector is not None:
+        jobs += [Job("", i, c.name, c.data, cfg.flow_side, cfg.sample_fps, motion=False, fvd=True)
+                 for i, c in enumerate(real)]
+
+    results: dict[str, list[Result | None]] = {name: [None] * len(files) for name, files in videos.items()}
+    real_feats: list[np.ndarray] = []
+    gen_feats: dict[str, list[np.ndarray]] = {name: [] for name in videos}
+    text_cache: dict = {}  # prompt -> text embedding
+    real_errors: list[str] = []
+
+    t0 = time.time()
+    with _progress(console) as progress:
+        task = progress.add_task("scoring videos", total=len(jobs), rate="")
+        for done, res in enumerate(_jobs_iter(jobs, cfg.workers), 1):
+            if not res.method:
+                if res.error:
+                    real_errors.append(f"{res.name}: {res.error}")
+                elif res.fvd_clip is not None:
+                    from realdpo.evaluation.fvd import i3d_features
+
+                    real_feats.append(i3d_features(detector, [res.fvd_clip])[0])
+            else:
+                results[res.method][res.index] = res
+                if res.clip_images is not None:
+                    prompt = prompts[res.method][res.index]
+                    if prompt not in text_cache:
+                        text_cache[prompt] = clip_model.text_embedding(prompt)
+                    res.scores["clipsim"] = clip_model.score(res.clip_images, text_cache[prompt])
+                if res.fvd_clip is not None:
+                    from realdpo.evaluation.fvd import i3d_features
+
+                    gen_feats[res.method].append(i3d_features(detector, [res.fvd_clip])[0])
+                res.clip_images = res.fvd_clip = None  # free the frames as we go
+            elapsed = max(time.time() - t0, 1e-6)
+            progress.update(task, advance=1, rate=f"{done / elapsed:.2f} videos/s")
+    elapsed = time.time() - t0
+
+    report = _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_errors, skipped, elapsed)
+    if pref is not None:
+        if pref["metrics"]:
+            report["methods"].setdefault(cfg.pref_name, {"n_videos": 0}).update(pref["metrics"])
+        report["settings"]["pref_accuracy"] = {"row": cfg.pref_name, **pref["settings"],
+                                               "definition": "percentage of (real clip, cached negative) pairs whose "
+                                               "policy-vs-reference error difference d_k < 0; pref_margin is mean "
+                                               "-(beta/2) d_k; errors averaged over fixed timesteps and noise"}
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report["settings"]["wall_seconds"] = round(time.time() - started, 2)
+    tmp = out / "report.json.tmp"
+    report = _finite(report)
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, out / "report.json")
+
+    from realdpo.evaluation.plots import metrics_chart, write_strip
+    from realdpo.evaluation.table import print_table
+
+    metrics_chart(report, out / "metrics.png", METRICS)
+    for name, res_list in results.items():
+        strips = [(r.name, r.strip) for r in res_list if r is not None and r.strip is not None]
+        if strips:
+            write_strip(strips, out / f"{name}_strip.png")
+    print_table(console, report, METRICS)
+    console.print(f"{sum(len(v) for v in videos.values())} videos in {elapsed:.1f} s "
+                  f"({report['settings']['videos_per_second']:.2f} videos/s); report in {out}")
+    return report
+
+
+def _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_errors, skipped, elapsed) -> dict:
+    methods_out: dict[str, dict] = {}
+    per_video: dict[str, list[dict]] = {}
+    errors: list[str] = list(real_errors)
+    fvd_on = "fvd" not in skipped
+    for name, res_list in results.items():
+        rows = []
+        ok = [r for r in res_list if r is not None and r.error is None]
+        for r, path, prompt in zip(res_list, videos[name], prompts[name]):
+            row = {"file": path.name, "prompt": prompt}
+            if r is None or r.error:
+                row["error"] = r.error if r is not None else "not scored"
+                errors.append(f"{name}/{path.name}: {row['error']}")
+            else:
+                row.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.scores.items()})
+            rows.append(row)
+        per_video[name] = rows
+        m: dict[str, float | int] = {}
+        dyn = [r.scores["dynamic"] for r in ok if r.scores.get("dynamic") is not None]
+        if dyn:
+            m["dynamic_degree"] = 100.0 * float(np.mean(dyn))
+        for key in ("motion_smoothness", "flicker", "clipsim"):
+            v = _mean(r.scores.get(key) for r in ok)
+            if v is not None:
+                m[key] = v
+        if fvd_on:
+            fvd = _fvd(gen_feats[name], real_feats)
+            if isinstance(fvd, str):
+                skipped.setdefault("fvd", "")
+                skipped["fvd"] = (skipped["fvd"] + f"; {name}: {fvd}").lstrip("; ")
+            else:
+                m["fvd"] = fvd
+        m["n_videos"] = len(ok)
+        methods_out[name] = m
+    settings = {
+        "flow": motion.FLOW_ALGORITHM,
+        "flow_short_side": cfg.flow_side,
+        "sample_fps": cfg.sample_fps,
+        "dynamic_rule": "a sampled pair moves when the mean of its top 5% flow magnitudes exceeds "
+                        "6.0 * min(H, W) / 256 * max(1, sample_fps / fps) at the working resolution H x W; "
+                        "a video is dynamic when round(4 * n_sampled / 16) pairs move",
+        "motion_smoothness": "odd frames dropped and rebuilt by bidirectional-flow interpolation of their "
+                             "neighbours; (255 - MAE) / 255 * 100 on uint8 RGB at the working resolution",
+        "flicker": "mean |frame_t - warp(frame_t+1, flow t->t+1)| in uint8 gray levels, RGB, working resolution; "
+                   "lower is better",
+        "clipsim": {"arch": cfg.clip_arch, "checkpoint": str(cfg.clip_checkpoint) if cfg.clip_checkpoint else None,
+                    "frames": "every frame" if cfg.clip_frames == 0 else cfg.clip_frames,
+                    "definition": "mean cosine(image embedding of frame, text embedding of prompt) x 100"},
+        "fvd": {"i3d": str(cfg.i3d) if cfg.i3d else None, "n_real": len(real_feats), "real_sources": len(real),
+                "frames": 16, "size": 224, "definition": "Fréchet distance of I3D logits (first 16 frames, "
+                "shorter side 224 + centre crop, [-1, 1]) between generated and real clips"},
+        "higher_is_better": {k: v for k, v in METRICS.items()},
+        "skipped": skipped,
+        "errors": errors,
+        "workers": cfg.workers,
+        "videos_per_second": round(sum(len(v) for v in videos.values()) / max(elapsed, 1e-6), 4),
+    }
+    return {"methods": methods_out, "per_video": per_video, "settings": settings}
+
+
+def _finite(obj):
+    """NaN/inf (e.g. from a model that produced NaN) become null: report.json stays strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _fvd(gen: list[np.ndarray], real: list[np.ndarray]) -> float | str:
+    from realdpo.evaluation.frechet import frechet_from_features
+
+    if len(gen) < 2 or len(real) < 2:
+        return f"needs at least 2 generated and 2 real clips of >= 16 frames (have {len(gen)} and {len(real)})"
+    return frechet_from_features(np.stack(gen), np.stack(real))

@@ -1,0 +1,85 @@
+"""Per-video work run in the worker processes: decode once, motion metrics, small crops for CLIP/I3D and strips."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from realdpo.evaluation.motion import motion_scores
+from realdpo.evaluation.videos import center_square, decode_small
+
+FVD_FRAMES = 16  # I3D clip length (StyleGAN-V / common FVD code)
+STRIP_FRAMES = 6
+STRIP_HEIGHT = 96
+
+
+@dataclass
+class Job:
+    method: str  # "" for a real clip (FVD reference)
+    index: int
+    name: str
+    src: Path | bytes
+    short_side: int
+    sample_fps: float
+    motion: bool = True
+    clip_frames: int | None = None  # None: no CLIP; 0: every frame; n: n evenly spaced frames
+    fvd: bool = False
+    strip: bool = False
+
+
+@dataclass
+class Result:
+    method: str
+    index: int
+    name: str
+    scores: dict = field(default_factory=dict)
+    error: str | None = None
+    clip_images: np.ndarray | None = None  # uint8 [n, H, W, 3] at the working size
+    fvd_clip: np.ndarray | None = None  # uint8 [16, 224, 224, 3]
+    strip: np.ndarray | None = None  # uint8 [STRIP_HEIGHT, W, 3]
+
+
+def init_worker() -> None:
+    cv2.setNumThreads(1)  # one video per process; the pool supplies the parallelism
+
+
+def clip_indices(n: int, clip_frames: int) -> list[int]:
+    if clip_frames <= 0 or clip_frames >= n:
+        return list(range(n))
+    return [int(round(i)) for i in np.linspace(0, n - 1, clip_frames)]
+
+
+def strip_of(frames: np.ndarray, n: int = STRIP_FRAMES, height: int = STRIP_HEIGHT) -> np.ndarray:
+    idx = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)
+    h, w = frames.shape[1:3]
+    tw = max(2, int(round(w * height / h)))
+    gap = np.full((height, 2, 3), 255, np.uint8)
+    thumbs = []
+    for i in idx:
+        thumbs += [cv2.resize(frames[i], (tw, height), interpolation=cv2.INTER_AREA), gap]
+    return np.concatenate(thumbs[:-1], axis=1)
+
+
+def run_job(job: Job) -> Result:
+    res = Result(job.method, job.index, job.name)
+    try:
+        frames, fps, (w, h) = decode_small(job.src, job.short_side)
+    except Exception as e:  # an unreadable file is reported, not fatal
+        res.error = f"cannot decode: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+        return res
+    res.scores.update(frames=int(len(frames)), fps=round(float(fps), 3), width=int(w), height=int(h),
+                      work_width=int(frames.shape[2]), work_height=int(frames.shape[1]))
+    if job.motion:
+        m = motion_scores(frames, fps, job.sample_fps)
+        d = asdict(m)
+        res.scores.update(d)
+    if job.clip_frames is not None:
+        res.clip_images = frames[clip_indices(len(frames), job.clip_frames)]
+    if job.fvd and len(frames) >= FVD_FRAMES:  # shorter videos are left out of FVD, as StyleGAN-V discards them
+        res.fvd_clip = center_square(frames[:FVD_FRAMES])
+    if job.strip:
+        res.strip = strip_of(frames)
+    return res

@@ -1,0 +1,129 @@
+"""Finding the videos of each method, matching them to prompts, and decoding them once at reduced size."""
+
+from __future__ import annotations
+
+import glob
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from realaction.errors import UserError
+from realaction.video_io import decode_frames, video_info
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
+
+
+def numeric_key(path: Path) -> tuple:
+    """Sort key that orders `2.mp4` before `10.mp4` (natural order on the file stem)."""
+    parts = re.split(r"(\d+)", path.stem)
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p != ""), path.name
+
+
+def list_videos(folder: Path) -> list[Path]:
+    files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+    return sorted(files, key=numeric_key)
+
+
+def parse_methods(specs: list[str]) -> dict[str, Path]:
+    methods: dict[str, Path] = {}
+    for spec in specs:
+        name, _, folder = spec.partition("=")
+        if name in methods:
+            raise UserError(f"--videos: method name {name!r} given twice")
+        methods[name] = Path(folder)
+    return methods
+
+
+def read_prompts(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+def match_prompts(videos: list[Path], prompts: list[str] | None, method: str) -> list[str | None]:
+    """Prompt of each video: line i of prompts.txt for the i-th video in numeric order, else a sibling `<stem>.txt`."""
+    if prompts is not None:
+        if len(prompts) < len(videos):
+            raise UserError(f"--prompts has {len(prompts)} lines but method {method!r} has {len(videos)} videos")
+        return prompts[: len(videos)]
+    out: list[str | None] = []
+    for v in videos:
+        txt = v.with_suffix(".txt")
+        out.append(txt.read_text(encoding="utf-8").strip() if txt.is_file() else None)
+    return out
+
+
+def working_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the shorter side at `short_side` (never upscaled), both even."""
+    scale = min(1.0, short_side / min(width, height))
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+def decode_small(src: Path | bytes, short_side: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """All frames of a video decoded once, resized by the decoder to the working size: (frames, fps, (w, h) native)."""
+    n, fps, w, h = video_info(src)
+    if n == 0:
+        raise ValueError("no frames")
+    size = working_size(w, h, short_side)
+    frames = decode_frames(src, size=size if size != (w, h) else None)
+    return frames, fps, (w, h)
+
+
+def center_square(frames: np.ndarray, side: int = 224) -> np.ndarray:
+    """Shorter side resized to `side` (area filter), then the centre crop: uint8 [T, side, side, 3]."""
+    t, h, w = frames.shape[:3]
+    scale = side / min(h, w)
+    nw, nh = max(side, int(round(w * scale))), max(side, int(round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = np.empty((t, side, side, 3), np.uint8)
+    y0, x0 = (nh - side) // 2, (nw - side) // 2
+    for i, f in enumerate(frames):
+        out[i] = cv2.resize(f, (nw, nh), interpolation=interp)[y0:y0 + side, x0:x0 + side]
+    return out
+
+
+@dataclass
+class RealClip:
+    name: str
+    data: bytes | Path
+
+
+def expand_real(specs: list[str]) -> list[RealClip]:
+    """Real clips for FVD: curated shards (`.tar`, paths or globs, their `mp4` members), video files or folders."""
+    clips: list[RealClip] = []
+    for spec in specs:
+        paths = sorted(Path(p) for p in glob.glob(spec)) if any(c in spec for c in "*?[") else [Path(spec)]
+        if not paths or not all(p.exists() for p in paths):
+            raise UserError(f"--real: nothing found at {spec}")
+        for p in paths:
+            if p.is_dir():
+                clips += [RealClip(f"{p.name}/{v.name}", v) for v in list_videos(p)]
+            elif p.suffix == ".tar":
+                clips += _shard_clips(p)
+            elif p.suffix.lower() in VIDEO_SUFFIXES:
+                clips.append(RealClip(p.name, p))
+            else:
+                raise UserError(f"--real: not a shard, video or folder: {p}")
+    return clips
+
+
+def _shard_clips(path: Path) -> list[RealClip]:
+    try:
+        with tarfile.open(path) as tar:
+            out = []
+            for m in tar:
+                if m.isfile() and m.name.endswith(".mp4"):
+                    out.append(RealClip(f"{path.name}:{m.name}", tar.extractfile(m).read()))
+            return out
+    except tarfile.TarError as e:
+        raise UserError(f"--real: cannot read shard {path}: {e}") from None
+
