@@ -19,6 +19,7 @@ app = typer.Typer(
     name="realdpo",
     help="Curate real human-action clips and post-train video diffusion models with RealDPO.",
     no_args_is_help=True,
+    add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
@@ -48,16 +49,12 @@ def run(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     except typer.Exit as e:
         return e.exit_code
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            print("Aborted.", file=sys.stderr)
-            return 130
-        raise
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        return 130
+    except typer.TyperException as e:  # click's usage errors, as typer vendors click
+        e.show()
+        return getattr(e, "exit_code", 2)
     return 0
 
 

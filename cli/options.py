@@ -14,20 +14,20 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
-import click
 import typer
+from typer.core import TyperCommand
 
 from realaction.errors import UserError
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, greedy: bool = False, flag: str | None = None,
+def field(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
           default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help text.
+    """A config field with its help text; `flag` names the option when it differs from the field's name.
 
-    greedy: the command's leftover positional words are appended to this list field, so a shell-expanded
-    `--shards data/*.tar` works. flag: the option's name on the command line when it differs from the field's.
+    A list field's option takes one or more values (`--shards a.tar b.tar`, so a shell-expanded glob works)
+    and may also be repeated.
     """
-    meta = {"help": help, "greedy": greedy, "flag": flag}
+    meta = {"help": help, "flag": flag}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -70,6 +70,24 @@ def _resolve(target: str | Callable) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
+class _MultiValueCommand(TyperCommand):
+    """Rewrites `--opt a b c` to `--opt a --opt b --opt c` for list options before click parses the words."""
+
+    list_options: frozenset[str] = frozenset()
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        rewritten, current = [], None
+        for arg in args:
+            if arg == "--":
+                current = None
+            elif arg.startswith("-"):
+                current = arg if arg in self.list_options else None
+            elif current is not None and rewritten and rewritten[-1] != current:
+                rewritten.append(current)
+            rewritten.append(arg)
+        return super().parse_args(ctx, rewritten)
+
+
 def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Callable, help: str) -> None:
     """Register `name` on `app`: options from `config_cls`, and `target` ("module:function") runs the config.
 
@@ -77,7 +95,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
     """
     hints = typing.get_type_hints(config_cls)
     params = []
-    greedy_field = None
+    list_options = set()
     own = set(config_cls.__dict__.get("__annotations__", {}))
     ordered = sorted(dataclasses.fields(config_cls), key=lambda f: f.name not in own)  # the command's own options first
     for f in ordered:
@@ -87,10 +105,10 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
             default = f.default_factory()
         else:
             default = ...
-        if f.metadata.get("greedy"):
-            greedy_field = f.name
         names = [option_name(f)]
         annotation = hints[f.name]
+        if typing.get_origin(annotation) is list:
+            list_options.add(option_name(f))
         if annotation is bool:
             flag = option_name(f)
             names = [f"{flag}/--no-{flag[2:]}"]
@@ -113,11 +131,6 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
 
     def command(ctx: typer.Context, **kwargs: Any) -> None:
         kwargs.pop("config", None)
-        extra = list(ctx.args)
-        if extra:
-            if greedy_field is None:
-                raise UserError(f"unexpected argument: {extra[0]}")
-            kwargs[greedy_field] = list(kwargs[greedy_field] or []) + extra
         for f in dataclasses.fields(config_cls):  # typer gives tuples for list options
             if isinstance(kwargs.get(f.name), tuple):
                 kwargs[f.name] = list(kwargs[f.name])
@@ -129,11 +142,6 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")
     command.__doc__ = help
-    settings = {"allow_extra_args": greedy_field is not None}
-    app.command(name, help=help, context_settings=settings)(command)
+    command_cls = type(f"{command.__name__}_command", (_MultiValueCommand,), {"list_options": frozenset(list_options)})
+    app.command(name, help=help, cls=command_cls)(command)
 
-
-def fail(message: str) -> None:
-    """Print one error line and exit non-zero."""
-    click.echo(f"Error: {message}", err=True)
-    raise SystemExit(2)

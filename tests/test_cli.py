@@ -47,7 +47,7 @@ class _Cfg:
     count: int = field(1, help="A count.")
     ratio: float = field(0.5, help="A ratio.")
     flag: bool = field(False, help="A flag.")
-    paths: list[str] = field(default_factory=list, greedy=True, help="Paths.")
+    paths: list[str] = field(default_factory=list, help="Paths.")
 
 
 _SEEN: list = []
@@ -93,7 +93,13 @@ def test_config_file_with_unknown_key_is_a_user_error(tmp_path):
     assert _SEEN == []
 
 
-def test_shell_expanded_glob_lands_in_the_greedy_list():
+def test_shell_expanded_glob_fills_the_list_option_it_follows():
     app = _app()
-    assert _invoke(app, ["go", "--paths", "a.tar", "b.tar", "c.tar", "--count", "2"]) is None
+    assert _invoke(app, ["go", "--paths", "a.tar", "b.tar", "--count", "2", "--paths", "c.tar"]) is None
     assert _SEEN[-1].paths == ["a.tar", "b.tar", "c.tar"] and _SEEN[-1].count == 2
+
+
+def test_a_stray_word_after_a_scalar_option_is_rejected():
+    app = _app()
+    with pytest.raises(typer.TyperException, match="unexpected extra argument"):
+        _invoke(app, ["go", "--count", "2", "stray"])
