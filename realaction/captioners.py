@@ -1,0 +1,300 @@
+"""Caption sources for curated clips: sidecar files or a CSV, CLIP zero-shot over an action list, a local VLM.
+
+`build_captioner(cfg)` returns an object whose `caption(req)` gives a `Caption` or None (no caption:
+the pipeline rejects the clip with reason `no-caption`). Build it once per worker process: the
+clip and vlm captioners load their model in the constructor.
+
+Sidecar lookup for a video `DIR/name.mp4`, first match wins:
+1. `--captions-csv`: rows `path,caption` (header required; `path` relative to `--src`, or absolute
+   under it). An optional `clip` column gives a caption for one clip index; a row without it
+   covers every clip of the video.                                        -> source "csv"
+2. `DIR/name.mp4.txt`, then `DIR/name.txt`: UTF-8 text, the caption of every clip. -> "sidecar-txt"
+3. `DIR/name.mp4.json`, then `DIR/name.json`, one of:                       -> "sidecar-json"
+   - a string, or an object with "caption" or "text": the caption of every clip;
+   - a list (index = clip index), or an object with "captions" holding a list or a
+     {"<clip index>": caption} mapping: per-clip captions; a clip missing there falls back to
+     the object's "caption"/"text" when present.
+Blank captions count as missing. An unreadable sidecar gives no caption (logged), not an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from realaction.errors import UserError
+
+if TYPE_CHECKING:
+    from realaction.clip_model import ClipModel
+    from realaction.config import CurateConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptionRequest:
+    source: Path  # the source video
+    src_root: Path  # --src
+    clip_index: int
+    start_s: float
+    end_s: float
+    frames: np.ndarray = field(repr=False)  # a few uint8 RGB frames [T, H, W, 3] of the clip
+
+
+@dataclass
+class Caption:
+    text: str
+    source: str  # "csv", "sidecar-txt", "sidecar-json", "clip" or "vlm"
+
+
+class Captioner(Protocol):
+    def caption(self, req: CaptionRequest) -> Caption | None: ...
+
+
+def build_captioner(cfg: CurateConfig, clip: ClipModel | None = None) -> Captioner:
+    if cfg.captioner == "sidecar":
+        return SidecarCaptioner(cfg.captions_csv)
+    if cfg.captioner == "clip":
+        if clip is None:
+            if cfg.clip_checkpoint is None:
+                raise UserError("--captioner clip needs --clip-checkpoint PATH (a local open_clip checkpoint)")
+            from realaction.clip_model import ClipModel
+
+            clip = ClipModel.load(cfg.clip_arch, cfg.clip_checkpoint)
+        return ClipCaptioner(clip, load_actions(cfg.action_vocab))
+    if cfg.captioner == "vlm":
+        if cfg.vlm_model is None:
+            raise UserError("--captioner vlm needs --vlm-model DIR (a local vision-language model folder)")
+        return VlmCaptioner(cfg.vlm_model, cfg.vlm_prompt, cfg.vlm_max_tokens)
+    raise UserError(f"unknown --captioner {cfg.captioner!r}; choose one of sidecar, clip, vlm")
+
+
+# ---------------------------------------------------------------- sidecar
+
+
+def _clean(text: Any) -> str | None:
+    if not isinstance(text, str):
+        return None
+    text = " ".join(text.split())
+    return text or None
+
+
+class SidecarCaptioner:
+    def __init__(self, captions_csv: Path | None = None):
+        # (relative posix path) -> {clip index or None: caption}
+        self._csv: dict[str, dict[int | None, str]] = _read_csv(Path(captions_csv)) if captions_csv else {}
+        self._cache: dict[Path, tuple[str, Any] | None] = {}  # the parsed sidecar of the last sources seen
+
+    def caption(self, req: CaptionRequest) -> Caption | None:
+        if self._csv:
+            source = Path(req.source)
+            rows = self._csv.get(_relative(source, req.src_root)) or self._csv.get(source.resolve().as_posix()) or {}
+            text = rows.get(req.clip_index) or rows.get(None)
+            if text:
+                return Caption(text, "csv")
+        sidecar = self._sidecar(Path(req.source))
+        if sidecar is None:
+            return None
+        kind, value = sidecar
+        text = value if kind == "sidecar-txt" else _json_caption(value, req.clip_index)
+        return Caption(text, kind) if text else None
+
+    def _sidecar(self, source: Path) -> tuple[str, Any] | None:
+        if source not in self._cache:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[source] = _read_sidecar(source)
+        return self._cache[source]
+
+
+def _relative(source: Path, root: Path) -> str:
+    source, root = Path(source), Path(root)
+    try:
+        return source.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return source.as_posix()
+
+
+def _read_csv(path: Path) -> dict[str, dict[int | None, str]]:
+    if not path.is_file():
+        raise UserError(f"--captions-csv not found: {path}")
+    out: dict[str, dict[int | None, str]] = {}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = set(reader.fieldnames or ())
+            if not {"path", "caption"} <= fields:
+                raise UserError(f"--captions-csv {path} needs a header with columns path,caption (found {sorted(fields)})")
+            for n, row in enumerate(reader, start=2):
+                text = _clean(row.get("caption"))
+                if not row.get("path") or not text:
+                    continue
+                clip = (row.get("clip") or "").strip()
+                if clip and not clip.isdigit():
+                    raise UserError(f"--captions-csv {path} line {n}: clip must be a clip index, got {clip!r}")
+                key = Path(row["path"].strip())
+                key = key.resolve().as_posix() if key.is_absolute() else key.as_posix()
+                out.setdefault(key, {})[int(clip) if clip else None] = text
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"--captions-csv {path} is not a readable UTF-8 CSV: {e}") from None
+    return out
+
+
+def _read_sidecar(source: Path) -> tuple[str, Any] | None:
+    for kind, suffix in (("sidecar-txt", ".txt"), ("sidecar-json", ".json")):
+        for candidate in (source.with_name(source.name + suffix), source.with_suffix(suffix)):
+            if candidate == source or not candidate.is_file():
+                continue
+            try:
+                raw = candidate.read_text(encoding="utf-8-sig")
+                value = _clean(raw) if kind == "sidecar-txt" else json.loads(raw)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                log.warning("unreadable caption sidecar %s: %s", candidate, e)
+                continue
+            return kind, value
+    return None
+
+
+def _json_caption(value: Any, clip_index: int) -> str | None:
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, list):
+        return _clean(value[clip_index]) if 0 <= clip_index < len(value) else None
+    if not isinstance(value, dict):
+        return None
+    per_clip = value.get("captions")
+    text = None
+    if isinstance(per_clip, list) and 0 <= clip_index < len(per_clip):
+        text = _clean(per_clip[clip_index])
+    elif isinstance(per_clip, dict):
+        text = _clean(per_clip.get(str(clip_index)))
+    return text or _clean(value.get("caption")) or _clean(value.get("text"))
+
+
+# ---------------------------------------------------------------- clip
+
+
+def load_actions(path: Path | None = None) -> list[str]:
+    """Actions, one per line ('#' comments and blank lines skipped); `None` reads the built-in list."""
+    if path is None:
+        text = resources.files("realaction").joinpath("assets/actions.txt").read_text(encoding="utf-8")
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--action-vocab {path} is not a readable UTF-8 text file: {e}") from None
+    actions = list(dict.fromkeys(a for a in (" ".join(line.split()) for line in text.splitlines()) if a and not a.startswith("#")))
+    if len(actions) < 2:
+        raise UserError(f"--action-vocab {path} needs at least two actions, one per line")
+    return actions
+
+
+class ClipCaptioner:
+    """Zero-shot CLIP over an action list: "A person is <action>." for the action whose prompt
+    "a photo of a person <action>." has the highest softmax probability averaged over up to 8 evenly
+    spaced frames."""
+
+    template = "a photo of a person {}."
+
+    def __init__(self, clip: ClipModel, actions: list[str]):
+        self.clip, self.actions = clip, actions
+        self._text = clip.text_embeddings([self.template.format(a) for a in actions])  # encoded once
+
+    def caption(self, req: CaptionRequest) -> Caption | None:
+        if req.frames is None or len(req.frames) == 0:
+            return None
+        from realaction.clip_model import MAX_SCORED_FRAMES, evenly_spaced
+
+        # the same frames the CLIP person score embeds, so the model's one-clip cache serves both
+        probs = self.clip.label_probs(evenly_spaced(np.asarray(req.frames), MAX_SCORED_FRAMES), self._text)
+        action = self.actions[int(probs.argmax())]
+        return Caption(f"A person is {action}.", "clip")
+
+
+# ---------------------------------------------------------------- vlm
+
+
+class VlmCaptioner:
+    """A local vision-language model (AutoProcessor + AutoModelForImageTextToText, e.g. Qwen2-VL) describing a clip.
+
+    Input: up to `max_frames` evenly spaced frames of the request, given as one video when the processor
+    has a video processor (Qwen2-VL and its kind see motion natively), else as that many images
+    (`inputs` forces "video" or "images"); one user turn "<video or images> <prompt>" through the
+    processor's chat template. Greedy decoding of at most `max_tokens` new tokens; the whitespace-
+    normalised answer is the caption (an empty one is no caption).
+    """
+
+    def __init__(
+        self, folder: Path, prompt: str, max_tokens: int = 96, max_frames: int = 8,
+        inputs: str = "auto", device: str | None = None,
+    ):
+        import torch
+
+        if inputs not in ("auto", "video", "images"):
+            raise ValueError(f"inputs must be auto, video or images, not {inputs!r}")
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UserError(f"--vlm-model is not a folder: {folder}")
+        if not (folder / "config.json").is_file():
+            raise UserError(f"--vlm-model {folder} has no config.json: give a folder written by save_pretrained")
+        self.prompt, self.max_tokens, self.max_frames = prompt, int(max_tokens), max(1, int(max_frames))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # its bars would break the curation progress display
+            self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                folder, local_files_only=True, dtype="auto" if self.device != "cpu" else torch.float32
+            ).to(self.device).eval()
+        except Exception as e:  # transformers raises many kinds for a folder that is not a VLM
+            raise UserError(f"--vlm-model {folder} does not load as a vision-language model: {_one_line(e)}") from None
+        # Greedy: drop the checkpoint's sampling settings, which generate() would warn about.
+        self.model.generation_config.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if getattr(self.processor, "chat_template", None) is None:
+            raise UserError(f"--vlm-model {folder} has no chat template: its processor cannot build a prompt")
+        video_processor = getattr(self.processor, "video_processor", None)
+        self.use_video = video_processor is not None if inputs == "auto" else inputs == "video"
+        if self.use_video and video_processor is None:
+            raise UserError(f"--vlm-model {folder} has no video processor; give the frames as images")
+        if getattr(video_processor, "cap_pixels_per_frame", False) is None:
+            # Qwen2-VL: cap pixels per frame as the reference implementation (qwen-vl-utils) does
+            video_processor.cap_pixels_per_frame = True
+
+    def caption(self, req: CaptionRequest) -> Caption | None:
+        import torch
+
+        frames = np.asarray(req.frames)
+        if frames.ndim != 4 or len(frames) == 0:
+            return None
+        from realaction.clip_model import evenly_spaced
+
+        frames = np.ascontiguousarray(evenly_spaced(frames, self.max_frames))
+        if self.use_video:
+            visual, media = [{"type": "video"}], {"videos": [frames]}
+        else:
+            from PIL import Image
+
+            visual, media = [{"type": "image"}] * len(frames), {"images": [Image.fromarray(f) for f in frames]}
+        messages = [{"role": "user", "content": visual + [{"type": "text", "text": self.prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=[text], return_tensors="pt", **media).to(self.device)
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_tokens, do_sample=False)
+        new = out[:, inputs["input_ids"].shape[1] :]
+        answer = _clean(self.processor.batch_decode(new, skip_special_tokens=True)[0])
+        return Caption(answer, "vlm") if answer else None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300] + ("..." if len(text) > 300 else "")
