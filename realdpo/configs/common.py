@@ -15,7 +15,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 @dataclass
 class ModelOptions:
     model: Optional[Path] = field(None, help="Local diffusers pipeline folder (CogVideoX or Wan 2.1); default is the built-in tiny model.")
-    frames: Optional[int] = field(None, help="Frames per training/generated clip; default is the model's.")
+    frames: Optional[int] = field(None, help="Frames per training/generated clip (CogVideoX: 8k+1, Wan: 4k+1); default is the model's.")
     height: Optional[int] = field(None, help="Clip height in pixels; default is the model's.")
     width: Optional[int] = field(None, help="Clip width in pixels; default is the model's.")
     fps: float = field(8.0, help="Frame rate clips are resampled to before encoding.")

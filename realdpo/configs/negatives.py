@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 from cli.options import field
 from realaction.errors import UserError
@@ -11,9 +13,11 @@ from realdpo.configs.common import ModelOptions, NegativeOptions
 
 @dataclass
 class NegativesConfig(ModelOptions, NegativeOptions):
-    shards: list[str] = field(default_factory=list, greedy=True, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
+    shards: list[str] = field(default_factory=list, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
     round: int = field(1, help="Negative round the cache entries belong to (1 = the base model's).")
     batch_size: int = field(1, help="Prompts generated together.")
+    lora: Optional[Path] = field(None, help="LoRA folder (OUT/lora of `realdpo train`) of the policy that generates round >= 2 negatives.")
+    out: Optional[Path] = field(None, help="Same as --cache-dir.")
 
     def validate(self) -> None:
         self.validate_model_options()
@@ -22,3 +26,9 @@ class NegativesConfig(ModelOptions, NegativeOptions):
             raise UserError("--shards is required: one or more curated .tar shards or globs")
         if self.round < 1 or self.batch_size < 1:
             raise UserError("--round and --batch-size must be at least 1")
+        if self.out is not None:
+            if self.cache_dir is not None and Path(self.cache_dir) != Path(self.out):
+                raise UserError("--out and --cache-dir name different folders; give one")
+            self.cache_dir = self.out
+        if self.lora is not None and not Path(self.lora).exists():
+            raise UserError(f"--lora not found: {self.lora}")

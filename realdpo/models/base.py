@@ -82,9 +82,15 @@ class ModelSpec(ABC):
     @abstractmethod
     def generate_latents(self, prompts: Sequence[str], cond: Cond, *, num_frames: int, height: int, width: int,
                          steps: int, guidance: float, seeds: Sequence[int],
-                         transformer: torch.nn.Module | None = None) -> torch.Tensor:
+                         transformer: torch.nn.Module | None = None,
+                         images: torch.Tensor | None = None, negative_prompt: str = "",
+                         callback=None) -> torch.Tensor:
         """Generate one video per prompt with the family's diffusers pipeline, kept as latents
-        (`output_type="latent"`); `cond` carries first-frame conditioning for image-to-video."""
+        (`output_type="latent"`), in exactly the space `encode_videos` returns. `cond` is `encode_prompts(prompts)`
+        (reused instead of re-encoding; may be {}); `images` [B, 3, H, W] in [-1, 1] are the first frames an
+        image-to-video model needs (the pipeline encodes them itself). `seeds[i]` seeds sample i; `transformer`
+        replaces the loaded one (the current policy, for later rounds). `callback(step, steps)` runs after each
+        sampler step (progress bars)."""
 
     @abstractmethod
     def pipeline(self, transformer: torch.nn.Module | None = None):

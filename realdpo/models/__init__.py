@@ -1,0 +1,38 @@
+"""Model specs: one class per family, found from a folder's model_index.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from realaction.errors import UserError
+from realdpo.models.base import Cond, ModelSpec
+from realdpo.models.cogvideox import CogVideoXSpec
+from realdpo.models.common import read_model_index
+from realdpo.models.wan import WanSpec
+
+SPECS: tuple[type[ModelSpec], ...] = (CogVideoXSpec, WanSpec)
+
+__all__ = ["Cond", "ModelSpec", "CogVideoXSpec", "WanSpec", "SPECS", "load_spec", "spec_class"]
+
+
+def spec_class(path: Path) -> type[ModelSpec]:
+    name = read_model_index(path).get("_class_name")
+    for cls in SPECS:
+        if cls.matches(path):
+            return cls
+    raise UserError(f"unsupported pipeline {name!r} in {path}; realdpo supports CogVideoX (T2V, I2V) and Wan 2.1 (T2V)")
+
+
+def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32) -> ModelSpec:
+    """Load the model spec for a local diffusers folder; None loads the built-in tiny model."""
+    if path is None:
+        from realdpo.models.tiny import builtin_model_path
+
+        path = builtin_model_path()
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"model folder not found: {path}")
+    return spec_class(path).from_pretrained(path, device=device, dtype=dtype)

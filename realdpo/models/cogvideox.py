@@ -1,0 +1,153 @@
+"""CogVideoX (1.0 and 1.5; text-to-video and image-to-video): v-prediction on a DDPM schedule.
+
+Latents are [B, F, C, h, w] scaled by the VAE's scaling_factor, as CogVideoXPipeline's `output_type="latent"`
+returns them. Image-to-video concatenates the first frame's latents (zero-padded over frames) on the channel
+dimension, as CogVideoXImageToVideoPipeline does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from realaction.errors import UserError
+from realdpo.models.base import Cond
+from realdpo.models.common import DiffusersSpec
+
+
+class CogVideoXSpec(DiffusersSpec):
+    family = "cogvideox"
+    prediction_type = "v_prediction"
+    pipeline_classes = {"t2v": "CogVideoXPipeline", "i2v": "CogVideoXImageToVideoPipeline"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg = self.transformer.config
+        self.max_sequence_length = int(cfg.max_text_seq_length)
+        self.scale_spatial = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.scale_temporal = int(self.vae.config.temporal_compression_ratio)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
+        self._rotary_cache: dict = {}
+        if self.scheduler.config.prediction_type != "v_prediction":
+            raise UserError(f"CogVideoX scheduler predicts {self.scheduler.config.prediction_type!r}; realdpo expects v_prediction")
+        if max(self.vae.config.sample_height, self.vae.config.sample_width) > 256:
+            self.vae.enable_tiling()  # real checkpoints: encode/decode 480p clips without holding all activations
+        self.vae.enable_slicing()
+
+    @classmethod
+    def known_pipelines(cls) -> dict[str, str | None]:
+        return {"CogVideoXPipeline": "t2v", "CogVideoXVideoToVideoPipeline": "t2v",
+                "CogVideoXImageToVideoPipeline": "i2v"}
+
+    def default_size(self) -> tuple[int, int, int]:
+        cfg = self.transformer.config
+        if cfg.patch_size_t and max(cfg.sample_height, cfg.sample_width) * self.scale_spatial > 1360:
+            # CogVideoX 1.5's config holds its rotary grid limits (300x300 latents), not a size: use its documented one
+            return int(cfg.sample_frames), 768, 1360
+        return int(cfg.sample_frames), int(cfg.sample_height) * self.scale_spatial, int(cfg.sample_width) * self.scale_spatial
+
+    def latent_frames(self, frames: int) -> int:
+        return (frames - 1) // self.scale_temporal + 1
+
+    def check_size(self, frames: int, height: int, width: int) -> None:
+        # The VAE decodes latent frames two at a time after an odd first group, so it needs an odd latent count:
+        # frames = 8k+1 (49 for CogVideoX, 81 for 1.5; 1.5's transformer padding is handled in padding_frames()).
+        step = 2 * self.scale_temporal
+        if frames < 1 or (frames - 1) % step:
+            raise UserError(f"CogVideoX needs frames = {step}k+1 (e.g. 9, 17, 49), got {frames}")
+        mult = self.scale_spatial * self.transformer.config.patch_size
+        if height % mult or width % mult:
+            raise UserError(f"CogVideoX needs height and width divisible by {mult}, got {height}x{width}")
+        if self.transformer.config.use_learned_positional_embeddings and (height, width) != self.default_size()[1:]:
+            f0, h0, w0 = self.default_size()
+            raise UserError(f"this CogVideoX model has learned positional embeddings: it runs at {h0}x{w0} only")
+
+    def padding_frames(self, latent_frames: int) -> int:
+        """Latent frames CogVideoX 1.5 (patch_size_t) prepends so the transformer sees a multiple of patch_size_t,
+        as its pipelines do (they generate the extra frames and drop them before decoding)."""
+        p_t = self.transformer.config.patch_size_t
+        return (p_t - latent_frames % p_t) % p_t if p_t else 0
+
+    @torch.no_grad()
+    def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
+        x = videos.to(self.device, self.vae.dtype).permute(0, 2, 1, 3, 4)  # [B, 3, F, H, W]
+        z = self.vae.encode(x).latent_dist.mode()
+        return (z * self.scaling_factor).permute(0, 2, 1, 3, 4).float()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.device, self.vae.dtype).permute(0, 2, 1, 3, 4) / self.scaling_factor
+        video = self.vae.decode(z).sample
+        return video.permute(0, 2, 1, 3, 4).float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode_first_frames(self, images: torch.Tensor, num_frames: int) -> Cond:
+        """{"image_latents": [B, 1, C, h, w]} (posterior mode, scaled as the i2v pipeline scales them); {} for t2v.
+        Padding over the latent frames happens in per_sample_error, so the cache stores one frame."""
+        if self.task != "i2v":
+            return {}
+        x = images.to(self.device, self.vae.dtype).unsqueeze(2)  # [B, 3, 1, H, W]
+        z = self.vae.encode(x).latent_dist.mode().permute(0, 2, 1, 3, 4)
+        z = z / self.scaling_factor if self.vae.config.invert_scale_latents else z * self.scaling_factor
+        return {"image_latents": z.float()}
+
+    def sample_timesteps(self, n: int, t_min: float, t_max: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Integer DDPM timesteps uniform in [round(t_min*T), round(t_max*T)) (at least one value)."""
+        lo = int(round(t_min * self.num_train_timesteps))
+        hi = max(lo + 1, min(self.num_train_timesteps, int(round(t_max * self.num_train_timesteps))))
+        return torch.randint(lo, hi, (n,), generator=generator, dtype=torch.long)
+
+    def _rotary(self, lat_frames: int, lat_h: int, lat_w: int, device: torch.device):
+        if not self.transformer.config.use_rotary_positional_embeddings:
+            return None
+        key = (lat_frames, lat_h, lat_w, str(device))
+        if key not in self._rotary_cache:
+            pipe = self.pipeline()  # the pipeline's own helper, so training and generation use identical positions
+            self._rotary_cache[key] = pipe._prepare_rotary_positional_embeddings(
+                lat_h * self.scale_spatial, lat_w * self.scale_spatial, lat_frames, device)
+        return self._rotary_cache[key]
+
+    def model_input(self, x_t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Transformer input: 1.5's padding frames first (copies of the first noisy frame; their error is not
+        counted), then for image-to-video the first-frame latents zero-padded over the frames on the channels."""
+        pad = self.padding_frames(x_t.shape[1])
+        if pad:
+            x_t = torch.cat([x_t[:, :1].expand(-1, pad, -1, -1, -1), x_t], dim=1)
+        if self.task != "i2v":
+            return x_t
+        img = cond["image_latents"].to(x_t)
+        zeros = img.new_zeros(img.shape[0], x_t.shape[1] - img.shape[1], *img.shape[2:])
+        return torch.cat([x_t, torch.cat([img, zeros], dim=1)], dim=2)
+
+    def per_sample_error(self, transformer: torch.nn.Module, latents: torch.Tensor, noise: torch.Tensor,
+                         timesteps: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """E = mean((x0_hat - x0)^2) / (1 - a_t) with x0_hat = sqrt(a_t) x_t - sqrt(1 - a_t) v (float32 [B])."""
+        device = latents.device
+        x0, eps = latents.float(), noise.float()
+        t = timesteps.to(device).long()
+        a = self.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        dt = self.model_dtype(transformer)
+        cfg = self.transformer.config
+        ofs = x_t.new_full((1,), 2.0, dtype=dt) if getattr(cfg, "ofs_embed_dim", None) else None
+        model_in = self.model_input(x_t, cond)
+        v = transformer(
+            hidden_states=model_in.to(dt),
+            encoder_hidden_states=cond["prompt_embeds"].to(device, dt),
+            timestep=t,
+            ofs=ofs,
+            image_rotary_emb=self._rotary(model_in.shape[1], x_t.shape[3], x_t.shape[4], device),
+            return_dict=False,
+        )[0].float()[:, model_in.shape[1] - x_t.shape[1]:]
+        x0_hat = a.sqrt() * x_t - (1 - a).sqrt() * v
+        return (x0_hat - x0).pow(2).mean(dim=(1, 2, 3, 4)) / (1 - a).flatten()
+
+    def generate_latents(self, prompts, cond, *, num_frames, height, width, **kwargs) -> torch.Tensor:
+        latents = super().generate_latents(prompts, cond, num_frames=num_frames, height=height, width=width, **kwargs)
+        return latents[:, latents.shape[1] - self.latent_frames(num_frames):]  # drop 1.5's padding frames
+
+    def pipeline_image_inputs(self, images: torch.Tensor | None) -> dict:
+        if self.task != "i2v":
+            return {}
+        return {"image": (images.float() * 0.5 + 0.5).clamp(0, 1).to(self.device)}  # the pipeline wants [0, 1]

@@ -1,0 +1,226 @@
+"""What every diffusers-backed spec shares: checking and loading a local pipeline folder, fingerprinting it,
+building the pipeline from the loaded components, and prompt encoding through the pipeline's own code."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, ClassVar, Sequence
+
+import torch
+
+from realaction.errors import UserError
+from realdpo.models.base import Cond, ModelSpec
+
+REQUIRED_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_FULL_HASH_LIMIT = 64 << 20  # files above this are fingerprinted by size + first/last 4 MiB (a 10 GB checkpoint in ms)
+
+
+def read_model_index(path: Path) -> dict:
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        raise UserError(f"not a diffusers pipeline folder (no model_index.json): {path}")
+    try:
+        return json.loads(index.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"unreadable model_index.json in {path}: {e}") from None
+
+
+def missing_components(path: Path, required: Sequence[str] = REQUIRED_COMPONENTS) -> list[str]:
+    """Components model_index.json names (or `required` needs) whose folder is absent or incomplete."""
+    path = Path(path)
+    index = read_model_index(path)
+    missing = []
+    for name in required:
+        entry = index.get(name)
+        folder = path / name
+        if not isinstance(entry, list) or entry[0] is None or not folder.is_dir():
+            missing.append(name)
+        elif name == "scheduler":
+            if not (folder / "scheduler_config.json").is_file():
+                missing.append(name)
+        elif name in ("tokenizer", "image_processor"):
+            if not any(folder.iterdir()):
+                missing.append(name)
+        elif not (folder / "config.json").is_file() or not any(
+                p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json") for p in folder.iterdir()):
+            missing.append(name)
+    return missing
+
+
+def _file_digest(p: Path, h) -> None:
+    size = p.stat().st_size
+    h.update(f"{p.name}:{size}".encode())
+    with open(p, "rb") as f:
+        if size <= _FULL_HASH_LIMIT:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(f.read(4 << 20))
+            f.seek(size - (4 << 20))
+            h.update(f.read(4 << 20))
+
+
+def folder_fingerprint(path: Path, components: Sequence[str] = REQUIRED_COMPONENTS) -> str:
+    """16 hex chars over the components' configs and weights (contents, not paths or mtimes)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for name in components:
+        folder = path / name
+        for p in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if p.is_file():
+                h.update(str(p.relative_to(path)).encode())
+                _file_digest(p, h)
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def quiet_progress():
+    """No per-component progress bars while loading (the commands show their own)."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    d_on, t_on = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if d_on:
+            dlog.enable_progress_bar()
+        if t_on:
+            tlog.enable_progress_bar()
+
+
+class DiffusersSpec(ModelSpec):
+    """A spec whose components come from one diffusers pipeline class per task."""
+
+    pipeline_classes: ClassVar[dict[str, str]]  # task -> diffusers pipeline class name
+    max_sequence_length: int
+
+    def __init__(self, path: Path, task: str, pipe, device: torch.device, dtype: torch.dtype):
+        self.path, self.task, self.device, self.dtype = Path(path), task, torch.device(device), dtype
+        self.components = dict(pipe.components)  # everything the pipeline class takes (incl. None entries)
+        self.tokenizer = pipe.tokenizer
+        self.text_encoder = pipe.text_encoder
+        self.vae = pipe.vae
+        self.transformer = pipe.transformer
+        self.scheduler = pipe.scheduler
+        for m in self.components.values():
+            if isinstance(m, torch.nn.Module):
+                m.requires_grad_(False)
+                m.eval()
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def required_components(cls, task: str) -> tuple[str, ...]:
+        return REQUIRED_COMPONENTS
+
+    @classmethod
+    def pipeline_class_name(cls, path: Path) -> str | None:
+        try:
+            return read_model_index(path).get("_class_name")
+        except UserError:
+            return None
+
+    @classmethod
+    def matches(cls, path: Path) -> bool:
+        return cls.pipeline_class_name(path) in cls.known_pipelines()
+
+    @classmethod
+    def known_pipelines(cls) -> dict[str, str | None]:
+        """Pipeline class name -> task this spec runs it as (None: recognised but unsupported)."""
+        return {v: k for k, v in cls.pipeline_classes.items()}
+
+    @classmethod
+    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        import diffusers
+
+        path = Path(path)
+        name = cls.pipeline_class_name(path)
+        task = cls.known_pipelines().get(name)
+        if task is None:
+            raise UserError(f"{name} is not supported by realdpo's {cls.family} spec (supported: "
+                            f"{', '.join(n for n, t in cls.known_pipelines().items() if t)})")
+        missing = missing_components(path, cls.required_components(task))
+        if missing:
+            raise UserError(f"model folder {path} is missing components: {', '.join(missing)}")
+        pipe_cls = getattr(diffusers, cls.pipeline_classes[task])
+        with quiet_progress():
+            pipe = pipe_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
+        pipe.to(device)
+        return cls(path, task, pipe, torch.device(device), dtype)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = folder_fingerprint(self.path, self.required_components(self.task))
+        return self._fingerprint
+
+    def pipeline(self, transformer: torch.nn.Module | None = None):
+        """A fresh pipeline over the loaded components (its own scheduler copy, so sampling never touches the
+        training scheduler's state)."""
+        import diffusers
+
+        pipe_cls = getattr(diffusers, self.pipeline_classes[self.task])
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        return pipe_cls(**{**self.components, "scheduler": scheduler,
+                           "transformer": transformer if transformer is not None else self.transformer})
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        pipe = self.pipeline()
+        embeds, _ = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False,
+                                       max_sequence_length=self.max_sequence_length, device=self.device, dtype=self.dtype)
+        return {"prompt_embeds": embeds}
+
+    @property
+    def lora_target_modules(self) -> list[str]:
+        return ["to_q", "to_k", "to_v", "to_out.0"]
+
+    @staticmethod
+    def model_dtype(module: torch.nn.Module) -> torch.dtype:
+        # diffusers' ModelMixin.dtype skips modules kept in fp32 (Wan's scale_shift_table); plain modules: 1st param
+        dtype = getattr(module, "dtype", None)
+        return dtype if isinstance(dtype, torch.dtype) else next(module.parameters()).dtype
+
+    @staticmethod
+    def generators(seeds: Sequence[int]) -> list[torch.Generator]:
+        # CPU generators: the same seed gives the same negative on any device
+        return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+    def _check_batch(self, prompts: Sequence[str], cond: Cond, seeds: Sequence[int], images) -> None:
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if self.task == "i2v" and (images is None or len(images) != len(prompts)):
+            raise UserError("an image-to-video model needs one first frame per prompt")
+        if self.task == "t2v" and images is not None:
+            raise UserError("this is a text-to-video model; it takes no first frame")
+
+    def pipeline_image_inputs(self, images: torch.Tensor | None) -> dict:
+        """Extra pipeline arguments carrying the first frames (image-to-video specs override)."""
+        return {}
+
+    def generate_latents(self, prompts: Sequence[str], cond: Cond, *, num_frames: int, height: int, width: int,
+                         steps: int, guidance: float, seeds: Sequence[int],
+                         transformer: torch.nn.Module | None = None, images: torch.Tensor | None = None,
+                         negative_prompt: str = "", callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """See ModelSpec.generate_latents; `callback(step, steps)` runs after each sampler step."""
+        self._check_batch(prompts, cond, seeds, images)
+        self.check_size(num_frames, height, width)
+        pipe = self.pipeline(transformer)
+        pipe.set_progress_bar_config(disable=True)
+        kwargs = {"prompt_embeds": cond["prompt_embeds"].to(self.device, self.dtype)} if "prompt_embeds" in cond \
+            else {"prompt": list(prompts)}
+        if callback is not None:
+            def on_step_end(_pipe, i, _t, _kw):
+                callback(i + 1, steps)
+                return {}
+            kwargs["callback_on_step_end"] = on_step_end
+        latents = pipe(**kwargs, **self.pipeline_image_inputs(images), negative_prompt=negative_prompt or None,
+                       num_frames=num_frames, height=height, width=width, num_inference_steps=steps,
+                       guidance_scale=guidance, generator=self.generators(seeds), output_type="latent",
+                       max_sequence_length=self.max_sequence_length, return_dict=False)[0]
+        return latents.float()

@@ -1,0 +1,99 @@
+"""Tiny random-weight models and shards for tests, built the way users' real ones arrive.
+
+Models: `tiny_model(family, task)` saves a tiny diffusers pipeline with `save_pretrained` (once per test process)
+and returns its folder; load it with `realdpo.models.load_spec(path)`. The fixtures below wrap it; import them
+into a test module (`from tiny_models import tiny_cogvideox_t2v`) to use them.
+
+Shards: `write_tiny_shard(path, samples)` writes a curated-shard-shaped tar (mp4/txt/jpg/json members, DESIGN §3.1);
+`synthetic_clip(...)` makes a small moving-pattern mp4.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_ROOT: Path | None = None
+_BUILT: dict[tuple[str, str, str | None], Path] = {}
+
+
+def _root() -> Path:
+    global _ROOT
+    if _ROOT is None:
+        _ROOT = Path(tempfile.mkdtemp(prefix="realdpo-tiny-"))
+        atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+    return _ROOT
+
+
+def tiny_model(family: str = "cogvideox", task: str = "t2v", variant: str | None = None) -> Path:
+    """Folder of a tiny `family`/`task` pipeline saved with save_pretrained (built once per process);
+    variant="1.5" gives CogVideoX 1.5's layout."""
+    from realdpo.models.tiny import save_tiny_pipeline
+
+    key = (family, task, variant)
+    if key not in _BUILT:
+        _BUILT[key] = save_tiny_pipeline(family, task, _root() / f"{family}{variant or ''}-{task}", variant=variant)
+    return _BUILT[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_t2v() -> Path:
+    return tiny_model("cogvideox", "t2v")
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_i2v() -> Path:
+    return tiny_model("cogvideox", "i2v")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_t2v() -> Path:
+    return tiny_model("wan", "t2v")
+
+
+def synthetic_clip(frames: int = 24, height: int = 48, width: int = 80, fps: float = 8.0, seed: int = 0) -> bytes:
+    """An mp4 of a bright square moving over a noisy background."""
+    from realaction.video_io import encode_mp4
+
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(40, 120, size=(height, width, 3), dtype=np.uint8)
+    out = np.repeat(bg[None], frames, axis=0)
+    for t in range(frames):
+        x = (4 + 2 * t) % max(1, width - 12)
+        out[t, 10:22, x:x + 12] = (230, 200, 40)
+    return encode_mp4(out, fps)
+
+
+def _jpg_of_first_frame(mp4: bytes) -> bytes:
+    from PIL import Image
+
+    from realaction.video_io import decode_frames
+
+    buf = io.BytesIO()
+    Image.fromarray(decode_frames(mp4, [0])[0]).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_tiny_shard(path: Path, samples: list[tuple[str, str, bytes]]) -> Path:
+    """Write (key, caption, mp4) samples as a curated shard with mp4/txt/jpg/json members."""
+    import webdataset as wds
+
+    from realaction.video_io import video_info
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(path)) as w:
+        for key, caption, mp4 in samples:
+            n, fps, width, height = video_info(mp4)
+            meta = {"source": f"{key}.mp4", "start_frame": 0, "end_frame": n, "fps": fps, "width": width,
+                    "height": height, "num_frames": n, "scores": {}, "caption_source": "test"}
+            w.write({"__key__": key, "mp4": mp4, "txt": caption.encode(), "jpg": _jpg_of_first_frame(mp4),
+                     "json": json.dumps(meta).encode()})
+    return path
