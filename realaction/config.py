@@ -20,27 +20,27 @@ class CurateConfig:
     out: Path = field(Path("curated"), help="Output folder: shards/, manifest.jsonl, sources.jsonl, summary.json, data card.")
     max_side: int = field(640, help="Longest side of written clips in pixels (never upscaled).")
     fps: Optional[float] = field(None, help="Frame rate of written clips; default keeps the source's.")
-    min_seconds: float = field(2.0, help="Shortest clip kept, in seconds.")
-    max_seconds: float = field(10.0, help="Longest clip; longer scenes are split into several clips.")
+    min_seconds: float = field(1.5, help="Shortest clip kept, in seconds (shorter pieces of a scene are rejected as 'too-short').")
+    max_seconds: float = field(10.0, help="Longest clip, in seconds; longer scenes are cut into clips of this length (a leftover shorter than --min-seconds is rejected as 'too-short').")
     cut_margin: int = field(2, help="Frames trimmed on each side of a scene cut.")
     detector: str = field("adaptive", help=f"PySceneDetect detector: {', '.join(DETECTORS)}.")
     threshold: Optional[float] = field(None, help="Detector threshold; default is the detector's own.")
     detect_side: int = field(256, help="Longest side of the downscaled frames scene detection runs on.")
     analysis_side: int = field(256, help="Longest side of the frames the filters score.")
-    analysis_fps: float = field(8.0, help="Frames per second sampled for scoring (decoded once per source).")
-    min_short_side: int = field(128, help="Reject sources whose shorter side is below this many pixels.")
-    min_brightness: float = field(20.0, help="Reject clips whose mean luma (0-255) is below this.")
-    max_brightness: float = field(235.0, help="Reject clips whose mean luma (0-255) is above this.")
-    min_sharpness: float = field(15.0, help="Reject clips whose mean variance of the Laplacian (at analysis size) is below this.")
-    max_black_fraction: float = field(0.3, help="Reject clips where more than this fraction of frames is black.")
-    max_frozen_fraction: float = field(0.5, help="Reject clips where more than this fraction of frame pairs is frozen.")
-    min_motion: float = field(0.15, help="Reject clips whose subject motion (flow minus camera motion, px/frame at analysis size) is below this.")
-    max_camera_motion: float = field(12.0, help="Reject clips whose camera motion (global flow fit, px/frame at analysis size) is above this.")
+    analysis_fps: float = field(4.0, help="Frames per second the filters score (taken from the single decode pass); more costs time, rarely changes a verdict.")
+    min_short_side: int = field(128, help="Videos whose shorter side is below this many pixels are not decoded: their one candidate is rejected as 'low-resolution'.")
+    min_brightness: float = field(20.0, help="Reject clips ('too-dark') whose mean luma (0-255) is below this.")
+    max_brightness: float = field(235.0, help="Reject clips ('too-bright') whose mean luma (0-255) is above this.")
+    min_sharpness: float = field(15.0, help="Reject clips ('blurry') whose mean variance of the Laplacian (at analysis size) is below this.")
+    max_black_fraction: float = field(0.3, help="Reject clips ('black') where more than this fraction of the sampled frames is black (mean luma below 16).")
+    max_frozen_fraction: float = field(0.5, help="Reject clips ('frozen') where more than this fraction of consecutive sampled frames show the same picture.")
+    min_motion: float = field(2.0, help="Reject clips ('static') whose subject motion is below this: 90th percentile of optical flow left after removing the camera's global motion, in pixels per second at analysis size.")
+    max_camera_motion: float = field(60.0, help="Reject clips ('shaky') whose camera motion (a global similarity fit to the flow) is above this, in pixels per second at analysis size.")
     person_detector: str = field("hog+haar", help=f"Offline person detector: {', '.join(PERSON_DETECTORS)}.")
-    min_person: float = field(0.0, help="Reject clips where a person is found in less than this fraction of scored frames (0 disables).")
+    min_person: float = field(0.0, help="Reject clips ('no-person') where --person-detector finds a person in less than this fraction of the frames it checks; it checks 3 frames of each clip that passed the other filters (0 disables the filter and the detector is not run).")
     clip_checkpoint: Optional[Path] = field(None, help="Local open_clip checkpoint for the CLIP person score and the clip captioner.")
     clip_arch: str = field("ViT-B-32", help="open_clip architecture of --clip-checkpoint.")
-    min_clip_person: float = field(0.0, help="Reject clips whose CLIP 'a person' score is below this (needs --clip-checkpoint; 0 disables).")
+    min_clip_person: float = field(0.0, help="Reject clips ('no-person') whose CLIP 'a person' score is below this (needs --clip-checkpoint; 0 disables).")
     captioner: str = field("sidecar", help=f"Caption source: {', '.join(CAPTIONERS)}.")
     captions_csv: Optional[Path] = field(None, help="CSV of path,caption rows for the sidecar captioner (paths relative to --src).")
     action_vocab: Optional[Path] = field(None, help="Text file of actions, one per line, for the clip captioner; default is the built-in list.")
@@ -50,6 +50,7 @@ class CurateConfig:
     workers: int = field(1, help="Sources processed in parallel.")
     shard_max_count: int = field(1000, help="Most samples per shard.")
     shard_max_mb: float = field(1024.0, help="Largest shard size in MiB.")
+    commit_seconds: float = field(300.0, help="Close and commit the open shard at least this often, so a killed run redoes at most this much work.")
 
     def validate(self) -> None:
         if self.src is None:
@@ -71,8 +72,12 @@ class CurateConfig:
             raise UserError("--cut-margin and --min-short-side must not be negative")
         if self.fps is not None and self.fps <= 0:
             raise UserError("--fps must be positive")
-        if self.analysis_fps <= 0 or self.shard_max_mb <= 0:
-            raise UserError("--analysis-fps and --shard-max-mb must be positive")
+        if self.threshold is not None and self.threshold <= 0:
+            raise UserError("--threshold must be positive")
+        if self.min_clip_person < 0:
+            raise UserError("--min-clip-person must not be negative")
+        if self.analysis_fps <= 0 or self.shard_max_mb <= 0 or self.commit_seconds <= 0:
+            raise UserError("--analysis-fps, --shard-max-mb and --commit-seconds must be positive")
         if not 0 <= self.min_brightness < self.max_brightness <= 255:
             raise UserError("--min-brightness and --max-brightness must satisfy 0 <= min < max <= 255")
         for name in ("max_black_fraction", "max_frozen_fraction", "min_person"):

@@ -1,0 +1,157 @@
+"""`realdpo curate`: run every source under --src through the single-pass curator, in parallel, resumably."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import queue as queue_mod
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Iterator
+
+from realaction.config import CurateConfig
+from realaction.errors import UserError
+from realaction.probe import Source, discover
+from realaction.report import build_summary, write_card, write_summary
+from realaction.shards import ShardCommitter, prepare_out
+from realaction.worker import Models, SourceCurator, SourceResult, config_hash
+
+# -- worker processes ----------------------------------------------------------------------------------------
+
+_CURATOR: SourceCurator | None = None
+
+
+def _init_worker(cfg: CurateConfig, events) -> None:
+    global _CURATOR
+
+    def progress(frames: int, clips: int) -> None:
+        events.put((frames, clips))
+
+    _CURATOR = SourceCurator(cfg, Models(cfg), Path(cfg.src), progress)
+
+
+def _run_in_worker(source: Source) -> SourceResult:
+    assert _CURATOR is not None
+    return _CURATOR.run(source).resolve()
+
+
+def run_sources(sources: list[Source], cfg: CurateConfig, models: Models | None,
+                progress: Callable[[int, int], None]) -> Iterator[SourceResult]:
+    """Results as sources finish: in this process for one worker, else in a pool of spawned processes."""
+    if cfg.workers == 1 or len(sources) <= 1:
+        curator = SourceCurator(cfg, models or Models(cfg), Path(cfg.src), progress)
+        previous = None
+        for source in sources:
+            result = curator.run(source)  # the previous source's clips finish encoding meanwhile
+            if previous is not None:
+                yield previous.resolve()
+            previous = result
+        if previous is not None:
+            yield previous.resolve()
+        return
+    ctx = mp.get_context("spawn")  # torch and OpenCV threads do not survive fork
+    events = ctx.Queue()
+    todo = list(reversed(sources))
+    pool = ProcessPoolExecutor(max_workers=min(cfg.workers, len(sources)), mp_context=ctx,
+                               initializer=_init_worker, initargs=(cfg, events))
+    try:
+        running = set()
+        while todo or running:
+            while todo and len(running) < 2 * cfg.workers:  # bounded: results carry the encoded clips
+                running.add(pool.submit(_run_in_worker, todo.pop()))
+            finished, running = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            _drain(events, progress)
+            for fut in finished:
+                yield fut.result()
+        _drain(events, progress)
+    finally:  # on Ctrl-C or an error do not wait for the sources in flight: a rerun redoes them
+        pool.shutdown(wait=not (todo or running), cancel_futures=True)
+
+
+def _drain(events, progress) -> None:
+    while True:
+        try:
+            frames, clips = events.get_nowait()
+        except (queue_mod.Empty, OSError, ValueError):
+            return
+        progress(frames, clips)
+
+
+# -- the command ---------------------------------------------------------------------------------------------
+
+def _config_dict(cfg: CurateConfig) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def curate(cfg: CurateConfig) -> dict:
+    """Curate `cfg.src` into `cfg.out`; returns the summary (also written to OUT/summary.json)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cfg.validate()
+    src, out = Path(cfg.src), Path(cfg.out)
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise UserError("--out must not be inside --src (its clips would be curated on the next run)")
+    sources = discover(src)
+    if not sources:
+        raise UserError(f"no videos under {src} (looked for .mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg and similar)")
+    # Models are built before any work so that a bad checkpoint or missing dependency fails in one line;
+    # worker processes build their own.
+    models = Models(cfg)
+    if cfg.workers > 1:
+        models = None
+    out.mkdir(parents=True, exist_ok=True)
+    state = prepare_out(out)
+    todo = [s for s in sources if s.rel not in state.done]
+    console = Console(stderr=True)
+    if state.done:
+        console.print(f"resuming: {len(sources) - len(todo)} of {len(sources)} sources already done")
+        if any(r.get("config_hash") != config_hash(cfg) for r in state.done.values()):
+            console.print("[yellow]warning:[/yellow] some finished sources were curated with other options; "
+                          "their clips stay as they are (use a new --out to redo them)")
+    committer = ShardCommitter(out, state.next_shard, cfg.shard_max_count, cfg.shard_max_mb * 1024 * 1024,
+                               cfg.commit_seconds)
+    counts = Counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        t_src = progress.add_task("sources", total=len(todo), info="")
+        t_frm = progress.add_task("frames ", total=None, info="")
+
+        def on_progress(frames: int, clips: int) -> None:
+            counts["frames"] += frames
+            counts["clips"] += clips
+            progress.update(t_frm, advance=frames, info=f"{counts['clips']} clips scored")
+
+        for result in run_sources(todo, cfg, models, on_progress):
+            committer.add(result)
+            counts[result.row["status"]] += 1
+            counts["kept"] += result.kept
+            progress.update(t_src, advance=1, info=f"{counts['kept']} clips kept, {counts['error']} unreadable")
+        committer.close()
+    summary = build_summary(out)
+    write_summary(out, summary)
+    write_card(out, summary, _config_dict(cfg))
+    _print_table(console, summary, out)
+    if summary["sources"]["done"] == 0:
+        raise UserError(f"none of the {len(sources)} videos under {src} could be read (reasons in {out / 'sources.jsonl'})")
+    return summary
+
+
+def _print_table(console, summary: dict, out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"curated {out}")
+    table.add_column("clips")
+    table.add_column("count", justify="right")
+    table.add_row("[green]kept[/green]", str(summary["kept"]))
+    for reason, n in summary["rejected_by_reason"].items():
+        table.add_row(f"rejected: {reason}", str(n))
+    s = summary["sources"]
+    table.add_row("sources done", str(s["done"]))
+    if s["error"]:
+        table.add_row("[red]sources unreadable[/red]", str(s["error"]))
+    console.print(table)
+    for reason, n in summary["source_errors"].items():
+        console.print(f"  unreadable ({n}): {reason}")

@@ -1,0 +1,52 @@
+"""Per-clip image-quality scores from analysis frames: brightness, sharpness, black and frozen frames."""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLACK_LUMA = 16.0  # a frame whose mean luma is below this is black
+FROZEN_DIFF = 0.1  # mean absolute luma change (0-255) under which two sampled frames are the same picture (repeated frames decode identically)
+
+
+def to_gray(frames: np.ndarray) -> np.ndarray:
+    """[T, H, W, 3] uint8 RGB -> [T, H, W] uint8 luma (BT.601, like OpenCV)."""
+    import cv2
+
+    return np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]) if len(frames) else \
+        np.zeros((0, 0, 0), np.uint8)
+
+
+def quality_scores(gray: np.ndarray) -> dict[str, float]:
+    """brightness (mean luma), sharpness (mean variance of the Laplacian), black_fraction, frozen_fraction."""
+    import cv2
+
+    if len(gray) == 0:
+        return {"brightness": 0.0, "sharpness": 0.0, "black_fraction": 1.0, "frozen_fraction": 1.0}
+    means = gray.reshape(len(gray), -1).mean(axis=1)
+    sharp = [float(cv2.Laplacian(g, cv2.CV_32F).var()) for g in gray]
+    if len(gray) > 1:
+        diffs = np.abs(np.diff(gray.astype(np.int16), axis=0)).reshape(len(gray) - 1, -1).mean(axis=1)
+        frozen = float((diffs < FROZEN_DIFF).mean())
+    else:
+        frozen = 0.0
+    return {
+        "brightness": float(means.mean()),
+        "sharpness": float(np.mean(sharp)),
+        "black_fraction": float((means < BLACK_LUMA).mean()),
+        "frozen_fraction": frozen,
+    }
+
+
+def quality_reasons(scores: dict[str, float], cfg) -> list[str]:
+    reasons = []
+    if scores["black_fraction"] > cfg.max_black_fraction:
+        reasons.append("black")
+    if scores["brightness"] < cfg.min_brightness:
+        reasons.append("too-dark")
+    if scores["brightness"] > cfg.max_brightness:
+        reasons.append("too-bright")
+    if scores["sharpness"] < cfg.min_sharpness:
+        reasons.append("blurry")
+    if scores["frozen_fraction"] > cfg.max_frozen_fraction:
+        reasons.append("frozen")
+    return reasons

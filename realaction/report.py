@@ -1,0 +1,100 @@
+"""summary.json (counts by reason, score histograms) and the dataset card written beside the shards."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from string import Template
+
+import numpy as np
+
+from realaction import __version__
+from realaction.shards import read_jsonl, write_atomic
+
+CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "realaction_card.md"
+_FALLBACK_CARD = """# RealAction clips: $name
+
+Curated by realaction $version on $date from `$src`.
+
+| | |
+| --- | --- |
+| sources | $sources_done done, $sources_error errors |
+| candidate clips | $candidates |
+| kept clips | $kept ($kept_seconds s) |
+
+## Rejected, by reason
+$rejected_table
+
+## Options
+```json
+$config
+```
+"""
+
+
+def build_summary(out: Path) -> dict:
+    out = Path(out)
+    sources = read_jsonl(out / "sources.jsonl")
+    manifest = read_jsonl(out / "manifest.jsonl")
+    kept = [r for r in manifest if r.get("kept")]
+    by_reason = Counter(r.get("reason") for r in manifest if not r.get("kept"))
+    any_reason = Counter(x for r in manifest for x in r.get("reasons", []))
+    errors = Counter(r.get("reason") for r in sources if r.get("status") == "error")
+    histograms = {}
+    keys = sorted({k for r in manifest for k in r.get("scores", {})})
+    for key in keys:
+        vals = np.array([r["scores"][key] for r in manifest if key in r.get("scores", {})], np.float64)
+        kept_vals = np.array([r["scores"][key] for r in kept if key in r.get("scores", {})], np.float64)
+        lo, hi = float(vals.min()), float(vals.max())
+        if hi <= lo:
+            hi = lo + 1.0
+        counts, edges = np.histogram(vals, bins=10, range=(lo, hi))
+        kept_counts, _ = np.histogram(kept_vals, bins=10, range=(lo, hi))
+        histograms[key] = {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist(),
+                           "kept_counts": kept_counts.tolist(), "mean": round(float(vals.mean()), 4)}
+    shards = sorted({name for r in sources for name in r.get("shards", [])})
+    return {
+        "sources": {"total": len(sources), "done": sum(r.get("status") == "done" for r in sources),
+                    "error": sum(r.get("status") == "error" for r in sources)},
+        "source_errors": dict(errors),
+        "candidates": len(manifest),
+        "kept": len(kept),
+        "rejected": len(manifest) - len(kept),
+        "kept_seconds": round(sum(r["end_s"] - r["start_s"] for r in kept), 3),
+        "rejected_by_reason": dict(by_reason.most_common()),
+        "rejected_by_any_reason": dict(any_reason.most_common()),
+        "caption_sources": dict(Counter(r.get("caption_source") for r in kept)),
+        "score_histograms": histograms,
+        "shards": shards,
+    }
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    write_atomic(Path(out) / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def write_card(out: Path, summary: dict, config: dict) -> Path:
+    """Fill the data-card template (data_cards/realaction_card.md) and write it as OUT/DATA_CARD.md."""
+    out = Path(out)
+    text = CARD_TEMPLATE.read_text(encoding="utf-8") if CARD_TEMPLATE.is_file() else _FALLBACK_CARD
+    reasons = summary["rejected_by_reason"]
+    table = "| reason | clips |\n| --- | --- |\n" + "".join(f"| {k} | {v} |\n" for k, v in reasons.items()) \
+        if reasons else "(none)\n"
+    errors = summary["source_errors"]
+    error_table = "| reason | sources |\n| --- | --- |\n" + "".join(
+        f"| {k.replace('|', '/')} | {v} |\n" for k, v in errors.items()) if errors else "(none)\n"
+    scores = "| score | mean | min | max |\n| --- | --- | --- | --- |\n" + "".join(
+        f"| {k} | {h['mean']} | {h['edges'][0]} | {h['edges'][-1]} |\n" for k, h in summary["score_histograms"].items())
+    card = Template(text).safe_substitute(
+        name=out.name, version=__version__, date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        src=config.get("src"), sources_done=summary["sources"]["done"], sources_error=summary["sources"]["error"],
+        candidates=summary["candidates"], kept=summary["kept"], kept_seconds=summary["kept_seconds"],
+        rejected=summary["rejected"], rejected_table=table, error_table=error_table, score_table=scores,
+        shards=len(summary["shards"]), caption_sources=", ".join(f"{k}: {v}" for k, v in summary["caption_sources"].items()) or "none",
+        config=json.dumps(config, indent=2, sort_keys=True),
+    )
+    path = out / "DATA_CARD.md"
+    write_atomic(path, card)
+    return path

@@ -1,0 +1,180 @@
+"""Write curated clips to WebDataset shards and commit them so that a killed run loses and duplicates nothing.
+
+Commit protocol (one writer, in the main process):
+1. samples go into `shards/realaction-NNNNNN.tar.tmp` through `webdataset.ShardWriter` (no reader's `*.tar` matches);
+2. a shard only ever holds whole sources, unless one source alone overflows it (then its shards hold only it);
+3. when a shard is closed it is fsynced and renamed to `realaction-NNNNNN.tar`; then the manifest rows and
+   finally the `done` rows of the sources it completes are appended to manifest.jsonl and sources.jsonl.
+On restart (`prepare_out`) a source counts as finished only if its `done` row is there: temp files, shards no
+`done` row names, and manifest rows of unfinished sources are removed, so their sources run again from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from realaction.worker import SourceResult
+
+SHARD_PATTERN = "realaction-%06d.tar"
+TEMP_SUFFIX = ".tmp"
+_SHARD_RE = re.compile(r"^realaction-(\d{6,})\.tar$")
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append rows with one write and an fsync, so a kill leaves at most one torn last line."""
+    if not rows:
+        return
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file; a torn or damaged line (from a kill) is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + TEMP_SUFFIX)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class OutState:
+    done: dict[str, dict]  # source rel path -> its done row
+    next_shard: int
+    removed: list[str] = field(default_factory=list)
+
+
+def prepare_out(out: Path) -> OutState:
+    """Make OUT consistent after any earlier run, finished or killed; see the module docstring."""
+    out = Path(out)
+    shards = out / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict] = {}
+    for row in read_jsonl(out / "sources.jsonl"):
+        if row.get("status") == "done" and "source" in row:
+            done[row["source"]] = row
+    named = {name for row in done.values() for name in row.get("shards", [])}
+    removed = []
+    for f in sorted(shards.iterdir()):
+        if f.name.endswith(TEMP_SUFFIX) or (_SHARD_RE.match(f.name) and f.name not in named):
+            f.unlink()
+            removed.append(f.name)
+    for f in out.glob("*" + TEMP_SUFFIX):
+        f.unlink()
+    # Errors are retried; rows of sources that never finished are dropped with their clips.
+    write_atomic(out / "sources.jsonl", "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                                                 for r in done.values()))
+    seen, manifest = set(), []
+    for row in read_jsonl(out / "manifest.jsonl"):
+        if row.get("source") in done and row.get("key") not in seen:
+            seen.add(row.get("key"))
+            manifest.append(row)
+    write_atomic(out / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                                                  for r in manifest))
+    indices = [int(m.group(1)) for name in named if (m := _SHARD_RE.match(name))]
+    return OutState(done=done, next_shard=max(indices, default=-1) + 1, removed=removed)
+
+
+class ShardCommitter:
+    """Takes finished sources, writes their kept clips to shards and commits rows as described above."""
+
+    def __init__(self, out: Path, start_shard: int, maxcount: int, maxsize_bytes: float, commit_seconds: float = 300.0):
+        import webdataset as wds
+
+        self.out = Path(out)
+        self.dir = self.out / "shards"
+        self.maxcount, self.maxsize = maxcount, maxsize_bytes
+        self.commit_seconds = commit_seconds
+        self._pending: list[tuple[SourceResult, list[str]]] = []
+        self._current: list[str] = []  # final shard names the source being written has used so far
+        self._opened = time.monotonic()
+        self.shards_written: list[str] = []
+        self.writer = wds.ShardWriter(str(self.dir / (SHARD_PATTERN + TEMP_SUFFIX)), maxcount=maxcount,
+                                      maxsize=maxsize_bytes, post=self._finished, start_shard=start_shard, verbose=0)
+
+    def _final_name(self, temp: str) -> str:
+        return Path(temp).name[: -len(TEMP_SUFFIX)]
+
+    def _finished(self, temp: str) -> None:
+        """ShardWriter closed `temp`: publish it (or drop it if empty), then commit the sources it completes."""
+        temp_path = Path(temp)
+        if self.writer.count == 0:
+            temp_path.unlink(missing_ok=True)
+        else:
+            with open(temp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(temp_path, self.dir / self._final_name(temp))
+            _fsync_dir(self.dir)
+            self.shards_written.append(self._final_name(temp))
+        self._opened = time.monotonic()
+        pending, self._pending = self._pending, []
+        for result, names in pending:
+            self._commit(result, names)
+
+    def _commit(self, result: SourceResult, shard_names: list[str]) -> None:
+        if result.row.get("status") == "done":
+            append_jsonl(self.out / "manifest.jsonl", [c.row for c in result.clips])
+        row = dict(result.row)
+        if shard_names:
+            row["shards"] = sorted(set(shard_names))
+        append_jsonl(self.out / "sources.jsonl", [row])
+
+    def add(self, result: SourceResult) -> None:
+        samples = [c for c in result.clips if c.sample is not None]
+        if not samples:
+            self._commit(result, [])
+            return
+        w = self.writer
+        size = sum(len(v) for c in samples for v in c.sample.values() if isinstance(v, bytes))
+        if w.count > 0 and (w.count + len(samples) > self.maxcount or w.size + size > self.maxsize):
+            w.next_stream()  # keep shards made of whole sources
+        names = []
+        for c in samples:
+            if w.count >= self.maxcount or w.size >= self.maxsize:
+                w.next_stream()
+            w.write(c.sample)
+            c.row["shard"] = self._final_name(w.fname)
+            names.append(c.row["shard"])
+        self._pending.append((result, names))
+        if w.count >= self.maxcount or w.size >= self.maxsize or time.monotonic() - self._opened > self.commit_seconds:
+            w.next_stream()
+
+    def close(self) -> None:
+        self.writer.close()
+        pending, self._pending = self._pending, []
+        for result, names in pending:  # only when the writer had nothing open
+            self._commit(result, names)

@@ -1,0 +1,145 @@
+"""Curation stages on real and synthetic footage: probing, scene cuts, clip splitting, filters."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from realaction.footage import make_synthetic
+from realaction.probe import ProbeError, discover, probe, source_id
+from realaction.scenes import detect_cuts
+from realaction.segments import Segmenter, clip_lengths, split_scenes
+
+BIKES_CUTS = [30, 76, 137, 187, 242]
+
+
+def _close(found: list[int], expected: list[int]) -> bool:
+    return len(found) == len(expected) and all(abs(a - b) <= 1 for a, b in zip(sorted(found), expected))
+
+
+def test_bikes_cuts_within_one_frame(bikes_path):
+    assert _close(detect_cuts(bikes_path), BIKES_CUTS)
+
+
+@pytest.mark.parametrize("detector", ["content", "histogram"])
+def test_bikes_cuts_other_detectors(bikes_path, detector):
+    assert _close(detect_cuts(bikes_path, detector=detector), BIKES_CUTS)
+
+
+def test_carphone_and_real_clip_have_no_cut(carphone_path):
+    assert detect_cuts(carphone_path) == []
+
+
+def test_shared_real_clip_has_no_cut(shared_data):
+    assert detect_cuts(shared_data / "real" / "4873105.mp4") == []
+
+
+def test_synthetic_cut_at_known_frame(tmp_path):
+    v = make_synthetic(tmp_path / "cut.mp4", "cut", seconds=4.0, cut_at=47)
+    assert v.cuts == [47]
+    assert _close(detect_cuts(v.path), [47])
+
+
+def test_segments_online_equals_offline_and_never_span_a_cut():
+    rng = random.Random(0)
+    for _ in range(300):
+        n = rng.randint(1, 400)
+        cuts = sorted(rng.sample(range(1, max(2, n)), k=min(n - 1, rng.randint(0, 8)))) if n > 2 else []
+        lo = rng.randint(1, 40)
+        hi = rng.randint(lo, 90)
+        margin = rng.randint(0, 4)
+        latency = rng.randint(0, 5)
+        offline = split_scenes(cuts, n, lo, hi, margin)
+        # online: cuts are reported `latency` frames after they happen
+        seg = Segmenter(lo, hi, margin, latency)
+        online = []
+        for i in range(n):
+            online += seg.push(i, [c for c in cuts if c + latency == i])
+        online += seg.finish(n, [c for c in cuts if c + latency >= n])
+        assert online == offline
+        bounds = [0, *cuts, n]
+        for s in offline:
+            assert 0 <= s.start < s.end <= n
+            assert not any(s.start < c < s.end for c in cuts), "a clip spans a cut"
+            assert (s.length < lo) == s.too_short
+            assert s.length <= hi
+            for c in cuts:  # the margin is kept on both sides of every cut
+                assert s.end <= c - margin or s.start >= c + margin
+        kept = [s for s in offline if not s.too_short]
+        assert all(bounds[s.scene] <= s.start for s in kept)
+
+
+def test_clip_lengths():
+    assert clip_lengths(25.0, 1.5, 10.0) == (38, 250)
+    assert clip_lengths(30000 / 1001, 2.0, 2.0) == (59, 59)
+
+
+def test_source_id_is_stable_and_has_no_dots():
+    a = source_id("people/walk.v2.mp4")
+    assert a == source_id("people/walk.v2.mp4")
+    assert "." not in a and "/" not in a
+    assert a != source_id("people/walk_v2.mp4")
+
+
+def test_discover_is_recursive_and_skips_other_files(tmp_path, carphone_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copyfile(carphone_path, tmp_path / "a" / "b" / "x.MOV")
+    shutil.copyfile(carphone_path, tmp_path / "y.mkv")
+    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / ".hidden").mkdir()
+    shutil.copyfile(carphone_path, tmp_path / ".hidden" / "z.mp4")
+    assert [s.rel for s in discover(tmp_path)] == ["a/b/x.MOV", "y.mkv"]
+
+
+def test_probe_real_footage(bikes_path, carphone_path):
+    b = probe(bikes_path)
+    assert (b.num_frames, b.fps, b.width, b.height, b.rotation) == (250, 25.0, 640, 272, 0)
+    c = probe(carphone_path)
+    assert (c.width, c.height) == (176, 144) and abs(c.fps - 29.97) < 0.01 and c.num_frames == 120
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "empty", "text", "truncated"])
+def test_probe_rejects_unreadable(tmp_path, kind):
+    path = tmp_path / "bad.mp4"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 50)
+    else:
+        make_synthetic(path, kind)
+    with pytest.raises(ProbeError) as e:
+        probe(path)
+    assert str(e.value) and "\n" not in str(e.value)
+
+
+def test_probe_reads_rotation(tmp_path, carphone_path):
+    import imageio_ffmpeg
+
+    out = tmp_path / "rotated.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90",
+                    "-i", str(carphone_path), "-c", "copy", str(out)], check=True)
+    p = probe(out)
+    assert p.rotation in (90, 270)
+    assert (p.width, p.height) == (144, 176) and (p.coded_width, p.coded_height) == (176, 144)
+
+
+def test_quality_and_motion_scores_separate_static_from_moving(tmp_path):
+    from realaction.motion import motion_scores
+    from realaction.quality import quality_scores, to_gray
+    from realaction.video_io import decode_frames
+
+    scores = {}
+    for kind in ("moving", "static", "black"):
+        v = make_synthetic(tmp_path / f"{kind}.mp4", kind, seconds=2.0)
+        frames = decode_frames(v.path)[::3]
+        gray = to_gray(frames)
+        scores[kind] = {**quality_scores(gray), **motion_scores(gray, np.arange(len(gray)) * 3 / v.fps)}
+    assert scores["black"]["black_fraction"] == 1.0 and scores["moving"]["black_fraction"] == 0.0
+    assert scores["static"]["subject_motion"] < 1.0 < 10.0 < scores["moving"]["subject_motion"]
+    assert scores["moving"]["camera_motion"] < 3.0  # the discs move, the camera does not
+    assert scores["static"]["frozen_fraction"] < 0.5  # sensor noise: static, not frozen
+    assert scores["moving"]["sharpness"] > 15.0
