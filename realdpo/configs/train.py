@@ -10,14 +10,14 @@ from cli.options import field
 from realaction.errors import UserError
 from realdpo.configs.common import ModelOptions, NegativeOptions
 
-LOSSES = ("dpo", "sft", "dpo+sft")
+LOSSES = ("dpo", "sft", "dpo+sft", "ipo", "hinge")
 REFERENCES = ("base", "ema")
 SCHEDULERS = ("constant", "linear", "cosine")
 
 
 @dataclass
 class TrainConfig(ModelOptions, NegativeOptions):
-    shards: list[str] = field(default_factory=list, greedy=True, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
+    shards: list[str] = field(default_factory=list, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
     out: Path = field(Path("runs/realdpo"), help="Run folder: lora/, checkpoints/, logs, train_config.json, plot.")
     steps: int = field(100, help="Optimizer steps.")
     batch_size: int = field(1, help="Real clips per micro-batch (each with its K negatives).")
@@ -28,7 +28,8 @@ class TrainConfig(ModelOptions, NegativeOptions):
     max_grad_norm: float = field(1.0, help="Gradient clipping norm (0 disables).")
     weight_decay: float = field(1e-4, help="AdamW weight decay.")
     beta: float = field(5000.0, help="DPO beta (paper: 5000 for v-prediction; flow matching works use ~100-500).")
-    loss: str = field("dpo", help=f"Objective: {', '.join(LOSSES)}.")
+    loss: str = field("dpo", help=f"Objective: {', '.join(LOSSES)} (sft: plain MSE on the real clips, the paper's "
+                      "baseline; ipo/hinge: DPO variants on the same margin).")
     sft_weight: float = field(1.0, help="Weight of the SFT term in --loss dpo+sft.")
     t_min: float = field(0.0, help="Lowest timestep drawn, as a fraction of the schedule (sigma for flow matching).")
     t_max: float = field(0.5, help="Highest timestep drawn, as a fraction of the schedule (paper: the less-noisy half).")
@@ -39,13 +40,19 @@ class TrainConfig(ModelOptions, NegativeOptions):
     ema_rate: float = field(0.999, help="EMA rate w in ref <- w*ref + (1-w)*policy.")
     ema_every: int = field(100, help="Optimizer steps between EMA reference updates.")
     rounds: int = field(1, help="Rounds of fresh negatives; rounds after the first regenerate them with the current policy.")
-    chunk_size: Optional[int] = field(None, help="Largest batch one forward pass runs on; default runs winner and losers together.")
+    chunk_size: Optional[int] = field(None, help="Largest batch one forward pass runs on, same gradient; default runs all "
+                                      "winners and losers together. With --gradient-checkpointing every chunk keeps its "
+                                      "checkpointed graph (no extra pass); without, a no-grad pass gives each error's "
+                                      "loss coefficient and each chunk backpropagates coef*E (one more forward).")
     gradient_checkpointing: bool = field(False, help="Recompute transformer activations in the backward pass.")
     num_workers: int = field(0, help="Data-loader worker processes.")
     shuffle_buffer: int = field(64, help="Samples in the streaming shuffle buffer.")
+    neg_batch_size: int = field(4, help="Negatives generated together in one pipeline call.")
     checkpoint_every: int = field(50, help="Optimizer steps between checkpoints (0: only at the end).")
+    keep_checkpoints: int = field(3, help="Newest checkpoints kept in OUT/checkpoints (0 keeps all).")
     validate_every: int = field(0, help="Optimizer steps between validation samples (0 disables).")
     validation_prompt: Optional[str] = field(None, help="Prompt for validation samples; default is the first clip's caption.")
+    validation_steps: int = field(20, help="Sampler steps for validation samples.")
     resume: bool = field(False, help="Continue from the latest checkpoint in --out.")
 
     def validate(self) -> None:
@@ -59,7 +66,8 @@ class TrainConfig(ModelOptions, NegativeOptions):
             raise UserError(f"unknown --ref {self.ref!r}; choose one of {', '.join(REFERENCES)}")
         if self.lr_scheduler not in SCHEDULERS:
             raise UserError(f"unknown --lr-scheduler {self.lr_scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        for name in ("steps", "batch_size", "grad_accum", "lora_rank", "ema_every", "rounds"):
+        for name in ("steps", "batch_size", "grad_accum", "lora_rank", "ema_every", "rounds", "neg_batch_size",
+                     "validation_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.chunk_size is not None and self.chunk_size < 1:
@@ -70,5 +78,11 @@ class TrainConfig(ModelOptions, NegativeOptions):
             raise UserError("--t-min and --t-max must satisfy 0 <= t-min < t-max <= 1")
         if not 0 < self.ema_rate < 1:
             raise UserError("--ema-rate must be between 0 and 1")
-        if min(self.warmup_steps, self.checkpoint_every, self.validate_every, self.num_workers) < 0:
-            raise UserError("--warmup-steps, --checkpoint-every, --validate-every and --num-workers must not be negative")
+        if min(self.warmup_steps, self.checkpoint_every, self.validate_every, self.num_workers, self.keep_checkpoints,
+               self.max_grad_norm, self.weight_decay, self.sft_weight) < 0:
+            raise UserError("--warmup-steps, --checkpoint-every, --validate-every, --num-workers, --keep-checkpoints, "
+                            "--max-grad-norm, --weight-decay and --sft-weight must not be negative")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise UserError("--lora-alpha must be positive")
+        if self.rounds > self.steps:
+            raise UserError("--rounds cannot exceed --steps (each round trains at least one step)")

@@ -1,0 +1,283 @@
+"""The RealDPO step (realdpo.step, as the trainer runs it) against a faithful re-implementation of the official loop.
+
+Same CogVideoX transformer (random weights, built from a config), same LoRA, same batch (B real clips, K = 3 negatives),
+same timesteps and noise:
+
+- realdpo: reference = the same module with its LoRA adapters disabled; the policy runs once on [x_w, x_l^1..x_l^K]
+  with gradients, the reference once without; one backward.
+- official: a separate frozen full copy of the transformer as reference; for each negative the policy and the
+  reference each run on the winner and on that loser (4 passes), then one backward per negative.
+
+Time: median seconds per step after a warm-up, both measured alternately in this process. Peak memory: on CUDA
+`torch.cuda.max_memory_allocated` over the step (weights included) in a fresh subprocess per side; on CPU the process's
+resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs after imports) minus the resident set after
+imports, also one fresh subprocess per side, so it counts weights, the reference copy, activations and gradients as
+the allocator really holds them. The last line printed is `time_ratio=<x> mem_ratio=<y>` for the last size.
+
+    python bench/dpo_step.py                      # two CPU sizes, < 3 minutes on 2 cores
+    python bench/dpo_step.py --sizes cogvideox-2b  # CogVideoX-2B's real transformer config (needs a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# name -> (transformer config overrides, latent frames, latent height, latent width, text tokens)
+SIZES = {
+    "warmup": (dict(num_attention_heads=2, attention_head_dim=16, num_layers=1, time_embed_dim=32,
+                    text_embed_dim=32, max_text_seq_length=8), 3, 4, 4, 8),
+    "small": (dict(num_attention_heads=4, attention_head_dim=32, num_layers=4, time_embed_dim=128,
+                   text_embed_dim=128, max_text_seq_length=32), 3, 16, 16, 32),
+    "medium": (dict(num_attention_heads=8, attention_head_dim=64, num_layers=8, time_embed_dim=256,
+                    text_embed_dim=256, max_text_seq_length=64), 3, 16, 16, 64),
+    # CogVideoX-2B (THUDM/CogVideoX-2b transformer/config.json), 49 frames at 480x720
+    "cogvideox-2b": (dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, time_embed_dim=512,
+                          text_embed_dim=4096, max_text_seq_length=226), 13, 60, 90, 226),
+}
+BASE = dict(in_channels=16, out_channels=16, patch_size=2, temporal_compression_ratio=4, sample_frames=49,
+            sample_height=60, sample_width=90, use_rotary_positional_embeddings=False, flip_sin_to_cos=True,
+            freq_shift=0, dropout=0.0, attention_bias=True, activation_fn="gelu-approximate", timestep_activation_fn="silu",
+            norm_elementwise_affine=True, norm_eps=1e-5, spatial_interpolation_scale=1.875,
+            temporal_interpolation_scale=1.0)
+
+
+def build(size: str, device: torch.device, dtype: torch.dtype, checkpointing: bool):
+    """A CogVideoX spec over a random-weight transformer (no VAE or text encoder needed for the step)."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+
+    from realdpo.models.cogvideox import CogVideoXSpec
+    from realdpo.models.tiny import COGVIDEOX_SCHEDULER
+
+    overrides, f, h, w, text = SIZES[size]
+    torch.manual_seed(0)
+    tr = CogVideoXTransformer3DModel(**{**BASE, **overrides, "sample_height": h, "sample_width": w}).to(device)
+    if dtype != torch.float32:
+        tr.to(dtype)
+    tr.requires_grad_(False)
+    if checkpointing:
+        tr.enable_gradient_checkpointing()
+    sched = CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER)
+    spec = CogVideoXSpec.__new__(CogVideoXSpec)  # the real per_sample_error, without loading a pipeline folder
+    spec.transformer, spec.task, spec.device, spec.dtype = tr, "t2v", device, dtype
+    spec.alphas_cumprod, spec.num_train_timesteps = sched.alphas_cumprod.float(), 1000
+    spec._rotary_cache = {}
+    latent = (f, 16, h, w)
+    return spec, latent, (text, overrides["text_embed_dim"])
+
+
+def add_lora(spec, rank: int) -> list[torch.nn.Parameter]:
+    from peft import LoraConfig
+
+    spec.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True,
+                                            target_modules=spec.lora_target_modules))
+    params = [p for p in spec.transformer.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    with torch.no_grad():  # a trained adapter: policy != reference
+        for n, p in spec.transformer.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 1e-3)
+    return params
+
+
+def batch(spec, latent, text, b: int, k: int, device, dtype):
+    g = torch.Generator().manual_seed(1)
+    winners = torch.randn(b, *latent, generator=g).to(device)
+    losers = torch.randn(b, k, *latent, generator=g).to(device)
+    noise = torch.randn(b, *latent, generator=g).to(device)
+    t = spec.sample_timesteps(b, 0.0, 0.5, generator=g).to(device)
+    cond = {"prompt_embeds": torch.randn(b, *text, generator=g).to(device, dtype)}
+    return winners, losers, noise, t, cond
+
+
+class Ours:
+    name = "realdpo"
+
+    def __init__(self, spec, data, beta, chunk):
+        from realdpo.reference import DisabledAdapterReference
+        from realdpo.step import ErrorModel, build_inputs
+
+        self.spec, self.beta, self.chunk = spec, beta, chunk
+        self.policy, self.ref = ErrorModel(spec, spec.transformer), DisabledAdapterReference(spec.transformer)
+        winners, losers, noise, t, cond = data
+        self.inputs = build_inputs(winners, losers, cond, noise, t)
+
+    def step(self):
+        from realdpo.step import preference_step
+
+        return preference_step(self.policy, self.ref, self.spec, self.inputs, kind="dpo", beta=self.beta,
+                               chunk_size=self.chunk, keep_graph=self.spec.transformer.gradient_checkpointing)["loss"]
+
+
+class Official:
+    """The official loop: a separate frozen reference copy; per negative 4 passes and one backward."""
+
+    name = "official"
+
+    def __init__(self, spec, data, beta, base_copy):
+        self.spec, self.beta, self.data = spec, beta, data
+        self.ref = base_copy
+
+    def step(self):
+        spec, (winners, losers, noise, t, cond) = self.spec, self.data
+        total = 0.0
+        for j in range(losers.shape[1]):
+            ew = spec.per_sample_error(spec.transformer, winners, noise, t, cond)
+            el = spec.per_sample_error(spec.transformer, losers[:, j], noise, t, cond)
+            with torch.no_grad():
+                rw = spec.per_sample_error(self.ref, winners, noise, t, cond)
+                rl = spec.per_sample_error(self.ref, losers[:, j], noise, t, cond)
+            loss = -F.logsigmoid(-0.5 * self.beta * ((ew - rw) - (el - rl))).mean() / losers.shape[1]
+            loss.backward()
+            total += loss.item()
+        return total
+
+
+def make(side: str, args, device, dtype):
+    spec, latent, text = build(args.size, device, dtype, args.gradient_checkpointing)
+    base_copy = None
+    if side == "official":  # the frozen copy is taken before the adapter exists: it is the base model
+        base_copy = copy.deepcopy(spec.transformer).eval().requires_grad_(False)
+    params = add_lora(spec, args.rank)
+    data = batch(spec, latent, text, args.batch, args.k, device, dtype)
+    runner = Ours(spec, data, args.beta, args.chunk_size) if side == "realdpo" else Official(spec, data, args.beta, base_copy)
+    return runner, params
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def worker(args) -> None:
+    """One side in a fresh process: peak memory of model setup + steps."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    import diffusers  # noqa: F401  (imports before the baseline)
+    import peft  # noqa: F401
+
+    from realdpo import step  # noqa: F401
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        runner, params = make(args.worker, args, device, dtype)
+        for _ in range(2):
+            runner.step()
+            for p in params:
+                p.grad = None
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        # fault in the kernels' code pages first (a tiny model through both sides), so the baseline holds them
+        size, args.size = args.size, "warmup"
+        for side in ("realdpo", "official"):
+            runner, _ = make(side, args, device, dtype)
+            runner.step()
+        del runner
+        args.size = size
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+        base = _rss_kib("VmRSS")
+        runner, params = make(args.worker, args, device, dtype)
+        for _ in range(2):
+            runner.step()
+            for p in params:
+                p.grad = None
+        peak = (_rss_kib("VmHWM") - base) * 1024
+    print(json.dumps({"peak_bytes": peak}))
+
+
+def peak_memory(side: str, args) -> int:
+    cmd = [sys.executable, __file__, "--worker", side, "--sizes", args.size, "--device", args.device,
+           "--dtype", args.dtype, "--batch", str(args.batch), "--k", str(args.k), "--rank", str(args.rank),
+           "--beta", str(args.beta), "--threads", str(args.threads)]
+    cmd += ["--chunk-size", str(args.chunk_size or 0)]
+    cmd += ["--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing"]
+    # large tensors get their own mappings and go back to the OS when freed, so the RSS follows live tensors
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def time_steps(args, device, dtype) -> tuple[float, float, float]:
+    ours, p_ours = make("realdpo", args, device, dtype)
+    official, p_off = make("official", args, device, dtype)
+    times = {"realdpo": [], "official": []}
+    losses = {}
+    for i in range(args.repeat + 1):
+        for runner, params in ((ours, p_ours), (official, p_off)):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            losses[runner.name] = runner.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first step warms up
+                times[runner.name].append(time.perf_counter() - t0)
+            for p in params:
+                p.grad = None
+    return statistics.median(times["realdpo"]), statistics.median(times["official"]), \
+        abs(losses["realdpo"] - losses["official"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=["small", "medium"], choices=list(SIZES),
+                    help="Model sizes to run, in order (the last one's ratios are printed last).")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="Model dtype (default float32 on CPU, bfloat16 on CUDA).")
+    ap.add_argument("--batch", type=int, default=1, help="Real clips per step (B).")
+    ap.add_argument("--k", type=int, default=3, help="Negatives per clip (K).")
+    ap.add_argument("--rank", type=int, default=16, help="LoRA rank.")
+    ap.add_argument("--beta", type=float, default=5000.0)
+    ap.add_argument("--repeat", type=int, default=3, help="Timed steps per side (after one warm-up step).")
+    ap.add_argument("--chunk-size", type=int, default=None,
+                    help="realdpo's --chunk-size (default: B, one chunk per winner/loser, with gradient checkpointing; "
+                         "0: unchunked).")
+    ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                    help="Gradient checkpointing on both sides (the official training scripts enable it).")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default; 1 is steadier on shared cores).")
+    ap.add_argument("--worker", choices=["realdpo", "official"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.chunk_size is None:
+        args.chunk_size = args.batch if args.gradient_checkpointing else 0
+    args.chunk_size = args.chunk_size or None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        args.size = args.sizes[0]
+        return worker(args)
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    print(f"device={device} dtype={args.dtype} B={args.batch} K={args.k} lora_rank={args.rank} "
+          f"chunk_size={args.chunk_size} gradient_checkpointing={args.gradient_checkpointing}")
+    line = ""
+    for size in args.sizes:
+        args.size = size
+        t_ours, t_off, dloss = time_steps(args, device, dtype)
+        m_ours, m_off = peak_memory("realdpo", args), peak_memory("official", args)
+        print(f"[{size}] step time: realdpo {t_ours:.3f}s, official {t_off:.3f}s | peak memory: realdpo "
+              f"{m_ours / 2**20:.0f} MiB, official {m_off / 2**20:.0f} MiB | |loss difference| {dloss:.2e}", flush=True)
+        line = f"time_ratio={t_ours / t_off:.3f} mem_ratio={m_ours / m_off:.3f}"
+        print(f"[{size}] {line}", flush=True)
+    print(line)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,152 @@
+"""The training stream: cached (winner, K losers, cond) batches, shuffled, split by node and by worker, epoch after
+epoch, resumable at any batch.
+
+Before training every process reads the shards once with webdataset (`iter_shard_samples`) and caches its share of
+real latents, prompt embeddings and negatives (`ensure_cached`). The share is every N-th sample, which is what each
+process generated negatives for, and works for any number of shards (a single shard included). The stream then
+only reads the small cached tensors: a `wds.DataPipeline` of key batches (a fresh permutation each epoch, seeded
+by run seed, rank and epoch), split across loader workers batch by batch, then loaded and collated. Batch `j` of a
+process is a pure function of (seed, rank, j), so `--resume` restarts the stream exactly at the saved batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from realaction.errors import UserError
+from realdpo.cache import LatentCache
+from realdpo.clips import ClipSample
+
+
+@dataclass
+class PairBatch:
+    """winners [B, *L], losers [B, K, *L], cond {name: [B, ...]} (everything but the latents of the real entry)."""
+
+    keys: list[str]
+    winners: torch.Tensor
+    losers: torch.Tensor
+    cond: dict[str, torch.Tensor]
+
+    def to(self, device: torch.device | str) -> "PairBatch":
+        return PairBatch(self.keys, self.winners.to(device), self.losers.to(device),
+                         {k: v.to(device) for k, v in self.cond.items()})
+
+
+def collate(items: Sequence[tuple[str, dict[str, torch.Tensor], torch.Tensor]]) -> PairBatch:
+    """(key, real entry with batch dim 1, negatives [K, ...]) per sample -> one PairBatch."""
+    keys = [k for k, _, _ in items]
+    winners = torch.cat([real["latents"] for _, real, _ in items])
+    losers = torch.stack([neg for _, _, neg in items])
+    names = [n for n in items[0][1] if n != "latents"]
+    cond = {n: torch.cat([real[n] for _, real, _ in items]) for n in names}
+    return PairBatch(keys, winners, losers, cond)
+
+
+class ShardSamples:
+    """The shards read in order with webdataset, re-readable; remembers the keys of the last pass (the order
+    ensure_cached's `shard=` split uses) and the first clip (validation prompt and first frame)."""
+
+    def __init__(self, urls: Sequence[str]):
+        self.urls = list(urls)
+        self.keys: list[str] = []
+        self.first: ClipSample | None = None
+
+    def __iter__(self) -> Iterator[ClipSample]:
+        from realdpo.clips import iter_shard_samples
+
+        self.keys = []
+        for s in iter_shard_samples(self.urls):
+            if self.first is None:
+                self.first = s
+            self.keys.append(s.key)
+            yield s
+
+
+def process_share(keys: Sequence[str], rank: int, world: int) -> list[str]:
+    """This process's samples: every `world`-th in reading order starting at `rank` (as ensure_cached's shard=)."""
+    out, seen = [], set()
+    for n, key in enumerate(keys):
+        if n % world == rank and key not in seen:
+            seen.add(key)
+            out.append(key)
+    return out
+
+
+def usable_keys(cache: LatentCache, keys: Sequence[str], round: int, k: int) -> list[str]:
+    """Keys whose real entry and k negatives of `round` are cached (clips too short for the run were skipped)."""
+    return [key for key in keys if cache.has_real(key) and len(cache.negative_seeds(key, round)) >= k]
+
+
+def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"realdpo-data:{seed}:{rank}:{epoch}".encode()).digest()[:8], "little") >> 2
+
+
+class KeyStream:
+    """Batch j of keys: samples j*B .. j*B+B-1 of an endless sequence of shuffled epochs over `keys`."""
+
+    def __init__(self, keys: Sequence[str], batch_size: int, seed: int, rank: int):
+        if not keys:
+            raise UserError("no usable clips for this process (too few clips in --shards for the number of "
+                            "processes, or every clip is shorter than --frames at --fps)")
+        self.keys, self.batch_size, self.seed, self.rank = list(keys), batch_size, seed, rank
+        self._perm: tuple[int, list[int]] | None = None
+
+    def _epoch(self, epoch: int) -> list[int]:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.rank, epoch))
+            self._perm = (epoch, torch.randperm(len(self.keys), generator=g).tolist())
+        return self._perm[1]
+
+    def batch(self, j: int) -> list[str]:
+        n = len(self.keys)
+        out = []
+        for i in range(j * self.batch_size, (j + 1) * self.batch_size):
+            out.append(self.keys[self._epoch(i // n)[i % n]])
+        return out
+
+    def epoch_of(self, j: int) -> int:
+        return j * self.batch_size // len(self.keys)
+
+    def batches(self, start: int = 0) -> Iterator[tuple[int, list[str]]]:
+        j = start
+        while True:
+            yield j, self.batch(j)
+            j += 1
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """Endless PairBatches from batch `start` on; every DataLoader worker loads every num_workers-th batch, so the
+    loader's round-robin returns them in order."""
+
+    def __init__(self, cache: LatentCache, keys: Sequence[str], *, round: int, k: int, batch_size: int, seed: int,
+                 rank: int, start: int = 0):
+        super().__init__()
+        self.cache, self.round, self.k, self.start = cache, round, k, start
+        self.stream = KeyStream(keys, batch_size, seed, rank)
+
+    def _load(self, item: tuple[int, list[str]]) -> PairBatch:
+        _, keys = item
+        items = []
+        for key in keys:
+            real = self.cache.get_real(key)
+            neg = self.cache.get_negatives(key, self.round, self.k) if real is not None else None
+            if neg is None:  # the cache was filled for these keys before training; losing an entry is an error
+                raise RuntimeError(f"cache entry of {key!r} (round {self.round}) vanished from {self.cache.dir}")
+            items.append((key, real, neg))
+        return collate(items)
+
+    def __iter__(self) -> Iterator[PairBatch]:
+        import webdataset as wds
+
+        pipeline = wds.DataPipeline(lambda: self.stream.batches(self.start), wds.split_by_worker, wds.map(self._load))
+        return iter(pipeline)
+
+
+def pair_loader(dataset: PairStream, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over the (already batched) stream."""
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                                       persistent_workers=False, prefetch_factor=4 if num_workers else None)

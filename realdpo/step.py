@@ -1,0 +1,114 @@
+"""One RealDPO micro-batch, computed once and batched (DESIGN §1 "Compute it once, batched").
+
+The policy runs once on the concatenation `[x_w (B), x_l (B*K, sample-major)]` with gradients and the reference
+once under `no_grad`; all B*(K+1) inputs of a sample share its timestep and its noise tensor. With `chunk_size`
+the concatenation is split without changing the math, in one of two ways:
+
+- keep_graph (for a transformer with gradient checkpointing): each chunk runs forward with gradients and keeps its
+  (checkpointed, so small) graph; one backward then recomputes one chunk's activations at a time. No extra pass.
+- otherwise, the two-pass coefficient method: a no-grad pass gives the scalar errors, the loss gives their
+  coefficients `dloss/dE_i`, and each chunk runs again with gradients to backpropagate `coef_i * E_i`; activation
+  memory is one chunk's, at the cost of one more forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import torch
+
+from realdpo.losses import objective
+from realdpo.models.base import Cond, ModelSpec
+from realdpo.reference import Reference
+
+
+class ErrorModel(torch.nn.Module):
+    """`spec.per_sample_error` of the transformer as a module, so accelerate/DDP can wrap the policy while the spec
+    still calls the plain transformer."""
+
+    def __init__(self, spec: ModelSpec, transformer: torch.nn.Module):
+        super().__init__()
+        self.spec = spec
+        self.transformer = transformer
+
+    def forward(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return self.spec.per_sample_error(self.transformer, latents, noise, timesteps, cond)
+
+
+@dataclass
+class StepInputs:
+    """Concatenated model inputs of one micro-batch; `batch_size` counts real clips (winners)."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    cond: Cond
+    batch_size: int
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def take(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond]:
+        return self.latents[sl], self.noise[sl], self.timesteps[sl], {k: v[sl] for k, v in self.cond.items()}
+
+
+def _repeat_for_losers(x: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.cat([x, x.repeat_interleave(k, dim=0)]) if k else x
+
+
+def build_inputs(winners: torch.Tensor, losers: torch.Tensor | None, cond: Cond, noise: torch.Tensor,
+                 timesteps: torch.Tensor) -> StepInputs:
+    """winners [B, *L], losers [B, K, *L] (None: winners only, for SFT), cond/noise/timesteps batched per clip."""
+    b = winners.shape[0]
+    k = 0 if losers is None else losers.shape[1]
+    latents = winners if losers is None else torch.cat([winners, losers.flatten(0, 1)])
+    return StepInputs(latents=latents, noise=_repeat_for_losers(noise, k), timesteps=_repeat_for_losers(timesteps, k),
+                      cond={n: _repeat_for_losers(v, k) for n, v in cond.items()}, batch_size=b)
+
+
+def draw_noise(spec: ModelSpec, winners: torch.Tensor, t_min: float, t_max: float,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One timestep and one noise tensor per real clip (shared with its losers); drawn on the CPU generator so a
+    step's randomness depends only on the generator's seed."""
+    timesteps = spec.sample_timesteps(winners.shape[0], t_min, t_max, generator=generator)
+    noise = torch.randn(winners.shape, generator=generator, dtype=torch.float32).to(winners.device)
+    return noise, timesteps.to(winners.device)
+
+
+def _slices(n: int, size: int | None) -> list[slice]:
+    size = n if not size or size >= n else size
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def preference_step(policy: Callable[..., torch.Tensor], reference: Reference | None, spec: ModelSpec,
+                    inputs: StepInputs, *, kind: str, beta: float, sft_weight: float = 1.0,
+                    chunk_size: int | None = None, keep_graph: bool = False,
+                    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+                    no_sync: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, float]:
+    """Forward, loss and backward of one micro-batch; returns the metrics.
+
+    policy(latents, noise, timesteps, cond) -> E [n] with gradients (an `ErrorModel`, possibly DDP-wrapped).
+    keep_graph: chunk by keeping every chunk's graph (use with gradient checkpointing) instead of two passes.
+    backward: e.g. `accelerator.backward`. no_sync: suppresses gradient all-reduce for all but the last chunk.
+    """
+    slices = _slices(len(inputs), chunk_size)
+    err_ref = None
+    if kind != "sft":
+        with torch.no_grad():
+            err_ref = torch.cat([reference.errors(spec, *inputs.take(sl)) for sl in slices])
+    if len(slices) == 1 or keep_graph:
+        err = torch.cat([policy(*inputs.take(sl)) for sl in slices])
+        loss, metrics = objective(kind, err, err_ref, inputs.batch_size, beta=beta, sft_weight=sft_weight)
+        backward(loss)
+        return metrics
+    with torch.no_grad():
+        err = torch.cat([policy(*inputs.take(sl)) for sl in slices])
+    leaf = err.detach().requires_grad_(True)
+    loss, metrics = objective(kind, leaf, err_ref, inputs.batch_size, beta=beta, sft_weight=sft_weight)
+    (coef,) = torch.autograd.grad(loss, leaf)
+    for i, sl in enumerate(slices):
+        with no_sync() if i < len(slices) - 1 else contextlib.nullcontext():
+            backward((coef[sl].detach() * policy(*inputs.take(sl))).sum())
+    return metrics

@@ -1,0 +1,159 @@
+"""Reference models: adapters off = the base model, gradients reach only the trained adapter, fp32 EMA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from realdpo.reference import (DisabledAdapterReference, EmaAdapterReference, FrozenCopyReference, adapter_params,
+                               ema_update_, make_reference)
+from realdpo.step import ErrorModel, build_inputs, preference_step
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    from realdpo.models.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline("cogvideox", "t2v", tmp_path_factory.mktemp("tiny") / "cogvideox")
+
+
+@pytest.fixture
+def spec(tiny_path):
+    from realdpo.models import load_spec
+
+    return load_spec(tiny_path)
+
+
+def _inputs(spec, b=2, k=2, seed=0):
+    frames, height, width = spec.default_size()
+    shape = spec.encode_videos(torch.zeros(1, frames, 3, height, width)).shape[1:]
+    g = torch.Generator().manual_seed(seed)
+    winners, losers = torch.randn(b, *shape, generator=g), torch.randn(b, k, *shape, generator=g)
+    noise, t = torch.randn(b, *shape, generator=g), spec.sample_timesteps(b, 0.0, 0.5, generator=g)
+    return build_inputs(winners, losers, spec.encode_prompts(["a"] * b), noise, t)
+
+
+def _add_lora(tr, spec, perturb=True):
+    tr.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=spec.lora_target_modules))
+    if perturb:
+        with torch.no_grad():
+            for n, p in tr.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+
+
+def test_disabled_adapter_reference_is_the_base_model_exactly(spec):
+    tr = spec.transformer
+    inputs = _inputs(spec)
+    args = inputs.take(slice(None))
+    with torch.no_grad():
+        base = spec.per_sample_error(tr, *args)
+    _add_lora(tr, spec)
+    ref = DisabledAdapterReference(tr)
+    assert torch.equal(ref.errors(spec, *args), base)
+    with torch.no_grad():
+        policy = ErrorModel(spec, tr)(*args)
+    assert not torch.allclose(policy, base)
+    # disabling and re-enabling leaves the adapter trainable
+    assert all(p.requires_grad for n, p in tr.named_parameters() if "lora" in n)
+
+
+@pytest.mark.parametrize("ref_kind", ["base", "ema"])
+def test_gradients_reach_only_the_trained_adapter(spec, ref_kind):
+    tr = spec.transformer
+    _add_lora(tr, spec)
+    ref = make_reference(tr, ref=ref_kind, lora=True, ema_rate=0.999, ema_every=1)
+    preference_step(ErrorModel(spec, tr), ref, spec, _inputs(spec), kind="dpo", beta=100.0)
+    trained = set(adapter_params(tr, "default").values())
+    assert trained and all(p.requires_grad for p in trained)
+    for n, p in tr.named_parameters():
+        if p in trained:
+            assert p.grad is not None, n
+        else:
+            assert p.grad is None and not p.requires_grad, n
+    assert any(p.grad.abs().sum() > 0 for p in trained)
+    for m in (spec.vae, spec.text_encoder):
+        assert all(p.grad is None for p in m.parameters())
+
+
+def test_ema_update_moves_fp32_where_bf16_would_not():
+    src = torch.full((4,), 1.0 + 2 ** -6)
+    ref32 = torch.ones(4)
+    ref16 = torch.ones(4, dtype=torch.bfloat16)
+    ema_update_([ref32], [src], 0.999)
+    ema_update_([ref16], [src], 0.999)
+    torch.testing.assert_close(ref32, torch.full((4,), 1.0 + 0.001 * 2 ** -6), rtol=0, atol=1e-7)
+    assert torch.equal(ref16, torch.ones(4, dtype=torch.bfloat16))  # the official code's bf16 EMA: a no-op
+
+
+def test_ema_adapter_reference(spec):
+    tr = spec.transformer.to(torch.bfloat16)  # a bf16 model: the EMA adapter must still be fp32
+    _add_lora(tr, spec, perturb=False)
+    ref = EmaAdapterReference(tr, rate=0.9, every=2)
+    ema, pol = adapter_params(tr, "ema"), adapter_params(tr, "default")
+    assert ema.keys() == pol.keys() and all(p.dtype == torch.float32 and not p.requires_grad for p in ema.values())
+    assert all(p.requires_grad for p in pol.values())
+    before = {k: v.detach().clone() for k, v in ema.items()}
+    with torch.no_grad():
+        for p in pol.values():
+            p.add_(0.01)
+    assert not ref.update(1)  # only every `every` steps
+    assert all(torch.equal(before[k], ema[k]) for k in ema)
+    assert ref.update(2)
+    for k in ema:
+        expect = 0.9 * before[k] + 0.1 * pol[k].detach().float()
+        torch.testing.assert_close(ema[k].detach(), expect, rtol=0, atol=1e-6)
+    # the checkpoint round trip
+    state = ref.state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values())
+    with torch.no_grad():
+        for p in ema.values():
+            p.zero_()
+    ref.load_state_dict(state)
+    assert all(torch.equal(ema[k].detach(), state[k]) for k in ema)
+    assert all(p.requires_grad for p in pol.values()) and not any(p.requires_grad for p in ema.values())
+
+
+def test_ema_reference_runs_the_ema_weights(spec):
+    tr = spec.transformer
+    _add_lora(tr, spec, perturb=False)  # B = 0: policy == base == EMA at the start
+    args = _inputs(spec).take(slice(None))
+    ref = EmaAdapterReference(tr, rate=0.5, every=1)
+    base = DisabledAdapterReference(tr).errors(spec, *args)
+    assert torch.equal(ref.errors(spec, *args), base)
+    with torch.no_grad():
+        for n, p in tr.named_parameters():
+            if "lora_B.default" in n:
+                p.normal_(0, 0.05)
+    ref.update(1)  # EMA halfway between base and policy
+    e_ref = ref.errors(spec, *args)
+    e_pol = ErrorModel(spec, tr)(*args).detach()
+    assert not torch.allclose(e_ref, base) and not torch.allclose(e_ref, e_pol)
+
+
+def test_frozen_copy_reference_for_full_fine_tuning(spec):
+    tr = spec.transformer.requires_grad_(True)
+    args = _inputs(spec).take(slice(None))
+    with torch.no_grad():
+        base = spec.per_sample_error(tr, *args)
+    ref = FrozenCopyReference(tr, rate=0.999, every=1)
+    with torch.no_grad():
+        for p in tr.parameters():
+            p.add_(0.01)
+    assert torch.equal(ref.errors(spec, *args), base)
+    w_before = next(iter(ref.state_dict().values()))
+    ref.update(1)
+    name, w_after = next(iter(ref.state_dict().items()))
+    torch.testing.assert_close(w_after, w_before + 0.001 * 0.01, rtol=0, atol=1e-6)
+    assert not any(p.requires_grad for p in ref.model.parameters())
+    assert make_reference(tr, ref="base", lora=False, ema_rate=0.999, ema_every=1).state_dict() == {}

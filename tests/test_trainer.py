@@ -1,0 +1,213 @@
+"""`realdpo train` end to end on tiny models: outputs, LoRA loading, exact resume, options, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
+
+from realaction.errors import UserError
+from realdpo.configs.train import TrainConfig
+from realdpo.trainer import steps_per_round, train
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("shards")
+    clips = [(f"synth-{i:04d}", f"a yellow square moving right, take {i}", synthetic_clip(frames=20, seed=i)) for i in range(4)]
+    write_tiny_shard(root / "realaction-000000.tar", clips[:3])
+    write_tiny_shard(root / "realaction-000001.tar", clips[3:])
+    return [str(root / "realaction-*.tar")]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("latents")  # shared: every run after the first reuses the negatives
+
+
+def _reset_accelerate() -> None:
+    """accelerate keeps process-wide state; each train() call in this process starts from a clean one."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    yield
+    _reset_accelerate()
+
+
+def _cfg(shards, cache_dir, out, family="cogvideox", task="t2v", **kw) -> TrainConfig:
+    base = dict(shards=shards, out=out, model=tiny_model(family, task), cache_dir=cache_dir, steps=3, negatives=2,
+                neg_steps=2, beta=500.0, lr=1e-3, lora_rank=4, checkpoint_every=0, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _transformer_output(spec, seed=0):
+    frames, height, width = spec.default_size()
+    g = torch.Generator().manual_seed(seed)
+    shape = spec.encode_videos(torch.zeros(1, frames, 3, height, width)).shape
+    x0, noise = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    t = spec.sample_timesteps(1, 0.0, 0.5, generator=g)
+    cond = {**spec.encode_prompts(["a square"]), **spec.encode_first_frames(torch.zeros(1, 3, height, width), frames)}
+    with torch.no_grad():
+        return spec.per_sample_error(spec.transformer, x0, noise, t, cond)
+
+
+@pytest.mark.parametrize("family, task", [("cogvideox", "t2v"), ("wan", "t2v"), ("cogvideox", "i2v")])
+def test_train_writes_outputs_and_a_loadable_lora(family, task, shards, cache_dir, tmp_path):
+    from realdpo.models import load_spec
+
+    out = tmp_path / "run"
+    validate = family == "cogvideox"
+    extra = dict(validate_every=2, validation_steps=2, grad_accum=2) if validate else {}
+    result = train(_cfg(shards, cache_dir, out, family, task, steps=2, **extra))
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("loss", "reward_margin", "accuracy", "err_policy_w", "err_ref_w", "err_policy_l", "err_ref_l",
+                "grad_norm", "lr"):
+        assert all(key in r for r in rows), key
+    assert rows[0]["reward_margin"] == 0 and rows[0]["loss"] == pytest.approx(0.6931, abs=1e-4)  # policy == reference
+    assert result.first["step"] == 1 and result.last["step"] == 2 and result.steps == 2
+    assert (out / "training.png").stat().st_size > 0
+    assert (out / "samples" / "step-000002.mp4").is_file() == validate
+    assert json.loads((out / "train_config.json").read_text())["beta"] == 500.0
+    assert list((out / "logs").rglob("events.out.tfevents*"))
+    assert (out / "checkpoints" / "step-2" / "trainable.safetensors").is_file()
+
+    spec = load_spec(tiny_model(family, task))
+    before = _transformer_output(spec)
+    pipe = spec.pipeline()
+    pipe.load_lora_weights(str(out / "lora"))
+    after = _transformer_output(spec)
+    assert not torch.allclose(before, after)
+    # the loaded adapter is the trained one
+    trained = load_file(str(out / "checkpoints" / "step-2" / "trainable.safetensors"))
+    loaded = {n: p for n, p in spec.transformer.named_parameters() if "lora_B" in n}
+    some = next(k for k in trained if "lora_B" in k)
+    match = [n for n in loaded if n.replace(".default_0.", ".default.") == some]
+    assert match and torch.allclose(loaded[match[0]], trained[some])
+
+
+def test_resume_continues_exactly(shards, cache_dir, tmp_path):
+    kw = dict(ref="ema", ema_every=2, ema_rate=0.9, checkpoint_every=2, batch_size=2)
+    straight = tmp_path / "straight"
+    train(_cfg(shards, cache_dir, straight, steps=6, **kw))
+    split = tmp_path / "split"
+    train(_cfg(shards, cache_dir, split, steps=3, **kw))
+    assert (split / "checkpoints" / "step-3").is_dir()
+    train(_cfg(shards, cache_dir, split, steps=6, resume=True, **kw))
+    a = load_file(str(straight / "lora" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(split / "lora" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    ra = load_file(str(straight / "checkpoints" / "step-6" / "reference.safetensors"))
+    rb = load_file(str(split / "checkpoints" / "step-6" / "reference.safetensors"))
+    for k in ra:
+        torch.testing.assert_close(ra[k], rb[k], rtol=1e-5, atol=1e-6)
+    rows_a, rows_b = _rows(straight), _rows(split)
+    assert [r["step"] for r in rows_b] == list(range(1, 7))
+    for x, y in zip(rows_a, rows_b):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
+    # a finished run is not silently overwritten; a resume must not change the method
+    with pytest.raises(UserError, match="--resume"):
+        train(_cfg(shards, cache_dir, split, steps=6, **kw))
+    with pytest.raises(UserError, match="beta"):
+        train(_cfg(shards, cache_dir, split, steps=7, resume=True, **{**kw, "beta": 100.0}))
+
+
+def test_resume_after_a_kill_mid_run(shards, cache_dir, tmp_path, monkeypatch):
+    """Killed after step 4 with the last checkpoint at step 3: the resumed run redoes step 4 and ends where an
+    uninterrupted run ends (linear LR schedule with warm-up, so the scheduler state matters too)."""
+    import realdpo.trainer as trainer
+
+    kw = dict(steps=6, checkpoint_every=3, lr_scheduler="linear", warmup_steps=2, grad_accum=2)
+    straight = tmp_path / "straight"
+    train(_cfg(shards, cache_dir, straight, **kw))
+
+    round_of = trainer._round_of
+
+    def killed_at_4(step, steps, rounds):
+        if step == 4:
+            raise KeyboardInterrupt
+        return round_of(step, steps, rounds)
+
+    killed = tmp_path / "killed"
+    monkeypatch.setattr(trainer, "_round_of", killed_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(shards, cache_dir, killed, **kw))
+    monkeypatch.setattr(trainer, "_round_of", round_of)
+    assert [r["step"] for r in _rows(killed)] == [1, 2, 3, 4]
+    _reset_accelerate()
+    train(_cfg(shards, cache_dir, killed, resume=True, **kw))
+    rows_a, rows_b = _rows(straight), _rows(killed)
+    assert [r["step"] for r in rows_b] == list(range(1, 7))
+    assert [r["lr"] for r in rows_b] == pytest.approx([r["lr"] for r in rows_a])
+    a = load_file(str(straight / "lora" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(killed / "lora" / "pytorch_lora_weights.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_rounds_sft_chunks_and_full_fine_tuning(shards, cache_dir, tmp_path):
+    assert steps_per_round(5, 2) == [3, 2]
+    out = tmp_path / "rounds"
+    train(_cfg(shards, cache_dir, out, steps=2, rounds=2, chunk_size=2, loss="dpo+sft"))
+    rows = _rows(out)
+    assert [r["round"] for r in rows] == [1, 2] and "loss_sft" in rows[0]
+    assert list((out / "cache").rglob("neg-r2/*.safetensors"))  # round 2's negatives: this run's policy, in OUT
+
+    sft = tmp_path / "sft"
+    train(_cfg(shards, cache_dir, sft, steps=2, loss="sft"))
+    assert "accuracy" not in _rows(sft)[0] and _rows(sft)[0]["loss"] > 0
+
+    full = tmp_path / "full"
+    result = train(_cfg(shards, cache_dir, full, steps=2, lora=False, ref="ema", ema_every=1,
+                        gradient_checkpointing=True, chunk_size=1))
+    assert result.lora is None and (full / "transformer" / "config.json").is_file()
+    assert (full / "checkpoints" / "step-2" / "reference.safetensors").is_file()
+    assert _rows(full)[1]["reward_margin"] != 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(shards=["/nonexistent/*.tar"]), "no shard files"),
+    (dict(frames=8), "frames"),
+    (dict(loss="kto"), "--loss"),
+    (dict(rounds=5, steps=2), "--rounds"),
+])
+def test_bad_options_fail_before_any_work(change, message, shards, cache_dir, tmp_path):
+    with pytest.raises(UserError, match=message):
+        train(_cfg(**{"shards": shards, "cache_dir": cache_dir, "out": tmp_path / "bad", **change}))
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_cli_routes_train(shards, cache_dir, tmp_path):
+    from cli.main import run
+
+    out = tmp_path / "cli"
+    code = run(["train", "--shards", *shards, "--out", str(out), "--model", str(tiny_model("cogvideox", "t2v")),
+                "--cache-dir", str(cache_dir), "--steps", "1", "--negatives", "2", "--neg-steps", "2",
+                "--lora-rank", "4", "--checkpoint-every", "0"])
+    assert code == 0 and (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert run(["train", "--shards", *shards, "--out", str(out), "--steps", "1"]) == 2  # exists, no --resume
