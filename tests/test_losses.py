@@ -12,14 +12,7 @@ from realdpo.losses import dpo_loss, objective, preference_metrics, sft_loss, sp
 from realdpo.reference import DisabledAdapterReference
 from realdpo.step import ErrorModel, build_inputs, preference_step
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_signs_on_a_constructed_case():

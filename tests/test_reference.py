@@ -10,14 +10,7 @@ from realdpo.reference import (DisabledAdapterReference, EmaAdapterReference, Fr
                                ema_update_, make_reference)
 from realdpo.step import ErrorModel, build_inputs, preference_step
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
