@@ -1,8 +1,9 @@
 """The DPO reference model (DESIGN §1): LoRA adapters disabled, an fp32 EMA adapter, or a frozen full copy.
 
-Every reference offers the same three things: `errors(spec, latents, noise, timesteps, cond)` (per-sample errors
-under `torch.no_grad()`), `update(step)` after each optimizer step (the EMA, a no-op otherwise), and
-`state_dict()` / `load_state_dict()` for checkpoints (empty unless it holds weights of its own).
+Every reference offers the same things: `errors(spec, latents, noise, timesteps, cond)` (per-sample errors
+under `torch.no_grad()`; `errors_chunked` for several chunks at once, switching adapters once), `update(step)` after
+each optimizer step (the EMA, a no-op otherwise), and `state_dict()` / `load_state_dict()` for checkpoints (empty
+unless it holds weights of its own).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -59,6 +60,18 @@ class Reference:
 
     def errors(self, spec: ModelSpec, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
                cond: Cond) -> torch.Tensor:
+        return self.errors_chunked(spec, [(latents, noise, timesteps, cond)])
+
+    @torch.no_grad()
+    def errors_chunked(self, spec: ModelSpec,
+                       chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond]]) -> torch.Tensor:
+        """`errors` of each (latents, noise, timesteps, cond) chunk, concatenated; the reference is switched in once
+        for all chunks (toggling peft adapters walks every module)."""
+        with self.active() as model:
+            return torch.cat([spec.per_sample_error(model, *c) for c in chunks])
+
+    def active(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        """Context in which the returned module computes the reference's predictions."""
         raise NotImplementedError
 
     def update(self, step: int) -> bool:
@@ -81,10 +94,10 @@ class DisabledAdapterReference(Reference):
     def __init__(self, transformer: torch.nn.Module):
         self.transformer = transformer
 
-    @torch.no_grad()
-    def errors(self, spec, latents, noise, timesteps, cond):
+    @contextlib.contextmanager
+    def active(self):
         with adapters_disabled(self.transformer):
-            return spec.per_sample_error(self.transformer, latents, noise, timesteps, cond)
+            yield self.transformer
 
 
 class _Ema(Reference):
@@ -137,10 +150,10 @@ class EmaAdapterReference(_Ema):
                 p.data = self._src[k].detach().to(torch.float32, copy=True)
                 p.requires_grad_(False)
 
-    @torch.no_grad()
-    def errors(self, spec, latents, noise, timesteps, cond):
+    @contextlib.contextmanager
+    def active(self):
         with adapter_active(self.transformer, EMA_ADAPTER, restore=self.adapter):
-            return spec.per_sample_error(self.transformer, latents, noise, timesteps, cond)
+            yield self.transformer
 
 
 class FrozenCopyReference(_Ema):
@@ -159,9 +172,8 @@ class FrozenCopyReference(_Ema):
         self._ref = dict(self.model.named_parameters())
         self._src = dict(transformer.named_parameters())
 
-    @torch.no_grad()
-    def errors(self, spec, latents, noise, timesteps, cond):
-        return spec.per_sample_error(self.model, latents, noise, timesteps, cond)
+    def active(self):
+        return contextlib.nullcontext(self.model)
 
 
 def make_reference(transformer: torch.nn.Module, *, ref: str, lora: bool, ema_rate: float, ema_every: int,

@@ -39,33 +39,52 @@ class ErrorModel(torch.nn.Module):
 
 @dataclass
 class StepInputs:
-    """Concatenated model inputs of one micro-batch; `batch_size` counts real clips (winners)."""
+    """Model inputs of one micro-batch: rows `[x_w (B), x_l (B*K, sample-major)]`; `batch_size` counts real clips.
 
-    latents: torch.Tensor
+    Noise, timesteps and conditioning are stored once per clip and handed to each row of that clip as a view (no
+    K+1 copies of the prompt embeddings or the noise); latents stay the caller's tensors (no concatenated copy).
+    """
+
+    winners: torch.Tensor
+    losers: torch.Tensor | None
     noise: torch.Tensor
     timesteps: torch.Tensor
     cond: Cond
     batch_size: int
 
     def __len__(self) -> int:
-        return self.latents.shape[0]
+        return self.batch_size * (1 + (0 if self.losers is None else self.losers.shape[1]))
+
+    def clip_of(self, row: int) -> int:
+        return row if row < self.batch_size else (row - self.batch_size) // self.losers.shape[1]
 
     def take(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond]:
-        return self.latents[sl], self.noise[sl], self.timesteps[sl], {k: v[sl] for k, v in self.cond.items()}
+        start, stop, _ = sl.indices(len(self))
+        b = self.batch_size
+        parts = [self.winners[start:min(stop, b)]] if start < b else []
+        if stop > b:
+            parts.append(self.losers.flatten(0, 1)[max(start, b) - b:stop - b])
+        latents = parts[0] if len(parts) == 1 else torch.cat(parts)
+        clips = [self.clip_of(r) for r in range(start, stop)]
+        if len(set(clips)) == 1:
+            index = slice(clips[0], clips[0] + 1)  # one clip: its row, broadcast below
+        elif stop <= b:
+            index = slice(start, stop)  # winners only: rows are clips
+        else:
+            index = torch.tensor(clips)
 
+        def per_clip(x: torch.Tensor) -> torch.Tensor:
+            rows = x[index.to(x.device) if isinstance(index, torch.Tensor) else index]
+            return rows.expand(len(clips), *x.shape[1:])
 
-def _repeat_for_losers(x: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.cat([x, x.repeat_interleave(k, dim=0)]) if k else x
+        return latents, per_clip(self.noise), per_clip(self.timesteps), {k: per_clip(v) for k, v in self.cond.items()}
 
 
 def build_inputs(winners: torch.Tensor, losers: torch.Tensor | None, cond: Cond, noise: torch.Tensor,
                  timesteps: torch.Tensor) -> StepInputs:
     """winners [B, *L], losers [B, K, *L] (None: winners only, for SFT), cond/noise/timesteps batched per clip."""
-    b = winners.shape[0]
-    k = 0 if losers is None else losers.shape[1]
-    latents = winners if losers is None else torch.cat([winners, losers.flatten(0, 1)])
-    return StepInputs(latents=latents, noise=_repeat_for_losers(noise, k), timesteps=_repeat_for_losers(timesteps, k),
-                      cond={n: _repeat_for_losers(v, k) for n, v in cond.items()}, batch_size=b)
+    return StepInputs(winners=winners, losers=losers, noise=noise, timesteps=timesteps, cond=dict(cond),
+                      batch_size=winners.shape[0])
 
 
 def draw_noise(spec: ModelSpec, winners: torch.Tensor, t_min: float, t_max: float,
@@ -96,8 +115,7 @@ def preference_step(policy: Callable[..., torch.Tensor], reference: Reference | 
     slices = _slices(len(inputs), chunk_size)
     err_ref = None
     if kind != "sft":
-        with torch.no_grad():
-            err_ref = torch.cat([reference.errors(spec, *inputs.take(sl)) for sl in slices])
+        err_ref = reference.errors_chunked(spec, (inputs.take(sl) for sl in slices))
     if len(slices) == 1 or keep_graph:
         err = torch.cat([policy(*inputs.take(sl)) for sl in slices])
         loss, metrics = objective(kind, err, err_ref, inputs.batch_size, beta=beta, sft_weight=sft_weight)

@@ -148,6 +148,28 @@ def test_chunked_gradient_equals_unchunked(kind, tiny_spec):
         torch.testing.assert_close(g[n], g_full[n], rtol=1e-5, atol=1e-7)
 
 
+def test_step_inputs_hand_each_row_its_clips_inputs():
+    """take() gives every row of [x_w, x_l] its clip's noise, timestep and conditioning, for any slicing."""
+    g = torch.Generator().manual_seed(0)
+    b, k = 2, 3
+    winners, losers = torch.randn(b, 2, 3, generator=g), torch.randn(b, k, 2, 3, generator=g)
+    noise, t, emb = torch.randn(b, 2, 3, generator=g), torch.tensor([5, 7]), torch.randn(b, 4, 8, generator=g)
+    clip = torch.tensor([0, 1, 0, 0, 0, 1, 1, 1])
+    cases = [(build_inputs(winners, losers, {"prompt_embeds": emb}, noise, t),
+              (torch.cat([winners, losers.flatten(0, 1)]), noise[clip], t[clip], emb[clip])),
+             (build_inputs(winners, None, {"prompt_embeds": emb}, noise, t), (winners, noise, t, emb))]
+    for inputs, expect in cases:
+        n = len(expect[0])
+        assert len(inputs) == n
+        for size in range(1, n + 1):
+            for start in range(0, n, size):
+                sl = slice(start, min(start + size, n))
+                latents, eps, ts, cond = inputs.take(sl)
+                for got, want in zip((latents, eps, ts, cond["prompt_embeds"]), expect):
+                    assert torch.equal(got, want[sl])
+        assert all(torch.equal(a, w) for a, w in zip(inputs.take(slice(None))[:3], expect))
+
+
 @pytest.fixture(scope="module")
 def tiny_spec(tmp_path_factory):
     """tiny_spec(family) -> a freshly loaded spec of a tiny random-weight pipeline (saved once per module)."""

@@ -117,6 +117,22 @@ def test_ema_adapter_reference(spec):
     assert all(p.requires_grad for p in pol.values()) and not any(p.requires_grad for p in ema.values())
 
 
+def test_reference_errors_chunked_equal_one_pass(tiny_path):
+    """One no-grad pass over the whole concatenation (the keep_graph step) = the chunked passes, in float64."""
+    from realdpo.models import load_spec
+
+    spec = load_spec(tiny_path, dtype=torch.float64)
+    tr = spec.transformer
+    _add_lora(tr, spec)
+    inputs = _inputs(spec, b=2, k=3)
+    ref = DisabledAdapterReference(tr)
+    whole = ref.errors(spec, *inputs.take(slice(None)))
+    for size in (1, 3):
+        chunks = [inputs.take(slice(i, i + size)) for i in range(0, len(inputs), size)]
+        torch.testing.assert_close(ref.errors_chunked(spec, chunks), whole, rtol=0, atol=1e-6)
+    assert all(p.requires_grad for n, p in tr.named_parameters() if "lora" in n)
+
+
 def test_ema_reference_runs_the_ema_weights(spec):
     tr = spec.transformer
     _add_lora(tr, spec, perturb=False)  # B = 0: policy == base == EMA at the start
