@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from realaction.errors import UserError
+from realaction.errors import UserError, one_line
 
 if TYPE_CHECKING:
     from realaction.clip_model import ClipModel
@@ -210,7 +210,8 @@ class ClipCaptioner:
     def caption(self, req: CaptionRequest) -> Caption | None:
         if req.frames is None or len(req.frames) == 0:
             return None
-        from realaction.clip_model import MAX_SCORED_FRAMES, evenly_spaced
+        from realaction.clip_model import MAX_SCORED_FRAMES
+        from realaction.video_io import evenly_spaced
 
         # the same frames the CLIP person score embeds, so the model's one-clip cache serves both
         probs = self.clip.label_probs(evenly_spaced(np.asarray(req.frames), MAX_SCORED_FRAMES), self._text)
@@ -257,7 +258,7 @@ class VlmCaptioner:
                 folder, local_files_only=True, dtype="auto" if self.device != "cpu" else torch.float32
             ).to(self.device).eval()
         except Exception as e:  # transformers raises many kinds for a folder that is not a VLM
-            raise UserError(f"--vlm-model {folder} does not load as a vision-language model: {_one_line(e)}") from None
+            raise UserError(f"--vlm-model {folder} does not load as a vision-language model: {one_line(e)}") from None
         # Greedy: drop the checkpoint's sampling settings, which generate() would warn about.
         self.model.generation_config.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if getattr(self.processor, "chat_template", None) is None:
@@ -276,7 +277,7 @@ class VlmCaptioner:
         frames = np.asarray(req.frames)
         if frames.ndim != 4 or len(frames) == 0:
             return None
-        from realaction.clip_model import evenly_spaced
+        from realaction.video_io import evenly_spaced
 
         frames = np.ascontiguousarray(evenly_spaced(frames, self.max_frames))
         if self.use_video:
@@ -294,7 +295,3 @@ class VlmCaptioner:
         answer = _clean(self.processor.batch_decode(new, skip_special_tokens=True)[0])
         return Caption(answer, "vlm") if answer else None
 
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:300] + ("..." if len(text) > 300 else "")

@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from realaction.errors import UserError
+from realaction.errors import UserError, one_line
+from realaction.video_io import evenly_spaced
 
 PERSON_PROMPTS = (
     "a photo of a person.",
@@ -79,13 +80,13 @@ class ClipModel:
             )
             tokenizer = open_clip.get_tokenizer(name)
         except (RuntimeError, ValueError, KeyError, TypeError, OSError) as e:
-            raise UserError(f"cannot build open_clip architecture {arch!r}: {_one_line(e)}") from None
+            raise UserError(f"cannot build open_clip architecture {arch!r}: {one_line(e)}") from None
         finally:
             root.removeFilter(_not_random_warning)
         try:
             _load_into(model, state)
         except (RuntimeError, KeyError, ValueError, StopIteration) as e:
-            raise UserError(f"--clip-checkpoint {checkpoint} does not fit --clip-arch {arch!r}: {_one_line(e)}") from None
+            raise UserError(f"--clip-checkpoint {checkpoint} does not fit --clip-arch {arch!r}: {one_line(e)}") from None
         return cls(model.to(device), preprocess, tokenizer, device)
 
     @torch.no_grad()
@@ -138,19 +139,9 @@ class ClipModel:
         return labels[best], float(probs[best])
 
 
-def evenly_spaced(frames: np.ndarray, n: int) -> np.ndarray:
-    """At most `n` frames, evenly spaced, first and last included."""
-    idx = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), n)).round().astype(int))
-    return frames[idx]
-
-
 def _not_random_warning(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("No pretrained weights loaded")
 
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 def _arch_name(arch: str) -> str:
@@ -163,7 +154,7 @@ def _arch_name(arch: str) -> str:
         try:
             cfg = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"--clip-arch {arch} is not a readable JSON file: {_one_line(e)}") from None
+            raise UserError(f"--clip-arch {arch} is not a readable JSON file: {one_line(e)}") from None
         if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
             raise UserError(f"--clip-arch {arch} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
         if open_clip.get_model_config(path.stem) != cfg:
@@ -184,7 +175,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any failure to read the file is the user's bad checkpoint
-        raise UserError(f"--clip-checkpoint {path} is not a readable weights file (safetensors or weights-only torch): {_one_line(e)}") from None
+        raise UserError(f"--clip-checkpoint {path} is not a readable weights file (safetensors or weights-only torch): {one_line(e)}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from realaction.errors import UserError
+from realaction.video_io import evenly_spaced
 
 KINDS = ("hog", "haar", "hog+haar")
 
@@ -75,8 +76,8 @@ class PersonDetector:
         frames = np.asarray(frames)
         if frames.ndim != 4 or len(frames) == 0:
             return 0.0
-        idx = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), self.max_frames)).round().astype(int))
-        return sum(self.has_person(frames[i]) for i in idx) / len(idx)
+        picked = evenly_spaced(frames, self.max_frames)
+        return sum(self.has_person(f) for f in picked) / len(picked)
 
     def has_person(self, frame: np.ndarray) -> bool:
         cv2 = _cv2()

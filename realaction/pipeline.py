@@ -36,10 +36,14 @@ def _run_in_worker(source: Source) -> SourceResult:
     return _CURATOR.run(source).resolve()
 
 
+def uses_pool(cfg: CurateConfig, n_sources: int) -> bool:
+    return cfg.workers > 1 and n_sources > 1
+
+
 def run_sources(sources: list[Source], cfg: CurateConfig, models: Models | None,
                 progress: Callable[[int, int], None]) -> Iterator[SourceResult]:
     """Results as sources finish: in this process for one worker, else in a pool of spawned processes."""
-    if cfg.workers == 1 or len(sources) <= 1:
+    if not uses_pool(cfg, len(sources)):
         curator = SourceCurator(cfg, models or Models(cfg), Path(cfg.src), progress)
         previous = None
         for source in sources:
@@ -99,11 +103,11 @@ def curate(cfg: CurateConfig) -> dict:
     # Models are built before any work so that a bad checkpoint or missing dependency fails in one line;
     # worker processes build their own.
     models = Models(cfg)
-    if cfg.workers > 1:
-        models = None
     out.mkdir(parents=True, exist_ok=True)
     state = prepare_out(out)
     todo = [s for s in sources if s.rel not in state.done]
+    if uses_pool(cfg, len(todo)):
+        models = None  # free them here: every worker process loads its own
     console = Console(stderr=True)
     if state.done:
         console.print(f"resuming: {len(sources) - len(todo)} of {len(sources)} sources already done")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
 VIDEO_EXTENSIONS = frozenset({
@@ -126,7 +125,3 @@ def probe(path: Path) -> VideoProbe:
             rotation=rotation, duration=duration or num_frames / fps, codec=stream.codec_context.name,
             pix_fmt=str(first.format.name), size_bytes=size,
         )
-
-
-def fps_fraction(fps: float) -> Fraction:
-    return Fraction(fps).limit_denominator(1001)

@@ -6,27 +6,22 @@ from pathlib import Path
 
 import numpy as np
 
-DETECTOR_THRESHOLD_ARG = {
-    "adaptive": "adaptive_threshold",
-    "content": "threshold",
-    "threshold": "threshold",
-    "hash": "threshold",
-    "histogram": "threshold",
+# --detector name -> (PySceneDetect class, the keyword its threshold goes to)
+DETECTORS = {
+    "adaptive": ("AdaptiveDetector", "adaptive_threshold"),
+    "content": ("ContentDetector", "threshold"),
+    "threshold": ("ThresholdDetector", "threshold"),
+    "hash": ("HashDetector", "threshold"),
+    "histogram": ("HistogramDetector", "threshold"),
 }
 
 
 def make_detector(name: str, threshold: float | None = None):
     import scenedetect
 
-    classes = {
-        "adaptive": scenedetect.AdaptiveDetector,
-        "content": scenedetect.ContentDetector,
-        "threshold": scenedetect.ThresholdDetector,
-        "hash": scenedetect.HashDetector,
-        "histogram": scenedetect.HistogramDetector,
-    }
-    kwargs = {} if threshold is None else {DETECTOR_THRESHOLD_ARG[name]: float(threshold)}
-    return classes[name](**kwargs)
+    class_name, threshold_arg = DETECTORS[name]
+    kwargs = {} if threshold is None else {threshold_arg: float(threshold)}
+    return getattr(scenedetect, class_name)(**kwargs)
 
 
 class CutDetector:
@@ -67,6 +62,8 @@ class CutDetector:
         return self._add(self.detector.post_process(self._tc(self._last, self.fps)))
 
     def _add(self, found) -> list[int]:
+        if not found:  # the usual case, once per frame
+            return []
         new = sorted({int(tc.frame_num) for tc in found} - set(self.cuts))
         new = [c for c in new if 0 < c <= self._last]
         self.cuts.extend(new)

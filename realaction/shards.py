@@ -15,7 +15,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from realaction.worker import SourceResult
@@ -29,11 +29,15 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
     """Append rows with one write and an fsync, so a kill leaves at most one torn last line."""
     if not rows:
         return
-    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+    data = jsonl_text(rows).encode("utf-8")
     with open(path, "ab") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def jsonl_text(rows) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -75,7 +79,6 @@ def _fsync_dir(path: Path) -> None:
 class OutState:
     done: dict[str, dict]  # source rel path -> its done row
     next_shard: int
-    removed: list[str] = field(default_factory=list)
 
 
 def prepare_out(out: Path) -> OutState:
@@ -88,25 +91,21 @@ def prepare_out(out: Path) -> OutState:
         if row.get("status") == "done" and "source" in row:
             done[row["source"]] = row
     named = {name for row in done.values() for name in row.get("shards", [])}
-    removed = []
     for f in sorted(shards.iterdir()):
         if f.name.endswith(TEMP_SUFFIX) or (_SHARD_RE.match(f.name) and f.name not in named):
             f.unlink()
-            removed.append(f.name)
     for f in out.glob("*" + TEMP_SUFFIX):
         f.unlink()
     # Errors are retried; rows of sources that never finished are dropped with their clips.
-    write_atomic(out / "sources.jsonl", "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
-                                                 for r in done.values()))
+    write_atomic(out / "sources.jsonl", jsonl_text(done.values()))
     seen, manifest = set(), []
     for row in read_jsonl(out / "manifest.jsonl"):
         if row.get("source") in done and row.get("key") not in seen:
             seen.add(row.get("key"))
             manifest.append(row)
-    write_atomic(out / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
-                                                  for r in manifest))
+    write_atomic(out / "manifest.jsonl", jsonl_text(manifest))
     indices = [int(m.group(1)) for name in named if (m := _SHARD_RE.match(name))]
-    return OutState(done=done, next_shard=max(indices, default=-1) + 1, removed=removed)
+    return OutState(done=done, next_shard=max(indices, default=-1) + 1)
 
 
 class ShardCommitter:
@@ -120,9 +119,7 @@ class ShardCommitter:
         self.maxcount, self.maxsize = maxcount, maxsize_bytes
         self.commit_seconds = commit_seconds
         self._pending: list[tuple[SourceResult, list[str]]] = []
-        self._current: list[str] = []  # final shard names the source being written has used so far
         self._opened = time.monotonic()
-        self.shards_written: list[str] = []
         self.writer = wds.ShardWriter(str(self.dir / (SHARD_PATTERN + TEMP_SUFFIX)), maxcount=maxcount,
                                       maxsize=maxsize_bytes, post=self._finished, start_shard=start_shard, verbose=0)
 
@@ -139,7 +136,6 @@ class ShardCommitter:
                 os.fsync(f.fileno())
             os.replace(temp_path, self.dir / self._final_name(temp))
             _fsync_dir(self.dir)
-            self.shards_written.append(self._final_name(temp))
         self._opened = time.monotonic()
         pending, self._pending = self._pending, []
         for result, names in pending:

@@ -37,6 +37,12 @@ def decode_frames(src: VideoSource, indices: Sequence[int] | None = None, size: 
     return vr.get_batch(idx).asnumpy()
 
 
+def evenly_spaced(frames: np.ndarray, n: int) -> np.ndarray:
+    """At most `n` frames, evenly spaced, first and last included."""
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), n)).round().astype(int))
+    return frames[idx]
+
+
 def encode_mp4(frames: np.ndarray | Sequence[np.ndarray], fps: float, crf: int = 18, path: str | Path | None = None) -> bytes:
     """Encode uint8 RGB frames as H.264 yuv420p MP4 (odd sizes are cropped to even). Returns the bytes; also writes `path`."""
     frames = np.asarray(frames)

@@ -296,9 +296,11 @@ class SourceCurator:
         rotation = job.info.rotation
         cw, ch = job.coded_out
         ow, oh = job.out_size
-        first = _rotate(frames[0].reformat(width=cw, height=ch, format="rgb24").to_ndarray(), rotation)
         if rotation:
             frames = [_rotate(f.reformat(width=cw, height=ch, format="rgb24").to_ndarray(), rotation) for f in frames]
+            first = frames[0]
+        else:
+            first = frames[0].reformat(width=cw, height=ch, format="rgb24").to_ndarray()
         mp4 = encode_video_frames(frames, job.out_fps, ow, oh)
         text = caption.text.strip()
         row["caption_source"] = caption.source

@@ -11,6 +11,8 @@ import pytest
 
 from realaction.footage import make_synthetic
 from realaction.probe import ProbeError, discover, probe, source_id
+from realaction.config import DETECTORS
+from realaction.scenes import DETECTORS as SCENE_DETECTORS
 from realaction.scenes import detect_cuts
 from realaction.segments import Segmenter, clip_lengths, split_scenes
 
@@ -19,6 +21,13 @@ BIKES_CUTS = [30, 76, 137, 187, 242]
 
 def _close(found: list[int], expected: list[int]) -> bool:
     return len(found) == len(expected) and all(abs(a - b) <= 1 for a, b in zip(sorted(found), expected))
+
+
+def test_every_detector_option_has_a_pyscenedetect_class():
+    import scenedetect
+
+    assert set(DETECTORS) == set(SCENE_DETECTORS)
+    assert all(hasattr(scenedetect, cls) for cls, _ in SCENE_DETECTORS.values())
 
 
 def test_bikes_cuts_within_one_frame(bikes_path):

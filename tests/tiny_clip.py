@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from realaction.clip_model import _not_random_warning
+
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
@@ -36,11 +38,11 @@ def write_tiny_clip(folder: Path, name: str = "tiny-clip", seed: int = 0, fmt: s
     open_clip.add_model_config(arch)
     torch.manual_seed(seed)
     quiet = logging.getLogger()
-    quiet.addFilter(_no_random_init_warning)  # random weights are the point here
+    quiet.addFilter(_not_random_warning)  # random weights are the point here
     try:
         model = open_clip.create_model(arch.stem, pretrained=None, pretrained_text=False)
     finally:
-        quiet.removeFilter(_no_random_init_warning)
+        quiet.removeFilter(_not_random_warning)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if fmt == "safetensors":
         from safetensors.torch import save_file
@@ -53,7 +55,3 @@ def write_tiny_clip(folder: Path, name: str = "tiny-clip", seed: int = 0, fmt: s
     else:
         raise ValueError(f"fmt must be 'safetensors' or 'pt', not {fmt!r}")
     return ckpt, arch
-
-
-def _no_random_init_warning(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("No pretrained weights loaded")
