@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from realaction.quality import to_gray
+
 FLOW_ALGORITHM = "OpenCV DIS optical flow (PRESET_MEDIUM), grayscale"
 BASE_THRESHOLD = 6.0  # VBench: pixels at a 256-pixel shorter side
 TOP_FRACTION = 0.05
@@ -43,10 +45,6 @@ class MotionScores:
 
 def _flow_engine():
     return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-
-
-def _gray(frames: np.ndarray) -> np.ndarray:
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
 
 
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,11 +92,19 @@ def motion_scores(frames: np.ndarray, fps: float, sample_fps: float = 8.0) -> Mo
     """All motion metrics of one video: uint8 RGB frames [T, H, W, 3] at the working resolution."""
     frames = np.ascontiguousarray(frames)
     t, h, w = frames.shape[:3]
-    gray = _gray(frames) if t else frames
+    gray = to_gray(frames)
     dis = _flow_engine()
     grid = _grid(h, w)
-    # Forward flows between consecutive frames: flicker always, dynamic degree when no frames are skipped.
-    forward = [dis.calc(gray[i], gray[i + 1], None) for i in range(t - 1)]
+    flows: dict[tuple[int, int], np.ndarray] = {}
+
+    def flow(a: int, b: int) -> np.ndarray:
+        """Flow from frame a to frame b, computed once: dynamic degree at step 1 or 2 reuses the pairs that
+        flicker and smoothness need."""
+        if (a, b) not in flows:
+            flows[a, b] = dis.calc(gray[a], gray[b], None)
+        return flows[a, b]
+
+    forward = [flow(i, i + 1) for i in range(t - 1)]
 
     flicker = None
     if forward:
@@ -110,10 +116,7 @@ def motion_scores(frames: np.ndarray, fps: float, sample_fps: float = 8.0) -> Mo
     threshold = dynamic_threshold(h, w, fps, sample_fps)
     sampled = list(range(0, t, step))
     needed = round(4 * len(sampled) / 16)
-    if step == 1:
-        pair_flows = forward
-    else:
-        pair_flows = [dis.calc(gray[a], gray[b], None) for a, b in zip(sampled[:-1], sampled[1:])]
+    pair_flows = [flow(a, b) for a, b in zip(sampled[:-1], sampled[1:])]
     moving = sum(top_flow_magnitude(f) > threshold for f in pair_flows)
     # VBench counts pairs in order and stops at `needed`; with needed == 0 any video counts as dynamic.
     dynamic = bool(moving >= needed) if pair_flows else None
@@ -121,9 +124,7 @@ def motion_scores(frames: np.ndarray, fps: float, sample_fps: float = 8.0) -> Mo
     smooth = None
     maes = []
     for i in range(1, t - 1, 2):
-        f01 = dis.calc(gray[i - 1], gray[i + 1], None)
-        f10 = dis.calc(gray[i + 1], gray[i - 1], None)
-        mid = interpolate_middle(frames[i - 1], frames[i + 1], f01, f10, grid)
+        mid = interpolate_middle(frames[i - 1], frames[i + 1], flow(i - 1, i + 1), flow(i + 1, i - 1), grid)
         maes.append(np.abs(mid.astype(np.int16) - frames[i].astype(np.int16)).mean())
     if maes:
         smooth = float((255.0 - np.mean(maes)) / 255.0 * 100.0)

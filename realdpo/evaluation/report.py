@@ -90,7 +90,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     elif not real:
         skipped["fvd"] = "no --real clips given"
     else:
-        from realdpo.evaluation.fvd import load_i3d
+        from realdpo.evaluation.fvd import i3d_features, load_i3d
 
         detector = load_i3d(cfg.i3d)
     pref = None
@@ -127,8 +127,6 @@ def evaluate(cfg: EvalConfig) -> dict:
                 if res.error:
                     real_errors.append(f"{res.name}: {res.error}")
                 elif res.fvd_clip is not None:
-                    from realdpo.evaluation.fvd import i3d_features
-
                     real_feats.append(i3d_features(detector, [res.fvd_clip])[0])
             else:
                 results[res.method][res.index] = res
@@ -138,8 +136,6 @@ def evaluate(cfg: EvalConfig) -> dict:
                         text_cache[prompt] = clip_model.text_embedding(prompt)
                     res.scores["clipsim"] = clip_model.score(res.clip_images, text_cache[prompt])
                 if res.fvd_clip is not None:
-                    from realdpo.evaluation.fvd import i3d_features
-
                     gen_feats[res.method].append(i3d_features(detector, [res.fvd_clip])[0])
                 res.clip_images = res.fvd_clip = None  # free the frames as we go
             elapsed = max(time.time() - t0, 1e-6)
@@ -228,7 +224,7 @@ def _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_e
         "fvd": {"i3d": str(cfg.i3d) if cfg.i3d else None, "n_real": len(real_feats), "real_sources": len(real),
                 "frames": 16, "size": 224, "definition": "Fréchet distance of I3D logits (first 16 frames, "
                 "shorter side 224 + centre crop, [-1, 1]) between generated and real clips"},
-        "higher_is_better": {k: v for k, v in METRICS.items()},
+        "higher_is_better": dict(METRICS),
         "skipped": skipped,
         "errors": errors,
         "workers": cfg.workers,

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from realaction.video_io import evenly_spaced
 from realdpo.evaluation.motion import motion_scores
 from realdpo.evaluation.videos import center_square, decode_small
 
@@ -46,20 +47,13 @@ def init_worker() -> None:
     cv2.setNumThreads(1)  # one video per process; the pool supplies the parallelism
 
 
-def clip_indices(n: int, clip_frames: int) -> list[int]:
-    if clip_frames <= 0 or clip_frames >= n:
-        return list(range(n))
-    return [int(round(i)) for i in np.linspace(0, n - 1, clip_frames)]
-
-
 def strip_of(frames: np.ndarray, n: int = STRIP_FRAMES, height: int = STRIP_HEIGHT) -> np.ndarray:
-    idx = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)
     h, w = frames.shape[1:3]
     tw = max(2, int(round(w * height / h)))
     gap = np.full((height, 2, 3), 255, np.uint8)
     thumbs = []
-    for i in idx:
-        thumbs += [cv2.resize(frames[i], (tw, height), interpolation=cv2.INTER_AREA), gap]
+    for frame in evenly_spaced(frames, n):
+        thumbs += [cv2.resize(frame, (tw, height), interpolation=cv2.INTER_AREA), gap]
     return np.concatenate(thumbs[:-1], axis=1)
 
 
@@ -77,7 +71,7 @@ def run_job(job: Job) -> Result:
         d = asdict(m)
         res.scores.update(d)
     if job.clip_frames is not None:
-        res.clip_images = frames[clip_indices(len(frames), job.clip_frames)]
+        res.clip_images = evenly_spaced(frames, job.clip_frames or len(frames))
     if job.fvd and len(frames) >= FVD_FRAMES:  # shorter videos are left out of FVD, as StyleGAN-V discards them
         res.fvd_clip = center_square(frames[:FVD_FRAMES])
     if job.strip:
