@@ -104,6 +104,12 @@ class LatentCache:
             return None
         return data["latents"][:k]
 
+    def get_pair(self, key: str, round: int, k: int) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """(real entry, negatives [k, ...]) of a cached clip, or None if either is missing."""
+        real = self.get_real(key)
+        neg = self.get_negatives(key, round, k) if real is not None else None
+        return None if neg is None else (real, neg)
+
     def put_negatives(self, key: str, round: int, latents: torch.Tensor, seeds: list[int] | torch.Tensor) -> None:
         """Add negatives [n, ...] generated from `seeds` (one each) after those already stored; seeds already
         present are not stored twice."""

@@ -42,6 +42,16 @@ def _tensors(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in named.items()}
 
 
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the finished folder `tmp` in place of `final`, which may exist."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp.rename(final)
+
+
 def save_checkpoint(accelerator, out: Path, step: int, *, trainable: dict[str, torch.Tensor],
                     reference: dict[str, torch.Tensor], state: dict[str, Any], keep: int = 0) -> Path:
     """Collective: every process calls it. Returns OUT/checkpoints/step-<step>."""
@@ -60,12 +70,7 @@ def save_checkpoint(accelerator, out: Path, step: int, *, trainable: dict[str, t
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():  # re-saving the same step (a resumed run that ends where it started)
-            old = root / f".old-step-{step}"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        tmp.rename(final)
+        replace_dir(tmp, final)  # final exists when re-saving the same step (a resumed run that ends where it started)
         if keep > 0:
             for _, p in checkpoint_dirs(out)[:-keep]:
                 shutil.rmtree(p, ignore_errors=True)

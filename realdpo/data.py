@@ -81,8 +81,10 @@ def usable_keys(cache: LatentCache, keys: Sequence[str], round: int, k: int) -> 
     return [key for key in keys if cache.has_real(key) and len(cache.negative_seeds(key, round)) >= k]
 
 
-def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"realdpo-data:{seed}:{rank}:{epoch}".encode()).digest()[:8], "little") >> 2
+def derive_seed(tag: str, *parts: int) -> int:
+    """A generator seed that depends only on `tag` and `parts` (not on process or iteration order)."""
+    text = ":".join([tag, *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 2
 
 
 class KeyStream:
@@ -97,7 +99,7 @@ class KeyStream:
 
     def _epoch(self, epoch: int) -> list[int]:
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.rank, epoch))
+            g = torch.Generator().manual_seed(derive_seed("realdpo-data", self.seed, self.rank, epoch))
             self._perm = (epoch, torch.randperm(len(self.keys), generator=g).tolist())
         return self._perm[1]
 
@@ -132,11 +134,10 @@ class PairStream(torch.utils.data.IterableDataset):
         _, keys = item
         items = []
         for key in keys:
-            real = self.cache.get_real(key)
-            neg = self.cache.get_negatives(key, self.round, self.k) if real is not None else None
-            if neg is None:  # the cache was filled for these keys before training; losing an entry is an error
+            pair = self.cache.get_pair(key, self.round, self.k)
+            if pair is None:  # the cache was filled for these keys before training; losing an entry is an error
                 raise RuntimeError(f"cache entry of {key!r} (round {self.round}) vanished from {self.cache.dir}")
-            items.append((key, real, neg))
+            items.append((key, *pair))
         return collate(items)
 
     def __iter__(self) -> Iterator[PairBatch]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,15 +10,12 @@ from rich.table import Table
 
 from realaction.config import CurateConfig
 from realaction.errors import UserError
+from realaction.shards import read_jsonl
 from realdpo.configs.demo import DemoConfig
 from realdpo.configs.sample import SampleConfig
 from realdpo.configs.train import TrainConfig
 
 console = Console()
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def demo(cfg: DemoConfig) -> None:
@@ -44,7 +40,7 @@ def demo(cfg: DemoConfig) -> None:
                             neg_steps=8, checkpoint_every=0, resume=(run_dir / "checkpoints").is_dir())
     train_cfg.validate()
     train(train_cfg)
-    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     table = Table(title="RealDPO on the built-in model")
     for col in ("", "step", "loss", "reward margin", "preference accuracy"):
         table.add_column(col, justify="right")
@@ -53,7 +49,7 @@ def demo(cfg: DemoConfig) -> None:
     console.print(table)
 
     console.rule("[bold]3/3 sample[/] with the trained LoRA")
-    prompt = next(r["caption"] for r in _read_jsonl(curated / "manifest.jsonl") if r.get("kept"))
+    prompt = next(r["caption"] for r in read_jsonl(curated / "manifest.jsonl") if r.get("kept"))
     video = out / "sample.mp4"
     sample_cfg = SampleConfig(prompt=prompt, lora=run_dir / "lora", out=video, steps=10, seed=cfg.seed)
     sample_cfg.validate()

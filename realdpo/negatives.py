@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -148,6 +149,12 @@ def torch_dtype(mixed_precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
 
 
+def cpu_only_distributed() -> bool:
+    """Launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without an
+    accelerator: accelerate only joins the processes on CPU when told so, else each would work alone."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
 def precompute(cfg) -> int:
     """`realdpo negatives`: cache real latents, prompt embeddings and K negatives for every clip of the shards.
     Under `accelerate launch` each process takes every N-th clip."""
@@ -159,11 +166,7 @@ def precompute(cfg) -> int:
 
     cfg.validate()
     urls = expand_shards(cfg.shards)
-    import os
-
-    # several processes on a machine without an accelerator (torchrun / `accelerate launch --multi_gpu`): accelerate
-    # only sees the other processes when told to use the CPU
-    state = PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available())
+    state = PartialState(cpu=cpu_only_distributed())
     spec = load_spec(cfg.model, device=state.device, dtype=torch_dtype(cfg.mixed_precision))
     frames, height, width = resolve_size(spec, cfg.frames, cfg.height, cfg.width)
     transformer = None
@@ -182,12 +185,5 @@ def precompute(cfg) -> int:
     return n
 
 
-def load_pair(cache: LatentCache, key: str, round: int, k: int) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
-    """(real entry, negatives [k, ...]) of a cached clip, or None if either is missing."""
-    real = cache.get_real(key)
-    neg = cache.get_negatives(key, round, k) if real is not None else None
-    return None if neg is None else (real, neg)
-
-
-__all__: Sequence[str] = ["ensure_cached", "precompute", "negative_seed", "encode_real", "resolve_size", "load_pair",
+__all__: Sequence[str] = ["ensure_cached", "precompute", "negative_seed", "encode_real", "resolve_size", "cpu_only_distributed",
                           "torch_dtype"]

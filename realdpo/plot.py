@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from realaction.shards import read_jsonl
+
 PANELS = (("loss", "loss"), ("reward_margin", "reward margin  -(β/2)·d"), ("accuracy", "preference accuracy"))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    for line in Path(path).read_text().splitlines() if Path(path).is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -35,7 +26,7 @@ def plot_metrics(metrics: Path, out: Path, title: str = "RealDPO training") -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics)
+    rows = read_jsonl(Path(metrics))
     panels = [(k, label) for k, label in PANELS if any(k in r for r in rows)] or [("loss", "loss")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     window = max(1, len(rows) // 20)

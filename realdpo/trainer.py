@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -46,11 +44,6 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def _step_seed(seed: int, rank: int, step: int, micro: int) -> int:
-    digest = hashlib.sha256(f"realdpo-step:{seed}:{rank}:{step}:{micro}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 2
-
-
 def _round_of(step: int, steps: int, rounds: int) -> int:
     """The negatives round (1-based) that optimizer step `step` (0-based) trains on."""
     return min(rounds, step * rounds // steps + 1)
@@ -74,12 +67,6 @@ def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
     return ckpt
 
 
-def _cpu_only_distributed() -> bool:
-    """Launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without an
-    accelerator: accelerate only joins the processes on CPU when told so, else each would train alone."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
-
-
 def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     keys = rows[0].keys()
     return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
@@ -100,11 +87,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     from realdpo.cache import LatentCache
     from realdpo.checkpoint import load_checkpoint, save_checkpoint, truncate_jsonl
     from realdpo.clips import expand_shards
-    from realdpo.data import PairStream, ShardSamples, pair_loader, process_share, usable_keys
+    from realdpo.data import PairStream, ShardSamples, derive_seed, pair_loader, process_share, usable_keys
     from realdpo.models import load_spec
-    from realdpo.negatives import ensure_cached, resolve_size, torch_dtype
+    from realdpo.negatives import cpu_only_distributed, ensure_cached, resolve_size, torch_dtype
     from realdpo.plot import plot_metrics
-    from realdpo.reference import adapters_disabled, make_reference
+    from realdpo.reference import Reference, adapters_disabled, make_reference
     from realdpo.step import ErrorModel, build_inputs, draw_noise, preference_step
 
     cfg.validate()
@@ -113,7 +100,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     resume_from = _check_out(cfg, out)
 
     accelerator = Accelerator(
-        cpu=_cpu_only_distributed(),
+        cpu=cpu_only_distributed(),
         gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision, log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         step_scheduler_with_optimizer=False)
@@ -190,7 +177,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     metrics_path = out / "metrics.jsonl"
     data_log = out / "logs" / f"data-rank{rank}.jsonl"
     if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from, trainable=trainable, reference=reference or _NoRef())
+        state = load_checkpoint(accelerator, resume_from, trainable=trainable, reference=reference or Reference())
         if main:
             truncate_jsonl(metrics_path, state["step"])
         truncate_jsonl(data_log, state["step"])
@@ -242,7 +229,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 t_data += time.perf_counter() - td
                 batch_index += 1
                 used_keys.append(batch.keys)
-                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, rank, step, micro))
+                gen = torch.Generator().manual_seed(derive_seed("realdpo-step", cfg.seed, rank, step, micro))
                 noise, timesteps = draw_noise(spec, batch.winners, cfg.t_min, cfg.t_max, gen)
                 inputs = build_inputs(batch.winners, None if kind == "sft" else batch.losers, batch.cond, noise, timesteps)
                 sync = micro == cfg.grad_accum - 1
@@ -303,9 +290,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         else:
             transformer_dir = _atomic_dir(out / "transformer", lambda d: transformer.save_pretrained(d))
         plot = plot_metrics(metrics_path, out / "training.png")
-        from realdpo.plot import read_metrics
+        from realaction.shards import read_jsonl
 
-        rows = read_metrics(metrics_path)
+        rows = read_jsonl(metrics_path)
         if rows:
             first_row, last_row = rows[0], rows[-1]
     accelerator.wait_for_everyone()
@@ -316,11 +303,6 @@ def train(cfg: TrainConfig) -> TrainResult:
                        first=first_row, last=last_row)
 
 
-class _NoRef:
-    def load_state_dict(self, state):
-        pass
-
-
 @torch.no_grad()
 def _checksum(params: dict[str, torch.Tensor]) -> float:
     return float(sum(p.double().abs().sum().item() + p.double().sum().item() for p in params.values()))
@@ -328,16 +310,13 @@ def _checksum(params: dict[str, torch.Tensor]) -> float:
 
 def _atomic_dir(final: Path, write) -> Path:
     """Write a folder under a temporary name, then swap it into place."""
+    from realdpo.checkpoint import replace_dir
+
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
-    if final.exists():
-        old = final.with_name(f".old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        shutil.rmtree(old, ignore_errors=True)
-    tmp.rename(final)
+    replace_dir(tmp, final)
     return final
 
 

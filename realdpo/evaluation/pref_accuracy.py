@@ -58,7 +58,7 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
     from realdpo.cache import LatentCache
     from realdpo.clips import expand_shards, iter_shard_samples
     from realdpo.models import load_spec
-    from realdpo.negatives import load_pair, resolve_size, torch_dtype
+    from realdpo.negatives import resolve_size, torch_dtype
     from realdpo.sampling import load_lora
 
     console = console or Console()
@@ -77,7 +77,7 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
         task = progress.add_task("preference pairs", total=None)
         for sample in iter_shard_samples(shards):
             seen += 1
-            pair = load_pair(cache, sample.key, cfg.round, cfg.negatives)
+            pair = cache.get_pair(sample.key, cfg.round, cfg.negatives)
             if pair is None:
                 missing += 1
             else:

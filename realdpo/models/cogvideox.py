@@ -59,8 +59,8 @@ class CogVideoXSpec(DiffusersSpec):
         mult = self.scale_spatial * self.transformer.config.patch_size
         if height % mult or width % mult:
             raise UserError(f"CogVideoX needs height and width divisible by {mult}, got {height}x{width}")
-        if self.transformer.config.use_learned_positional_embeddings and (height, width) != self.default_size()[1:]:
-            f0, h0, w0 = self.default_size()
+        _, h0, w0 = self.default_size()
+        if self.transformer.config.use_learned_positional_embeddings and (height, width) != (h0, w0):
             raise UserError(f"this CogVideoX model has learned positional embeddings: it runs at {h0}x{w0} only")
 
     def padding_frames(self, latent_frames: int) -> int:

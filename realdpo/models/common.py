@@ -191,7 +191,7 @@ class DiffusersSpec(ModelSpec):
         # CPU generators: the same seed gives the same negative on any device
         return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
 
-    def _check_batch(self, prompts: Sequence[str], cond: Cond, seeds: Sequence[int], images) -> None:
+    def _check_batch(self, prompts: Sequence[str], seeds: Sequence[int], images) -> None:
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         if self.task == "i2v" and (images is None or len(images) != len(prompts)):
@@ -208,7 +208,7 @@ class DiffusersSpec(ModelSpec):
                          transformer: torch.nn.Module | None = None, images: torch.Tensor | None = None,
                          negative_prompt: str = "", callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """See ModelSpec.generate_latents; `callback(step, steps)` runs after each sampler step."""
-        self._check_batch(prompts, cond, seeds, images)
+        self._check_batch(prompts, seeds, images)
         self.check_size(num_frames, height, width)
         pipe = self.pipeline(transformer)
         pipe.set_progress_bar_config(disable=True)

@@ -79,8 +79,9 @@ class WanSpec(DiffusersSpec):
     def _pil(images: torch.Tensor) -> list:
         from PIL import Image
 
-        arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in arr]
+        from realdpo.sampling import to_uint8
+
+        return [Image.fromarray(a) for a in to_uint8(images)]
 
     @torch.no_grad()
     def encode_first_frames(self, images: torch.Tensor, num_frames: int) -> Cond:
@@ -140,7 +141,7 @@ class WanSpec(DiffusersSpec):
         if self.task != "i2v" or len(prompts) <= 1:
             return super().generate_latents(prompts, cond, seeds=seeds, images=images, **kwargs)
         # WanImageToVideoPipeline takes one image per call (it repeats the image conditioning over the batch)
-        self._check_batch(prompts, cond, seeds, images)
+        self._check_batch(prompts, seeds, images)
         return torch.cat([super(WanSpec, self).generate_latents(
             [p], {k: v[i:i + 1] for k, v in cond.items()}, seeds=[seeds[i]], images=images[i:i + 1], **kwargs)
             for i, p in enumerate(prompts)])
