@@ -149,9 +149,10 @@ def _print_table(console, summary: dict, out: Path) -> None:
     table = Table(title=f"curated {out}")
     table.add_column("clips")
     table.add_column("count", justify="right")
-    table.add_row("[green]kept[/green]", str(summary["kept"]))
+    table.add_column("seconds", justify="right")
+    table.add_row("[green]kept[/green]", str(summary["kept"]), f"{summary['kept_seconds']:.1f}")
     for reason, n in summary["rejected_by_reason"].items():
-        table.add_row(f"rejected: {reason}", str(n))
+        table.add_row(f"rejected: {reason}", str(n), f"{summary['rejected_seconds_by_reason'][reason]:.1f}")
     s = summary["sources"]
     table.add_row("sources done", str(s["done"]))
     if s["error"]:
