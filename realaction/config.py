@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -55,8 +56,13 @@ class CurateConfig:
     def validate(self) -> None:
         if self.src is None:
             raise UserError("--src is required: the folder of raw videos to curate")
-        if not Path(self.src).is_dir():
+        try:
+            src_is_dir = Path(self.src).is_dir()
+        except OSError as e:
+            raise UserError(f"--src {self.src} cannot be read: {e.strerror or e}") from None
+        if not src_is_dir:
             raise UserError(f"--src is not a folder: {self.src}")
+        check_writable_folder(Path(self.out), "--out")
         if self.detector not in DETECTORS:
             raise UserError(f"unknown --detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
         if self.captioner not in CAPTIONERS:
@@ -95,3 +101,18 @@ class CurateConfig:
             raise UserError("--min-clip-person needs --clip-checkpoint PATH")
         if self.captioner == "vlm" and self.vlm_model is None:
             raise UserError("--captioner vlm needs --vlm-model DIR (a local vision-language model folder)")
+
+
+def check_writable_folder(path: Path, option: str) -> None:
+    """Fail in one line unless `path` is a folder we can write in, or one we can create (nothing is created)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "an existing file" if existing == path else f"inside {existing}, which is a file"
+        raise UserError(f"{option} must be a folder, but {path} is {what}")
+    try:  # a real write: permissions, read-only mounts and pseudo file systems all answer here
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"{option} {path} is not writable: cannot create files in {existing} ({e.strerror or e})") from None

@@ -50,3 +50,78 @@ def test_card_shows_seconds_per_reason(curated):
     black = summary["rejected_seconds_by_reason"]["black"]
     assert f"| black | 1 | {black} |" in card
     assert f"({summary['rejected_seconds']} s" in card
+
+
+def _as_nobody(fn) -> tuple[int, str]:
+    """Run `fn()` in a forked child without root's permission bypass (as the `nobody` user when we are root);
+    returns (its return value as exit status, what it printed to stderr)."""
+    import os
+    import sys
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only modules already imported are usable once uid changes
+        os.close(r)
+        sys.stderr = os.fdopen(w, "w")
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            code = fn()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 99
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err
+
+
+@pytest.mark.parametrize("case", ["file", "inside-file", "proc", "read-only"])
+def test_out_that_is_a_file_or_not_writable_fails_in_one_line_before_any_work(carphone_path, capsys, case):
+    import os
+    import sys
+    import tempfile
+
+    from cli.main import run
+    from realaction.errors import UserError
+
+    # a tree the `nobody` user can walk (pytest's own tmp folders are root's alone)
+    base = Path(tempfile.mkdtemp())
+    try:
+        os.chmod(base, 0o755)
+        src = base / "src"
+        src.mkdir()
+        shutil.copyfile(carphone_path, src / "car.mp4")
+        (src / "car.txt").write_text("a man on the phone")
+        locked = base / "locked"
+        locked.mkdir(mode=0o555)
+        out = {"file": src / "car.txt", "inside-file": src / "car.txt" / "out", "proc": Path("/proc/realdpo-out"),
+               "read-only": locked / "out"}[case]
+        words = {"file": "existing file", "inside-file": "which is a file", "proc": "not writable",
+                 "read-only": "not writable"}[case]
+        if case == "read-only":
+            def validate() -> int:  # what `run(argv)` does first (the CLI imports lazily, which nobody cannot)
+                try:
+                    CurateConfig(src=src, out=out).validate()
+                except UserError as e:
+                    print(f"Error: {e}", file=sys.stderr)
+                    return 2
+                return 0
+
+            code, err = _as_nobody(validate)
+        else:
+            code, err = run(["curate", "--src", str(src), "--out", str(out)]), capsys.readouterr().err
+        assert code == 2, err
+        err = err.strip()
+        assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err
+        assert not (locked / "out").exists() and not (src / "car.txt" / "out").exists()
+        assert (src / "car.txt").read_text() == "a man on the phone"
+        assert sorted(p.name for p in src.iterdir()) == ["car.mp4", "car.txt"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
