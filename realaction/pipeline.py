@@ -12,9 +12,9 @@ from typing import Callable, Iterator
 
 from realaction.config import CurateConfig
 from realaction.errors import UserError
-from realaction.probe import Source, discover
+from realaction.probe import Skipped, Source, discover
 from realaction.report import build_summary, write_card, write_summary
-from realaction.shards import ShardCommitter, prepare_out
+from realaction.shards import ShardCommitter, append_jsonl, prepare_out
 from realaction.worker import Models, SourceCurator, SourceResult, config_hash
 
 # -- worker processes ----------------------------------------------------------------------------------------
@@ -97,14 +97,17 @@ def curate(cfg: CurateConfig) -> dict:
     src, out = Path(cfg.src), Path(cfg.out)
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise UserError("--out must not be inside --src (its clips would be curated on the next run)")
-    sources = discover(src)
+    skipped: list[Skipped] = []
+    sources = discover(src, skipped)
     if not sources:
-        raise UserError(f"no videos under {src} (looked for .mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg and similar)")
+        why = f"; skipped {len(skipped)}, e.g. {skipped[0].rel}: {skipped[0].reason}" if skipped else ""
+        raise UserError(f"no videos under {src} (looked for .mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg and similar{why})")
     # Models are built before any work so that a bad checkpoint or missing dependency fails in one line;
     # worker processes build their own.
     models = Models(cfg)
     out.mkdir(parents=True, exist_ok=True)
     state = prepare_out(out)
+    append_jsonl(out / "sources.jsonl", [{"source": k.rel, "status": "skipped", "reason": k.reason} for k in skipped])
     todo = [s for s in sources if s.rel not in state.done]
     if uses_pool(cfg, len(todo)):
         models = None  # free them here: every worker process loads its own
@@ -157,6 +160,10 @@ def _print_table(console, summary: dict, out: Path) -> None:
     table.add_row("sources done", str(s["done"]))
     if s["error"]:
         table.add_row("[red]sources unreadable[/red]", str(s["error"]))
+    if s["skipped"]:
+        table.add_row("[yellow]paths skipped[/yellow]", str(s["skipped"]))
     console.print(table)
     for reason, n in summary["source_errors"].items():
         console.print(f"  unreadable ({n}): {reason}")
+    for rel, reason in summary["source_skipped"].items():
+        console.print(f"  skipped {rel}: {reason}")

@@ -20,7 +20,7 @@ Curated by realaction $version on $date from `$src`.
 
 | | |
 | --- | --- |
-| sources | $sources_done done, $sources_error errors |
+| sources | $sources_done done, $sources_error errors, $sources_skipped paths skipped |
 | candidate clips | $candidates |
 | kept clips | $kept ($kept_seconds s) |
 | rejected clips | $rejected ($rejected_seconds s) |
@@ -67,8 +67,10 @@ def build_summary(out: Path) -> dict:
     shards = sorted({name for r in sources for name in r.get("shards", [])})
     return {
         "sources": {"total": len(sources), "done": sum(r.get("status") == "done" for r in sources),
-                    "error": sum(r.get("status") == "error" for r in sources)},
+                    "error": sum(r.get("status") == "error" for r in sources),
+                    "skipped": sum(r.get("status") == "skipped" for r in sources)},
         "source_errors": dict(errors),
+        "source_skipped": {r.get("source"): r.get("reason") for r in sources if r.get("status") == "skipped"},
         "candidates": len(manifest),
         "kept": len(kept),
         "rejected": len(manifest) - len(kept),
@@ -103,6 +105,7 @@ def write_card(out: Path, summary: dict, config: dict) -> Path:
     card = Template(text).safe_substitute(
         name=out.name, version=__version__, date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         src=config.get("src"), sources_done=summary["sources"]["done"], sources_error=summary["sources"]["error"],
+        sources_skipped=summary["sources"]["skipped"],
         candidates=summary["candidates"], kept=summary["kept"], kept_seconds=summary["kept_seconds"],
         rejected=summary["rejected"], rejected_seconds=summary["rejected_seconds"], rejected_table=table, error_table=error_table, score_table=scores,
         shards=len(summary["shards"]), caption_sources=", ".join(f"{k}: {v}" for k, v in summary["caption_sources"].items()) or "none",

@@ -125,3 +125,66 @@ def test_out_that_is_a_file_or_not_writable_fails_in_one_line_before_any_work(ca
         assert sorted(p.name for p in src.iterdir()) == ["car.mp4", "car.txt"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_links_and_unreadable_folders_are_listed_as_skipped(tmp_path, carphone_path):
+    import os
+
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    shutil.copyfile(carphone_path, src / "real" / "car.mp4")
+    (src / "real" / "car.txt").write_text("a man on the phone")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copyfile(carphone_path, outside / "linked.mp4")
+    (outside / "linked.txt").write_text("the same man, through a link")
+    os.symlink(outside, src / "more")  # a linked folder is followed
+    os.symlink(src, src / "real" / "loop")  # a folder linking to its own ancestor
+    os.symlink(src / "self.mp4", src / "self.mp4")  # a link to itself
+    os.symlink(tmp_path / "gone.mp4", src / "gone.mp4")  # dangling
+    os.symlink(src / "real", src / "again")  # the same folder twice
+    out = tmp_path / "out"
+    summary = curate(CurateConfig(src=src, out=out, max_side=96))
+    rows = {r["source"]: r for r in read_jsonl(out / "sources.jsonl")}
+    assert {k for k, r in rows.items() if r["status"] == "done"} == {"real/car.mp4", "more/linked.mp4"}
+    skipped = {k: r["reason"] for k, r in rows.items() if r["status"] == "skipped"}
+    assert set(skipped) == {"real/loop", "self.mp4", "gone.mp4", "again"}, skipped
+    assert "loop" in skipped["real/loop"] and "loop" in skipped["self.mp4"]
+    assert "dangling" in skipped["gone.mp4"] and "same folder as real" in skipped["again"]
+    assert summary["sources"]["skipped"] == 4 and summary["source_skipped"] == skipped
+    # a rerun lists them again, once each, and redoes nothing
+    curate(CurateConfig(src=src, out=out, max_side=96))
+    again = read_jsonl(out / "sources.jsonl")
+    assert sorted(r["source"] for r in again) == sorted(rows)
+
+
+def test_unreadable_folder_is_listed_as_skipped():
+    """Without root's permission bypass, a folder that cannot be listed is reported, not silently left out."""
+    import os
+    import sys
+    import tempfile
+
+    from realaction.probe import Skipped, discover
+
+    base = Path(tempfile.mkdtemp())
+    try:
+        os.chmod(base, 0o755)
+        make_synthetic(base / "ok" / "a.mp4", "moving", seconds=0.5)
+        make_synthetic(base / "locked" / "b.mp4", "moving", seconds=0.5)
+        os.chmod(base / "locked", 0o000)
+
+        def scan() -> int:
+            skipped: list[Skipped] = []
+            found = discover(base, skipped)
+            print(json.dumps({"found": [s.rel for s in found], "skipped": [[k.rel, k.reason] for k in skipped]}),
+                  file=sys.stderr)
+            return 0
+
+        code, err = _as_nobody(scan)
+        assert code == 0, err
+        got = json.loads(err)
+        assert got["found"] == ["ok/a.mp4"]
+        assert got["skipped"] == [["locked", "unreadable folder: Permission denied"]]
+    finally:
+        os.chmod(base / "locked", 0o755)
+        shutil.rmtree(base, ignore_errors=True)
