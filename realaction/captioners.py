@@ -15,6 +15,11 @@ Sidecar lookup for a video `DIR/name.mp4`, first match wins:
      {"<clip index>": caption} mapping: per-clip captions; a clip missing there falls back to
      the object's "caption"/"text" when present.
 Blank captions count as missing. An unreadable sidecar gives no caption (logged), not an error.
+
+Size limits: every caption, whatever its source, is capped at `MAX_CAPTION_BYTES` (4 KiB) of UTF-8, cut at the
+last word boundary before the cap, with a warning. A `.txt` sidecar is read only as far as the cap needs; a
+`.json` sidecar larger than `MAX_JSON_SIDECAR_BYTES` (16 MiB) is not read at all (warning; the clips get no
+caption from it).
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_CAPTION_BYTES = 4096
+MAX_JSON_SIDECAR_BYTES = 16 << 20
+_TXT_READ_BYTES = 4 * MAX_CAPTION_BYTES  # whitespace is collapsed after reading, so read a little more than the cap
+
 
 @dataclass
 class CaptionRequest:
@@ -58,7 +67,65 @@ class Captioner(Protocol):
     def caption(self, req: CaptionRequest) -> Caption | None: ...
 
 
+def _cut(text: str) -> str:
+    """`text` cut to at most MAX_CAPTION_BYTES of UTF-8, at the last word boundary before the cap."""
+    data = text.encode("utf-8")
+    if len(data) <= MAX_CAPTION_BYTES:
+        return text
+    cut = data[:MAX_CAPTION_BYTES].decode("utf-8", "ignore")
+    space = cut.rfind(" ")
+    return cut[:space] if space > MAX_CAPTION_BYTES // 2 else cut
+
+
+def _warn_cut(origin: object, n: int = 1) -> None:
+    what = "a caption" if n == 1 else f"{n} captions"
+    log.warning("%s from %s longer than %d bytes: cut to the cap", what, origin, MAX_CAPTION_BYTES)
+
+
+class _CapCounter:
+    """Caps captions read from one file and warns once for all that were cut."""
+
+    def __init__(self, origin: object):
+        self.origin, self.cut = origin, 0
+
+    def __call__(self, text: Any) -> Any:
+        text = _clean(text)
+        if text is None:
+            return None
+        capped = _cut(text)
+        self.cut += capped is not text
+        return capped
+
+    def warn(self) -> None:
+        if self.cut:
+            _warn_cut(self.origin, self.cut)
+
+
+class CappedCaptioner:
+    """Any captioner, with its captions capped at MAX_CAPTION_BYTES (its other attributes are the inner one's)."""
+
+    def __init__(self, inner: Captioner):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def caption(self, req: CaptionRequest) -> Caption | None:
+        got = self.inner.caption(req)
+        if got is None:
+            return None
+        text = _cut(got.text)
+        if text is not got.text:
+            _warn_cut(f"{got.source} for {req.source} clip {req.clip_index}")
+        return Caption(text, got.source)
+
+
 def build_captioner(cfg: CurateConfig, clip: ClipModel | None = None) -> Captioner:
+    """The captioner `cfg` asks for, its captions capped at MAX_CAPTION_BYTES."""
+    return CappedCaptioner(_build(cfg, clip))
+
+
+def _build(cfg: CurateConfig, clip: ClipModel | None) -> Captioner:
     if cfg.captioner == "sidecar":
         return SidecarCaptioner(cfg.captions_csv)
     if cfg.captioner == "clip":
@@ -108,7 +175,7 @@ class SidecarCaptioner:
 
     def _sidecar(self, source: Path) -> tuple[str, Any] | None:
         if source not in self._cache:
-            if len(self._cache) > 64:
+            if len(self._cache) > 8:
                 self._cache.clear()
             self._cache[source] = _read_sidecar(source)
         return self._cache[source]
@@ -126,6 +193,7 @@ def _read_csv(path: Path) -> dict[str, dict[int | None, str]]:
     if not path.is_file():
         raise UserError(f"--captions-csv not found: {path}")
     out: dict[str, dict[int | None, str]] = {}
+    cap = _CapCounter(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -133,7 +201,7 @@ def _read_csv(path: Path) -> dict[str, dict[int | None, str]]:
             if not {"path", "caption"} <= fields:
                 raise UserError(f"--captions-csv {path} needs a header with columns path,caption (found {sorted(fields)})")
             for n, row in enumerate(reader, start=2):
-                text = _clean(row.get("caption"))
+                text = cap(row.get("caption"))
                 if not row.get("path") or not text:
                     continue
                 clip = (row.get("clip") or "").strip()
@@ -144,6 +212,7 @@ def _read_csv(path: Path) -> dict[str, dict[int | None, str]]:
                 out.setdefault(key, {})[int(clip) if clip else None] = text
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"--captions-csv {path} is not a readable UTF-8 CSV: {e}") from None
+    cap.warn()
     return out
 
 
@@ -153,13 +222,51 @@ def _read_sidecar(source: Path) -> tuple[str, Any] | None:
             if candidate == source or not candidate.is_file():
                 continue
             try:
-                raw = candidate.read_text(encoding="utf-8-sig")
-                value = _clean(raw) if kind == "sidecar-txt" else json.loads(raw)
+                value = _read_txt(candidate) if kind == "sidecar-txt" else _read_json(candidate)
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 log.warning("unreadable caption sidecar %s: %s", candidate, e)
                 continue
+            if value is None:
+                continue
             return kind, value
     return None
+
+
+def _read_txt(path: Path) -> str | None:
+    """The caption in a .txt sidecar, reading no more of the file than the caption cap needs."""
+    with open(path, "rb") as f:
+        data = f.read(_TXT_READ_BYTES + 1)
+    text = data[:_TXT_READ_BYTES].decode("utf-8-sig", "ignore" if len(data) > _TXT_READ_BYTES else "strict")
+    cap = _CapCounter(path)
+    text = cap(text)
+    if len(data) > _TXT_READ_BYTES:
+        cap.cut = 1
+    cap.warn()
+    return text
+
+
+def _read_json(path: Path) -> Any:
+    """A .json sidecar with every caption in it capped; None (with a warning) when the file is too big to read."""
+    size = path.stat().st_size
+    if size > MAX_JSON_SIDECAR_BYTES:
+        log.warning("caption sidecar %s is %d MiB, over the %d MiB limit: not read", path, size >> 20,
+                    MAX_JSON_SIDECAR_BYTES >> 20)
+        return None
+    value = json.loads(path.read_text(encoding="utf-8-sig"))
+    cap = _CapCounter(path)  # applied where _json_caption looks, so the parsed file held in the cache is small
+    if isinstance(value, str):
+        value = cap(value)
+    elif isinstance(value, list):
+        value = [cap(v) for v in value]
+    elif isinstance(value, dict):
+        per_clip = value.get("captions")
+        if isinstance(per_clip, list):
+            per_clip = [cap(v) for v in per_clip]
+        elif isinstance(per_clip, dict):
+            per_clip = {k: cap(v) for k, v in per_clip.items()}
+        value = {"captions": per_clip, "caption": cap(value.get("caption")), "text": cap(value.get("text"))}
+    cap.warn()
+    return value
 
 
 def _json_caption(value: Any, clip_index: int) -> str | None:

@@ -98,6 +98,55 @@ def test_csv_without_header_is_a_user_error(tmp_path):
         SidecarCaptioner(table)
 
 
+def _words(n_bytes: int, word: str = "wave ") -> str:
+    return (word * (n_bytes // len(word) + 1))[:n_bytes]
+
+
+def test_huge_txt_sidecar_is_capped_without_reading_it_whole(src, caplog):
+    import tracemalloc
+
+    from realaction.captioners import MAX_CAPTION_BYTES
+
+    (src / "a.txt").write_text(_words(40 << 20), encoding="utf-8")  # 40 MiB of caption
+    tracemalloc.start()
+    got = SidecarCaptioner().caption(request(src / "a.mp4", src))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert got.source == "sidecar-txt" and MAX_CAPTION_BYTES - 5 <= len(got.text.encode()) <= MAX_CAPTION_BYTES
+    assert got.text.startswith("wave wave") and got.text.endswith("wave")  # cut between words
+    assert peak < 1 << 20, f"read {peak >> 20} MiB for a caption of 4 KiB"
+    assert any("cut to the cap" in r.getMessage() for r in caplog.records)
+
+
+def test_long_json_and_csv_captions_are_capped_and_a_huge_json_sidecar_is_not_read(src, tmp_path, caplog):
+    from realaction.captioners import MAX_CAPTION_BYTES, MAX_JSON_SIDECAR_BYTES
+
+    multibyte = _words(3 * MAX_CAPTION_BYTES, "é ü ")  # 2-byte characters: the cut must not split one
+    (src / "b.json").write_text(json.dumps({"captions": [multibyte, "short"]}), encoding="utf-8")
+    (src / "e.json").write_text(json.dumps({"caption": _words(MAX_JSON_SIDECAR_BYTES + 10)}))
+    cap = SidecarCaptioner()
+    first = cap.caption(request(src / "b.mp4", src, 0)).text
+    assert len(first.encode()) <= MAX_CAPTION_BYTES and multibyte.startswith(first) and not first.endswith(" ")
+    assert cap.caption(request(src / "b.mp4", src, 1)).text == "short"
+    assert cap.caption(request(src / "e.mp4", src)) is None
+    assert any("not read" in r.getMessage() for r in caplog.records)
+    table = tmp_path / "captions.csv"
+    table.write_text(f"path,caption\na.mp4,{_words(10_000)}\n", encoding="utf-8")
+    got = build_captioner(CurateConfig(src=src, captions_csv=table)).caption(request(src / "a.mp4", src))
+    assert got.source == "csv" and len(got.text.encode()) <= MAX_CAPTION_BYTES
+
+
+def test_every_captioner_is_capped(src):
+    from realaction.captioners import MAX_CAPTION_BYTES, CappedCaptioner
+
+    class Chatty:
+        def caption(self, req):
+            return Caption(_words(100_000), "vlm")
+
+    got = CappedCaptioner(Chatty()).caption(request(src / "a.mp4", src))
+    assert got.source == "vlm" and len(got.text.encode()) <= MAX_CAPTION_BYTES
+
+
 def test_real_clip_with_its_authors_caption(shared_data, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

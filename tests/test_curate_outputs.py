@@ -18,7 +18,7 @@ from realaction.shards import read_jsonl
 def curated(tmp_path_factory, carphone_path) -> Path:
     src = tmp_path_factory.mktemp("src")
     shutil.copyfile(carphone_path, src / "car.mp4")
-    (src / "car.txt").write_text("a man on the phone")
+    (src / "car.txt").write_text("a man on the phone " * 500_000)  # a 9 MB caption sidecar
     make_synthetic(src / "static.mp4", "static", seconds=2.5, seed=5)
     make_synthetic(src / "black.mp4", "black", seconds=3.0)
     make_synthetic(src / "nocap.mp4", "moving", seconds=2.0, seed=6)
@@ -42,6 +42,18 @@ def test_summary_gives_seconds_of_footage_per_reason(curated):
     assert summary["rejected_seconds"] == pytest.approx(sum(by_reason.values()), abs=1e-3)
     kept = sum(r["end_s"] - r["start_s"] for r in manifest if r["kept"])
     assert kept > 0 and summary["kept_seconds"] == pytest.approx(kept, abs=1e-3)
+
+
+def test_a_huge_caption_sidecar_is_capped_in_manifest_and_shard(curated):
+    import webdataset as wds
+
+    from realaction.captioners import MAX_CAPTION_BYTES
+
+    kept = [r for r in read_jsonl(curated / "manifest.jsonl") if r["kept"]]
+    assert kept and all(0 < len(r["caption"].encode()) <= MAX_CAPTION_BYTES for r in kept)
+    samples = list(wds.WebDataset(sorted(str(p) for p in (curated / "shards").glob("*.tar")), shardshuffle=False))
+    assert samples and all(len(s["txt"]) <= MAX_CAPTION_BYTES for s in samples)
+    assert samples[0]["txt"].decode().startswith("a man on the phone a man")
 
 
 def test_card_shows_seconds_per_reason(curated):
