@@ -353,16 +353,19 @@ class VlmCaptioner:
             raise UserError(f"--vlm-model is not a folder: {folder}")
         if not (folder / "config.json").is_file():
             raise UserError(f"--vlm-model {folder} has no config.json: give a folder written by save_pretrained")
+        _refuse_folder_code(folder)
         self.prompt, self.max_tokens, self.max_frames = prompt, int(max_tokens), max(1, int(max_frames))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
+            from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # its bars would break the curation progress display
-            self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+            local = {"local_files_only": True, "trust_remote_code": False}  # never the folder's own code
+            config = AutoConfig.from_pretrained(folder, **local)
+            self.processor = AutoProcessor.from_pretrained(folder, **local)
             self.model = AutoModelForImageTextToText.from_pretrained(
-                folder, local_files_only=True, dtype="auto" if self.device != "cpu" else torch.float32
+                folder, config=config, dtype="auto" if self.device != "cpu" else torch.float32, **local
             ).to(self.device).eval()
         except Exception as e:  # transformers raises many kinds for a folder that is not a VLM
             raise UserError(f"--vlm-model {folder} does not load as a vision-language model: {one_line(e)}") from None
@@ -402,3 +405,27 @@ class VlmCaptioner:
         answer = _clean(self.processor.batch_decode(new, skip_special_tokens=True)[0])
         return Caption(answer, "vlm") if answer else None
 
+
+
+# The files through which a model folder can ask transformers to import its own Python code (`auto_map`).
+_CODE_HOOK_FILES = ("config.json", "processor_config.json", "preprocessor_config.json",
+                    "video_preprocessor_config.json", "tokenizer_config.json", "feature_extractor_config.json")
+
+
+def _refuse_folder_code(folder: Path) -> None:
+    """A folder that maps transformers' classes to its own code is refused: realaction never runs a model's code."""
+    for name in _CODE_HOOK_FILES:
+        path = folder / name
+        if not path.is_file() or path.stat().st_size > MAX_JSON_SIDECAR_BYTES:
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # the loader reports a broken file
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if auto_map:
+            target = next(iter(auto_map.values())) if isinstance(auto_map, dict) else auto_map
+            raise UserError(
+                f"--vlm-model {folder} ships its own model code ({name} maps classes to {target}); realdpo never "
+                "runs code from a model folder (trust_remote_code=False): use a model that transformers supports natively"
+            )

@@ -14,6 +14,7 @@ import torch
 from realaction.captioners import Caption, CaptionRequest, SidecarCaptioner, build_captioner, load_actions
 from realaction.config import CurateConfig
 from realaction.errors import UserError
+from realaction.footage import make_synthetic
 
 from realaction.clip_model import ClipModel
 
@@ -325,3 +326,53 @@ def test_vlm_folder_errors_are_one_line_user_errors(tmp_path, tiny_clip):
         with pytest.raises(UserError, match=message) as err:
             VlmCaptioner(folder, "Describe.")
         assert "\n" not in str(err.value)
+
+
+def _with_custom_code(tiny_vlm: Path, folder: Path, model_type: str | None) -> Path:
+    """A copy of the tiny VLM whose config maps transformers' auto classes to a Python file in the folder."""
+    shutil.copytree(tiny_vlm, folder)
+    marker = folder / "code-was-run"
+    (folder / "evil.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForImageTextToText": "evil.EvilModel"}
+    if model_type:
+        config["model_type"] = model_type
+    (folder / "config.json").write_text(json.dumps(config))
+    return marker
+
+
+@pytest.mark.parametrize("model_type", [None, "evil_vl"])  # a type transformers knows, and one it does not
+def test_vlm_folder_with_its_own_code_is_refused(tiny_vlm, tmp_path, model_type, capsys):
+    from cli.main import run
+
+    folder = tmp_path / "custom"
+    marker = _with_custom_code(tiny_vlm, folder, model_type)
+    (tmp_path / "src").mkdir()
+    make_synthetic(tmp_path / "src" / "a.mp4", "moving", seconds=2.0)
+    code = run(["curate", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--captioner", "vlm",
+                "--vlm-model", str(folder)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "ships its own model code" in err, err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_vlm_loaders_are_told_not_to_trust_folder_code(tiny_vlm, monkeypatch):
+    """Every transformers loader that reads the folder gets trust_remote_code=False explicitly."""
+    import transformers
+
+    from realaction.captioners import VlmCaptioner
+
+    calls = []
+    for cls in (transformers.AutoConfig, transformers.AutoProcessor, transformers.AutoModelForImageTextToText,
+                transformers.AutoTokenizer):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, _name=cls.__name__, **kwargs):
+            calls.append((_name, kwargs.get("trust_remote_code", "absent")))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    VlmCaptioner(tiny_vlm, "Describe.", max_tokens=2)
+    names = {name for name, _ in calls}
+    assert {"AutoConfig", "AutoProcessor", "AutoModelForImageTextToText"} <= names
+    assert all(trust is False for _, trust in calls), calls
