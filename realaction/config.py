@@ -13,6 +13,7 @@ from realaction.errors import UserError
 DETECTORS = ("adaptive", "content", "threshold", "hash", "histogram")
 CAPTIONERS = ("sidecar", "clip", "vlm")
 PERSON_DETECTORS = ("hog", "haar", "hog+haar", "none")
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -38,7 +39,13 @@ class CurateConfig:
     min_motion: float = field(2.0, help="Reject clips ('static') whose subject motion is below this: 90th percentile of optical flow left after removing the camera's global motion, in pixels per second at analysis size.")
     max_camera_motion: float = field(60.0, help="Reject clips ('shaky') whose camera motion (a global similarity fit to the flow) is above this, in pixels per second at analysis size.")
     person_detector: str = field("hog+haar", help=f"Offline person detector: {', '.join(PERSON_DETECTORS)}.")
-    min_person: float = field(0.0, help="Reject clips ('no-person') where --person-detector finds a person in less than this fraction of the frames it checks; it checks 3 frames of each clip that passed the other filters (0 disables the filter and the detector is not run).")
+    person_model: Optional[Path] = field(None, help="Local ONNX person detector (e.g. an ultralytics YOLOv8/YOLO11 export: input [1,3,H,W] RGB in 0..1, output [1,4+C,N] with class 0 = person), run with onnxruntime instead of --person-detector. Its 'person' score is recorded for every clip that passed the cheaper filters; --min-person sets the threshold.")
+    person_confidence: float = field(0.4, help="Class score at which --person-model counts a detection as a person.")
+    min_person: float = field(0.0, help="Reject clips ('no-person') where the person detector (--person-model, else --person-detector) finds a person in less than this fraction of the frames it checks; it checks 3 frames of each clip that passed the other filters (0 disables the filter: then --person-detector is not run).")
+    max_text_area: float = field(0.03, help="Reject clips ('text') where detected text (subtitles, watermarks, captions burnt in) covers more than this fraction of the frame, averaged over 3 frames; rapidocr's offline text detection model, run only on clips that passed the quality and motion filters. 1 turns the filter off.")
+    text_side: int = field(480, help="Longest side, in pixels, the analysis frames are resized to for text detection.")
+    dedup: bool = field(True, help="Reject clips ('duplicate') that repeat an already-kept clip (of any source, this run or a resumed one): perceptual hashes of 4 frames each within --dup-distance bits of the kept clip's. The manifest row names the clip it duplicates.")
+    dup_distance: int = field(12, help="Largest Hamming distance (of 64 bits) between frame hashes that still counts as the same picture (re-encoded or rescaled copies measure 0-4, a 6% crop up to 12, different scenes 18 or more).")
     clip_checkpoint: Optional[Path] = field(None, help="Local open_clip checkpoint for the CLIP person score and the clip captioner.")
     clip_arch: str = field("ViT-B-32", help="open_clip architecture of --clip-checkpoint.")
     min_clip_person: float = field(0.0, help="Reject clips ('no-person') whose CLIP 'a person' score is below this (needs --clip-checkpoint; 0 disables).")
@@ -48,7 +55,9 @@ class CurateConfig:
     vlm_model: Optional[Path] = field(None, help="Local folder of a vision-language model (e.g. Qwen2-VL) for the vlm captioner.")
     vlm_prompt: str = field("Describe in detail what the person in this video is doing and how they move.", help="Prompt given to the vlm captioner.")
     vlm_max_tokens: int = field(96, help="Longest caption the vlm captioner writes, in tokens.")
-    workers: int = field(1, help="Sources processed in parallel.")
+    workers: int = field(1, help="Sources processed in parallel (worker processes; with --engine ray and no --ray-address, the CPUs of the local Ray instance).")
+    engine: str = field("local", help=f"Where per-source work runs: {', '.join(ENGINES)}. 'ray' runs each source as a Ray task, on a local Ray instance or the cluster at --ray-address; shards are written by this process either way.")
+    ray_address: Optional[str] = field(None, help="Address of an existing Ray cluster for --engine ray (e.g. 'auto' on a cluster node, or ray://HEAD:10001); default starts a local Ray instance.")
     shard_max_count: int = field(1000, help="Most samples per shard.")
     shard_max_mb: float = field(1024.0, help="Largest shard size in MiB.")
     commit_seconds: float = field(300.0, help="Close and commit the open shard at least this often, so a killed run redoes at most this much work.")
@@ -67,6 +76,10 @@ class CurateConfig:
             raise UserError(f"unknown --detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
         if self.captioner not in CAPTIONERS:
             raise UserError(f"unknown --captioner {self.captioner!r}; choose one of {', '.join(CAPTIONERS)}")
+        if self.engine not in ENGINES:
+            raise UserError(f"unknown --engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.ray_address and self.engine != "ray":
+            raise UserError("--ray-address needs --engine ray")
         if self.person_detector not in PERSON_DETECTORS:
             raise UserError(f"unknown --person-detector {self.person_detector!r}; choose one of {', '.join(PERSON_DETECTORS)}")
         if not 0 < self.min_seconds <= self.max_seconds:
@@ -86,12 +99,18 @@ class CurateConfig:
             raise UserError("--analysis-fps, --shard-max-mb and --commit-seconds must be positive")
         if not 0 <= self.min_brightness < self.max_brightness <= 255:
             raise UserError("--min-brightness and --max-brightness must satisfy 0 <= min < max <= 255")
-        for name in ("max_black_fraction", "max_frozen_fraction", "min_person"):
+        for name in ("max_black_fraction", "max_frozen_fraction", "min_person", "max_text_area"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1")
         if self.min_sharpness < 0 or self.min_motion < 0 or self.max_camera_motion <= 0:
             raise UserError("--min-sharpness and --min-motion must be >= 0, --max-camera-motion > 0")
-        for name in ("clip_checkpoint", "captions_csv", "action_vocab", "vlm_model"):
+        if not 0 < self.person_confidence <= 1:
+            raise UserError("--person-confidence must be in (0, 1]")
+        if self.text_side < 32:
+            raise UserError("--text-side must be at least 32")
+        if not 0 <= self.dup_distance < 64:
+            raise UserError("--dup-distance must be between 0 and 63 bits")
+        for name in ("clip_checkpoint", "captions_csv", "action_vocab", "vlm_model", "person_model"):
             p = getattr(self, name)
             if p is not None and not Path(p).exists():
                 raise UserError(f"--{name.replace('_', '-')} not found: {p}")

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from realaction.config import CurateConfig
+from realaction.dedup import DuplicateIndex
 from realaction.errors import UserError
 from realaction.probe import Skipped, Source, discover
 from realaction.report import build_summary, write_card, write_summary
-from realaction.shards import ShardCommitter, append_jsonl, prepare_out
+from realaction.shards import ShardCommitter, append_jsonl, prepare_out, read_jsonl
 from realaction.worker import Models, SourceCurator, SourceResult, config_hash
 
 # -- worker processes ----------------------------------------------------------------------------------------
@@ -119,6 +120,9 @@ def curate(cfg: CurateConfig) -> dict:
                           "their clips stay as they are (use a new --out to redo them)")
     committer = ShardCommitter(out, state.next_shard, cfg.shard_max_count, cfg.shard_max_mb * 1024 * 1024,
                                cfg.commit_seconds)
+    # Near-duplicates are judged here, as results are committed: one index over every kept clip of every
+    # engine's workers, rebuilt on resume from the manifest rows of finished sources (realaction.dedup).
+    duplicates = DuplicateIndex.from_manifest(read_jsonl(out / "manifest.jsonl"), cfg.dup_distance) if cfg.dedup else None
     counts = Counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn())
@@ -132,6 +136,8 @@ def curate(cfg: CurateConfig) -> dict:
             progress.update(t_frm, advance=frames, info=f"{counts['clips']} clips scored")
 
         for result in run_sources(todo, cfg, models, on_progress):
+            if duplicates is not None:
+                duplicates.judge(result)
             committer.add(result)
             counts[result.row["status"]] += 1
             counts["kept"] += result.kept

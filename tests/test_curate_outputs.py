@@ -200,3 +200,17 @@ def test_unreadable_folder_is_listed_as_skipped():
     finally:
         os.chmod(base / "locked", 0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_scores_do_not_depend_on_max_side(tmp_path, carphone_path):
+    """The filters and the text detector see the same frames whatever size the clips are written at."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(carphone_path, src / "c.mp4")
+    (src / "c.txt").write_text("a man on the phone")
+    scores = {}
+    for side in (64, 320):
+        curate(CurateConfig(src=src, out=tmp_path / f"out{side}", max_side=side, max_seconds=2.0, min_seconds=1.0))
+        scores[side] = [(r["key"], r["reason"], r["scores"]) for r in read_jsonl(tmp_path / f"out{side}" / "manifest.jsonl")]
+    assert scores[64] == scores[320]
+    assert any(s.get("text_area") == 0.0 for _, _, s in scores[64])
