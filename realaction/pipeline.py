@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
-import queue as queue_mod
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -14,36 +11,28 @@ from realaction.config import CurateConfig
 from realaction.dedup import DuplicateIndex
 from realaction.errors import UserError
 from realaction.probe import Skipped, Source, discover
+from realaction.process_pool import ProcessPool, WorkerDied
 from realaction.report import build_summary, write_card, write_summary
 from realaction.shards import ShardCommitter, append_jsonl, prepare_out, read_jsonl
+from realaction.source_tasks import init_pool_worker, run_in_pool_worker, worker_died_row
 from realaction.worker import Models, SourceCurator, SourceResult, config_hash
 
-# -- worker processes ----------------------------------------------------------------------------------------
-
-_CURATOR: SourceCurator | None = None
-
-
-def _init_worker(cfg: CurateConfig, events) -> None:
-    global _CURATOR
-
-    def progress(frames: int, clips: int) -> None:
-        events.put((frames, clips))
-
-    _CURATOR = SourceCurator(cfg, Models(cfg), Path(cfg.src), progress)
-
-
-def _run_in_worker(source: Source) -> SourceResult:
-    assert _CURATOR is not None
-    return _CURATOR.run(source).resolve()
+# -- where the per-source work runs -------------------------------------------------------------------------
 
 
 def uses_pool(cfg: CurateConfig, n_sources: int) -> bool:
-    return cfg.workers > 1 and n_sources > 1
+    return cfg.engine == "ray" or (cfg.workers > 1 and n_sources > 1)
 
 
 def run_sources(sources: list[Source], cfg: CurateConfig, models: Models | None,
                 progress: Callable[[int, int], None]) -> Iterator[SourceResult]:
-    """Results as sources finish: in this process for one worker, else in a pool of spawned processes."""
+    """Results as sources finish: in this process for one worker, else in worker processes (ours or Ray's).
+    A source whose worker dies is an `error: worker died` result; the run goes on."""
+    if cfg.engine == "ray":
+        from realaction.ray_engine import run_on_ray
+
+        yield from run_on_ray(sources, cfg, progress)
+        return
     if not uses_pool(cfg, len(sources)):
         curator = SourceCurator(cfg, models or Models(cfg), Path(cfg.src), progress)
         previous = None
@@ -55,35 +44,20 @@ def run_sources(sources: list[Source], cfg: CurateConfig, models: Models | None,
         if previous is not None:
             yield previous.resolve()
         return
-    ctx = mp.get_context("spawn")  # torch and OpenCV threads do not survive fork
-    events = ctx.Queue()
-    todo = list(reversed(sources))
-    pool = ProcessPoolExecutor(max_workers=min(cfg.workers, len(sources)), mp_context=ctx,
-                               initializer=_init_worker, initargs=(cfg, events))
-    try:
-        running = set()
-        while todo or running:
-            while todo and len(running) < 2 * cfg.workers:  # bounded: results carry the encoded clips
-                running.add(pool.submit(_run_in_worker, todo.pop()))
-            finished, running = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
-            _drain(events, progress)
-            for fut in finished:
-                yield fut.result()
-        _drain(events, progress)
-    finally:  # on Ctrl-C or an error do not wait for the sources in flight: a rerun redoes them
-        pool.shutdown(wait=not (todo or running), cancel_futures=True)
-
-
-def _drain(events, progress) -> None:
-    while True:
-        try:
-            frames, clips = events.get_nowait()
-        except (queue_mod.Empty, OSError, ValueError):
-            return
-        progress(frames, clips)
+    pool = ProcessPool(min(cfg.workers, len(sources)), init_pool_worker, (cfg,), run_in_pool_worker, on_event=progress)
+    for outcome in pool.run(sources):
+        source = outcome.item
+        if isinstance(outcome.error, WorkerDied):
+            yield worker_died_row(source, str(outcome.error))
+        elif outcome.error is not None:
+            yield SourceResult({"source": source.rel, "source_id": source.source_id, "status": "error",
+                                "reason": str(outcome.error)})
+        else:
+            yield outcome.result
 
 
 # -- the command ---------------------------------------------------------------------------------------------
+
 
 def _config_dict(cfg: CurateConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
