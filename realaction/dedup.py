@@ -21,14 +21,12 @@ Cost: one vectorised comparison against all kept clips per new clip (~5 ms per 1
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from realaction.video_io import evenly_spaced
 
 HASH_FRAMES = 4
-NO_MATCH = 64  # the distance recorded when no kept clip is comparable
+NO_MATCH = 64  # the distance match() gives when no kept clip is comparable
 
 
 def phash(gray: np.ndarray) -> int:
@@ -106,8 +104,8 @@ class DuplicateIndex:
 
     def judge(self, result) -> int:
         """Turn the kept clips of `result` (a SourceResult) that duplicate a kept clip into `duplicate`
-        rejections, record every judged clip's distance, and add the clips still kept; returns how many
-        were rejected."""
+        rejections (naming that clip, with the distance), and add the clips still kept; returns how many were
+        rejected. A kept clip gets no distance: its nearest kept clip depends on which sources finished first."""
         rejected = 0
         for clip in result.clips:
             row = clip.row
@@ -115,13 +113,10 @@ class DuplicateIndex:
                 continue
             source, scene = row.get("source", ""), row.get("scene", -1)
             dup, distance = self.match(source, scene, row["phash"])
-            row["scores"]["duplicate_distance"] = distance
             if dup is None:
-                meta = json.loads(clip.sample["json"])
-                meta["scores"]["duplicate_distance"] = distance
-                clip.sample["json"] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
                 self.add(row["key"], source, scene, row["phash"])
                 continue
+            row["scores"]["duplicate_distance"] = distance
             row.update(kept=False, reason="duplicate", reasons=["duplicate"], duplicate_of=dup)
             for k in ("caption", "caption_source"):
                 row.pop(k, None)

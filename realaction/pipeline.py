@@ -65,9 +65,6 @@ def _config_dict(cfg: CurateConfig) -> dict:
 
 def curate(cfg: CurateConfig) -> dict:
     """Curate `cfg.src` into `cfg.out`; returns the summary (also written to OUT/summary.json)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     cfg.validate()
     src, out = Path(cfg.src), Path(cfg.out)
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
@@ -77,9 +74,22 @@ def curate(cfg: CurateConfig) -> dict:
     if not sources:
         why = f"; skipped {len(skipped)}, e.g. {skipped[0].rel}: {skipped[0].reason}" if skipped else ""
         raise UserError(f"no videos under {src} (looked for .mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg and similar{why})")
-    # Models are built before any work so that a bad checkpoint or missing dependency fails in one line;
-    # worker processes build their own.
+    # Models are built, and Ray reached, before any work so that a bad checkpoint, a missing dependency or a
+    # wrong --ray-address fails in one line; worker processes build their own models.
     models = Models(cfg)
+    if cfg.engine == "ray":
+        from realaction.ray_engine import ray_session
+
+        with ray_session(cfg):
+            return _curate(cfg, sources, skipped, models)
+    return _curate(cfg, sources, skipped, models)
+
+
+def _curate(cfg: CurateConfig, sources: list[Source], skipped: list[Skipped], models: Models) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    src, out = Path(cfg.src), Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     state = prepare_out(out)
     append_jsonl(out / "sources.jsonl", [{"source": k.rel, "status": "skipped", "reason": k.reason} for k in skipped])

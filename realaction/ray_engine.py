@@ -17,6 +17,8 @@ is only written by the driver.
 from __future__ import annotations
 
 import logging
+import socket
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from realaction.errors import UserError, one_line
@@ -24,28 +26,50 @@ from realaction.probe import Source
 from realaction.source_tasks import curate_source_task, worker_died_row
 from realaction.worker import SourceResult
 
-def _connect(cfg) -> bool:
-    """Join the cluster at --ray-address, or start a local Ray with --workers CPUs; True when we started it."""
-    import ray
+CONNECT_TIMEOUT_S = 5.0
 
-    if ray.is_initialized():  # e.g. a notebook or a test that started Ray itself
-        return False
+
+def _check_reachable(address: str) -> None:
+    """Fail fast where Ray itself would retry for minutes: a host:port that nothing answers on."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit():
+        return  # "auto" and the like: Ray answers these quickly
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise UserError(f"--ray-address {address}: nothing answers there ({e.strerror or e})") from None
+
+
+@contextmanager
+def ray_session(cfg) -> Iterator[None]:
+    """Join the cluster at --ray-address, or start a local Ray with --workers CPUs (and stop it at the end).
+    A Ray already initialised in this process (a notebook, a test) is used as it is."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--engine ray needs the ray package: pip install 'realdpo[ray]'") from None
+    if cfg.ray_address:
+        _check_reachable(cfg.ray_address)
+    if ray.is_initialized():
+        yield
+        return
     where = f"the Ray cluster at {cfg.ray_address}" if cfg.ray_address else "a local Ray instance"
     try:
         ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
                  include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError, ... for a wrong address or a failed start
         raise UserError(f"--engine ray: cannot start or reach {where}: {one_line(e)}") from None
-    return True
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def run_on_ray(sources: list[Source], cfg, progress: Callable[[int, int], None]) -> Iterator[SourceResult]:
-    try:
-        import ray
-        from ray.exceptions import RayError, WorkerCrashedError
-    except ImportError:
-        raise UserError("--engine ray needs the ray package: pip install 'realdpo[ray]'") from None
-    started = _connect(cfg)
+    """Results as sources finish, inside `ray_session(cfg)`."""
+    import ray
+    from ray.exceptions import RayError, WorkerCrashedError
+
     task = ray.remote(num_cpus=1, max_retries=0)(curate_source_task)
     pending: dict = {}  # task -> its source
     try:
@@ -67,8 +91,6 @@ def run_on_ray(sources: list[Source], cfg, progress: Callable[[int, int], None])
                     result = worker_died_row(source, f"{type(e).__name__}: {one_line(e, 200)}")
                 progress(int(result.row.get("frames_decoded", 0)), len(result.clips))
                 yield result
-    finally:
+    finally:  # on Ctrl-C or an error: the sources in flight are redone by the next run
         for ref in pending:
             ray.cancel(ref, force=True)
-        if started:
-            ray.shutdown()

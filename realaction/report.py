@@ -35,6 +35,11 @@ $config
 """
 
 
+def _ranked(counts: Counter) -> dict:
+    """Most frequent first, ties by name: the same order whichever order sources finished in."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
 def _seconds(row: dict) -> float:
     """Seconds of source footage a manifest row covers."""
     return max(0.0, float(row.get("end_s", 0.0)) - float(row.get("start_s", 0.0)))
@@ -69,17 +74,17 @@ def build_summary(out: Path) -> dict:
         "sources": {"total": len(sources), "done": sum(r.get("status") == "done" for r in sources),
                     "error": sum(r.get("status") == "error" for r in sources),
                     "skipped": sum(r.get("status") == "skipped" for r in sources)},
-        "source_errors": dict(errors),
+        "source_errors": _ranked(errors),
         "source_skipped": {r.get("source"): r.get("reason") for r in sources if r.get("status") == "skipped"},
         "candidates": len(manifest),
         "kept": len(kept),
         "rejected": len(manifest) - len(kept),
         "kept_seconds": round(sum(_seconds(r) for r in kept), 3),
         "rejected_seconds": round(sum(seconds_by_reason.values()), 3),
-        "rejected_by_reason": dict(by_reason.most_common()),
-        "rejected_seconds_by_reason": {k: round(seconds_by_reason[k], 3) for k, _ in by_reason.most_common()},
-        "rejected_by_any_reason": dict(any_reason.most_common()),
-        "caption_sources": dict(Counter(r.get("caption_source") for r in kept)),
+        "rejected_by_reason": _ranked(by_reason),
+        "rejected_seconds_by_reason": {k: round(seconds_by_reason[k], 3) for k in _ranked(by_reason)},
+        "rejected_by_any_reason": _ranked(any_reason),
+        "caption_sources": _ranked(Counter(r.get("caption_source") for r in kept)),
         "score_histograms": histograms,
         "shards": shards,
     }

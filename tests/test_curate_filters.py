@@ -119,8 +119,6 @@ def test_a_reencoded_copy_is_rejected_as_duplicate(copies, tmp_path):
     dups = _check_one_of_each_pair_kept(out)
     assert {r["source"] for r in dups} == {"bikes_reupload.mp4"}  # one worker: sources in order, the first kept
     assert summary["rejected_by_reason"]["duplicate"] == len(dups) >= 3
-    kept = [json.loads(m) for m in _shard_jsons(out)]
-    assert all(m["scores"]["duplicate_distance"] > 12 for m in kept)  # the nearest other kept clip is far
 
 
 def test_duplicates_of_clips_kept_by_an_earlier_run(copies, tmp_path):

@@ -214,3 +214,25 @@ def test_scores_do_not_depend_on_max_side(tmp_path, carphone_path):
         scores[side] = [(r["key"], r["reason"], r["scores"]) for r in read_jsonl(tmp_path / f"out{side}" / "manifest.jsonl")]
     assert scores[64] == scores[320]
     assert any(s.get("text_area") == 0.0 for _, _, s in scores[64])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--engine", "spark"], "--engine"),
+    (["--ray-address", "auto"], "--ray-address needs --engine ray"),
+    (["--max-text-area", "1.5"], "--max-text-area"),
+    (["--dup-distance", "64"], "--dup-distance"),
+    (["--person-model", "{missing}"], "--person-model not found"),
+    (["--person-confidence", "0"], "--person-confidence"),
+    (["--text-side", "8"], "--text-side"),
+])
+def test_new_options_fail_in_one_line(tmp_path, carphone_path, capsys, args, words):
+    from cli.main import run
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(carphone_path, src / "c.mp4")
+    argv = ["curate", "--src", str(src), "--out", str(tmp_path / "out")] + [a.format(missing=tmp_path / "no.onnx") for a in args]
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "out").exists()
