@@ -10,8 +10,9 @@ import pytest
 import typer
 
 from cli.main import run
-from cli.options import add_command, field
+from cli.options import add_command
 from realaction.errors import UserError
+from realaction.fields import field
 
 
 def test_help_lists_every_command(capsys):

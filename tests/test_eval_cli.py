@@ -48,7 +48,7 @@ def test_eval_writes_the_report_pngs_and_table(folders, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"methods", "per_video", "settings"}
     assert set(report["methods"]) == {"still", "moving"}
-    for name, m in report["methods"].items():
+    for m in report["methods"].values():
         assert m["n_videos"] == 3 and isinstance(m["n_videos"], int)
         assert set(m) - {"n_videos"} <= METRIC_NAMES
         assert {"dynamic_degree", "motion_smoothness", "flicker", "fvd"} <= set(m)

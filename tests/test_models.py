@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_cogvideox_i2v, tiny_cogvideox_t2v, tiny_model, tiny_wan_t2v  # noqa: F401
+from tiny_models import tiny_model
 
 from realaction.errors import UserError
 from realdpo.models import CogVideoXSpec, WanSpec, load_spec

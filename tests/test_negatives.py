@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import synthetic_clip, tiny_cogvideox_t2v, tiny_model, write_tiny_shard  # noqa: F401
+from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
 from realaction.errors import UserError
-from realdpo.cache import LatentCache
-from realdpo.clips import (BadClip, ClipSample, ClipTooShort, decode_clip, expand_shards, first_frame, frame_indices, iter_shard_samples,
-                           load_image)
+from realdpo.data.cache import LatentCache
+from realdpo.data.clips import (
+    BadClip,
+    ClipSample,
+    ClipTooShort,
+    decode_clip,
+    expand_shards,
+    first_frame,
+    frame_indices,
+    iter_shard_samples,
+    load_image,
+)
+from realdpo.generation.negatives import ensure_cached, negative_seed
 from realdpo.models import load_spec
-from realdpo.negatives import ensure_cached, negative_seed
 
 SIZE = dict(frames=9, height=64, width=64, fps=8.0)
 

@@ -12,7 +12,7 @@ from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
 from realaction.errors import UserError
 from realdpo.configs.train import TrainConfig
-from realdpo.trainer import steps_per_round, train
+from realdpo.training.trainer import steps_per_round, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -133,7 +133,7 @@ def test_resume_continues_exactly(shards, cache_dir, tmp_path):
 def test_resume_after_a_kill_mid_run(shards, cache_dir, tmp_path, monkeypatch):
     """Killed after step 4 with the last checkpoint at step 3: the resumed run redoes step 4 and ends where an
     uninterrupted run ends (linear LR schedule with warm-up, so the scheduler state matters too)."""
-    import realdpo.trainer as trainer
+    import realdpo.training.trainer as trainer
 
     kw = dict(steps=6, checkpoint_every=3, lr_scheduler="linear", warmup_steps=2, grad_accum=2)
     straight = tmp_path / "straight"

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cli.options import field
 from realaction.errors import UserError
+from realaction.fields import field
 from realdpo.configs.common import ModelOptions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

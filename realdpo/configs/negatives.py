@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cli.options import field
 from realaction.errors import UserError
+from realaction.fields import field
 from realdpo.configs.common import ModelOptions, NegativeOptions
 
 

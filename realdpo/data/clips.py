@@ -19,6 +19,7 @@ import torch
 
 from realaction.errors import UserError
 from realaction.video_io import decode_frames, video_info
+from realdpo.models.frames import to_tensor
 
 VideoSource = bytes | bytearray | str | Path
 
@@ -39,10 +40,6 @@ class ClipSample:
     jpg: bytes | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [T, H, W, 3] -> float [T, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def _cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
@@ -104,7 +101,7 @@ def decode_clip(mp4: VideoSource, frames: int, height: int, width: int, fps: flo
     except Exception as e:
         raise BadClip(f"cannot decode clip frames: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     pos = {j: p for p, j in enumerate(uniq)}
-    return _to_tensor(_resize_crop(batch[[pos[j] for j in idx]], height, width))
+    return to_tensor(_resize_crop(batch[[pos[j] for j in idx]], height, width))
 
 
 def first_frame(mp4: VideoSource, height: int, width: int) -> torch.Tensor:
@@ -121,7 +118,7 @@ def load_image(src: bytes | str | Path, height: int, width: int) -> torch.Tensor
         img = img.convert("RGB")
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"cannot read image {src if not isinstance(src, (bytes, bytearray)) else '<bytes>'}: {e}") from None
-    return _to_tensor(_resize_crop(np.asarray(img)[None], height, width))[0]
+    return to_tensor(_resize_crop(np.asarray(img)[None], height, width))[0]
 
 
 def expand_shards(patterns: Iterable[str | Path]) -> list[str]:

@@ -18,8 +18,8 @@ from typing import Iterator, Sequence
 import torch
 
 from realaction.errors import UserError
-from realdpo.cache import LatentCache
-from realdpo.clips import ClipSample
+from realdpo.data.cache import LatentCache
+from realdpo.data.clips import ClipSample
 
 
 @dataclass
@@ -56,7 +56,7 @@ class ShardSamples:
         self.first: ClipSample | None = None
 
     def __iter__(self) -> Iterator[ClipSample]:
-        from realdpo.clips import iter_shard_samples
+        from realdpo.data.clips import iter_shard_samples
 
         self.keys = []
         for s in iter_shard_samples(self.urls):

@@ -2,7 +2,7 @@
 
 The loop, per optimizer step: `grad_accum` micro-batches of (real clip, K cached negatives); each draws one timestep
 and one noise tensor per clip, shared by the winner and its losers; the policy runs once on the concatenation with
-gradients and the reference once without (`realdpo.step`). The trainer talks to the model only through its
+gradients and the reference once without (`realdpo.method.step`). The trainer talks to the model only through its
 `ModelSpec`, so it never branches on the family.
 """
 
@@ -51,7 +51,7 @@ def _round_of(step: int, steps: int, rounds: int) -> int:
 
 def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
     """The checkpoint to resume from (None: a fresh run); refuses to overwrite a run or resume a different one."""
-    from realdpo.checkpoint import latest_checkpoint
+    from realdpo.training.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(out)
     if not cfg.resume:
@@ -73,7 +73,14 @@ def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
@@ -84,15 +91,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    from realdpo.cache import LatentCache
-    from realdpo.checkpoint import load_checkpoint, save_checkpoint, truncate_jsonl
-    from realdpo.clips import expand_shards
-    from realdpo.data import PairStream, ShardSamples, derive_seed, pair_loader, process_share, usable_keys
+    from realdpo.configs.common import torch_dtype
+    from realdpo.data.cache import LatentCache
+    from realdpo.data.clips import expand_shards
+    from realdpo.data.stream import PairStream, ShardSamples, derive_seed, pair_loader, process_share, usable_keys
+    from realdpo.generation.negatives import ensure_cached
+    from realdpo.method.reference import Reference, adapters_disabled, make_reference
+    from realdpo.method.step import ErrorModel, build_inputs, draw_noise, preference_step
     from realdpo.models import load_spec
-    from realdpo.negatives import cpu_only_distributed, ensure_cached, resolve_size, torch_dtype
-    from realdpo.plot import plot_metrics
-    from realdpo.reference import Reference, adapters_disabled, make_reference
-    from realdpo.step import ErrorModel, build_inputs, draw_noise, preference_step
+    from realdpo.runtime import cpu_only_distributed
+    from realdpo.training.checkpoint import load_checkpoint, save_checkpoint, truncate_jsonl
+    from realdpo.training.plot import plot_metrics
 
     cfg.validate()
     out = Path(cfg.out)
@@ -109,7 +118,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     weight_dtype = torch_dtype(cfg.mixed_precision) if cfg.lora else torch.float32
     spec = load_spec(cfg.model, device=accelerator.device, dtype=weight_dtype)
-    frames, height, width = resolve_size(spec, cfg.frames, cfg.height, cfg.width)
+    frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
     cache = LatentCache(cfg.cache_dir, spec.fingerprint(), frames, height, width, cfg.fps)
     run_cache = LatentCache(out / "cache", spec.fingerprint(), frames, height, width, cfg.fps)  # rounds >= 2: this run's policy
 
@@ -310,7 +319,7 @@ def _checksum(params: dict[str, torch.Tensor]) -> float:
 
 def _atomic_dir(final: Path, write) -> Path:
     """Write a folder under a temporary name, then swap it into place."""
-    from realdpo.checkpoint import replace_dir
+    from realdpo.training.checkpoint import replace_dir
 
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -335,13 +344,13 @@ def save_lora(spec, transformer: torch.nn.Module, out: Path) -> Path:
 def _validate(cfg: TrainConfig, spec, transformer, samples, path: Path, frames: int, height: int, width: int) -> None:
     """One validation video with the current policy: the configured prompt or the first clip's caption."""
     from realaction.video_io import encode_mp4
-    from realdpo.sampling import to_uint8
+    from realdpo.models.frames import to_uint8
 
     first = samples.first
     prompt = cfg.validation_prompt or (first.caption if first is not None else "") or "a person"
     images = None
     if spec.task == "i2v" and first is not None:
-        from realdpo.clips import first_frame
+        from realdpo.data.clips import first_frame
 
         images = first_frame(first.mp4, height, width)[None]
     was_training = transformer.training
