@@ -12,7 +12,7 @@ from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
 from realaction.errors import UserError
 from realdpo.configs.train import TrainConfig
-from realdpo.training.trainer import steps_per_round, train
+from realdpo.training.trainer import Trainer, steps_per_round, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -161,6 +161,26 @@ def test_resume_after_a_kill_mid_run(shards, cache_dir, tmp_path, monkeypatch):
     b = load_file(str(killed / "lora" / "pytorch_lora_weights.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_phases_run_one_by_one(shards, cache_dir, tmp_path):
+    """The phases `train` runs, called in order by hand: the same first step as `train` itself."""
+    whole = tmp_path / "whole"
+    train(_cfg(shards, cache_dir, whole, steps=1))
+    _reset_accelerate()
+    t = Trainer(_cfg(shards, cache_dir, tmp_path / "phases", steps=1))
+    t.setup()
+    assert t.frames == 9 and not (tmp_path / "phases" / "metrics.jsonl").exists()
+    t.build_model()
+    assert t.trainable and all("lora" in n for n in t.trainable) and t.reference is not None
+    t.restore()
+    t.open_round(1)
+    assert t.current_round == 1 and len(t.stream.stream.keys) == 4
+    row = t.train_step()
+    assert row["step"] == 1 and t.state == {"step": 1, "batch": 1} and t.step_keys and row["accuracy"] == 0.0
+    assert row["loss"] == pytest.approx(_rows(whole)[0]["loss"])
+    result = t.finish(None)
+    assert result.steps == 1 and (tmp_path / "phases" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_rounds_sft_chunks_and_full_fine_tuning(shards, cache_dir, tmp_path):
