@@ -8,11 +8,11 @@ from typing import Optional
 
 from realaction.errors import UserError
 from realaction.fields import field
-from realdpo.configs.common import ModelOptions, NegativeOptions
+from realdpo.configs.common import ModelOptions, NegativeOptions, ShardOptions
 
 
 @dataclass
-class NegativesConfig(ModelOptions, NegativeOptions):
+class NegativesConfig(ModelOptions, NegativeOptions, ShardOptions):
     shards: list[str] = field(default_factory=list, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
     round: int = field(1, help="Negative round the cache entries belong to (1 = the base model's).")
     batch_size: int = field(1, help="Prompts generated together.")
