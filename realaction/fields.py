@@ -17,13 +17,14 @@ from realaction.errors import UserError, one_line
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
-          default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help text; `flag` names the option when it differs from the field's name.
+          default_factory: Any = dataclasses.MISSING, required: bool = False) -> Any:
+    """A config field with its help text; `flag` names the option when it differs from the field's name;
+    `required` marks the option so in `--help` (the config's `validate` says what is missing, in one line).
 
     A list field's option takes one or more values (`--shards a.tar b.tar`, so a shell-expanded glob works)
     and may also be repeated.
     """
-    meta = {"help": help, "flag": flag}
+    meta = {"help": help, "flag": flag, "required": required}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -134,3 +134,23 @@ def test_config_file_numbers_written_as_strings_are_numbers(tmp_path):
     assert (_SEEN[-1].ratio, _SEEN[-1].count) == (1e-4, 3)
     (tmp_path / "bad.yaml").write_bytes(b"name: caf\xe9\n")  # not UTF-8
     assert "cannot read config file" in _invoke(_app(), ["go", "--config", str(tmp_path / "bad.yaml")])
+
+
+@pytest.mark.parametrize("command, required", [("train", "--shards"), ("negatives", "--shards"), ("curate", "--src"),
+                                               ("sample", "--prompt"), ("eval", "--videos")])
+def test_help_marks_required_options_and_shows_no_type_after_flags(command, required, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "<bool>" not in out
+    line = next(line for line in out.splitlines() if f" {required} " in line)
+    assert line.lstrip("│ ").startswith("*") and "[required]" in out
+    assert run([command]) == 2  # still validate's one line, not click's usage error
+    assert f"{required}" in capsys.readouterr().err
+
+
+def test_a_required_option_may_come_from_the_config_file(tmp_path, capsys):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(f'shards = ["{tmp_path}/none-*.tar"]\n')
+    assert run(["train", "--config", str(cfg_file)]) == 2
+    assert "no shard files match" in capsys.readouterr().err

@@ -16,7 +16,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 @dataclass
 class EvalConfig(ModelOptions):
-    videos: list[str] = field(default_factory=list, help="NAME=DIR of generated videos, one per method (repeatable).")
+    videos: list[str] = field(default_factory=list, required=True, help="NAME=DIR of generated videos, one per method (repeatable).")
     prompts: Optional[Path] = field(None, help="Text file, one prompt per line, in the numeric order of the video file names (default: a <stem>.txt beside each video).")
     real: list[str] = field(default_factory=list, help="Real clips for FVD: curated shards (paths or globs), video files or folders.")
     out: Path = field(Path("report"), help="Report folder: report.json, metrics.png, <name>_strip.png.")

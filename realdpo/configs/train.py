@@ -17,7 +17,7 @@ SCHEDULERS = ("constant", "linear", "cosine")
 
 @dataclass
 class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
-    shards: list[str] = field(default_factory=list, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
+    shards: list[str] = field(default_factory=list, required=True, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
     out: Path = field(Path("runs/realdpo"), help="Run folder: lora/, checkpoints/, logs, train_config.json, plot.")
     steps: int = field(100, help="Optimizer steps.")
     batch_size: int = field(1, help="Real clips per micro-batch (each with its K negatives).")
