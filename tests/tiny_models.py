@@ -98,8 +98,10 @@ def write_raw_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
     return path
 
 
-def curated_members(key: str, caption: str | bytes, mp4: bytes, meta: bytes | None = b"{}") -> list[tuple[str, bytes]]:
-    """The members of one curated-shard sample (txt as given: str is UTF-8 encoded; meta None: no json member)."""
+def curated_members(key: str, caption: str | bytes, mp4: bytes, meta: bytes | None = b"{}",
+                    jpg: bytes | None = None) -> list[tuple[str, bytes]]:
+    """The members of one curated-shard sample (txt as given: str is UTF-8 encoded; meta None: no json member;
+    jpg None: the mp4's first frame, which must then decode)."""
     txt = caption.encode() if isinstance(caption, str) else caption
-    members = [(f"{key}.mp4", mp4), (f"{key}.txt", txt), (f"{key}.jpg", _jpg_of_first_frame(mp4))]
+    members = [(f"{key}.mp4", mp4), (f"{key}.txt", txt), (f"{key}.jpg", jpg or _jpg_of_first_frame(mp4))]
     return members + ([(f"{key}.json", meta)] if meta is not None else [])
