@@ -1,7 +1,8 @@
 """Turn curated shard samples into model-ready tensors: frames at the training fps, resized, centre-cropped, in [-1, 1].
 
-Also a plain sequential shard reader for preparation passes (negatives, eval); the trainer streams with its own
-shuffled, split-by-node loader.
+Also the plain sequential shard reader every command uses to read curated shards (train's preparation pass,
+negatives, eval): a bad sample is skipped with one warning line and counted, never stops a pass. The trainer then
+streams the cached tensors with its own shuffled, split-by-node loader.
 """
 
 from __future__ import annotations
