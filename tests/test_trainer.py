@@ -288,3 +288,13 @@ def test_resume_of_a_complete_run(shards, cache_dir, tmp_path, capsys):
     assert train(_cfg(shards, cache_dir, run, steps=2, resume=True)).steps == 2
     assert "already complete (2 steps)" in capsys.readouterr().out
     assert [r["step"] for r in _rows(run)] == [1, 2]
+
+
+def test_blank_captions_are_trained_on_only_with_allow_blank_captions(cache_dir, tmp_path):
+    shard = write_tiny_shard(tmp_path / "blank" / "realaction-000000.tar",
+                             [(f"blank-{i:04d}", " ", synthetic_clip(frames=20, seed=20 + i)) for i in range(2)])
+    with pytest.raises(UserError, match=r"no usable samples in 1 shard\(s\).*2 blank caption"):
+        train(_cfg([str(shard)], cache_dir, tmp_path / "refused", steps=1))
+    _reset_accelerate()
+    result = train(_cfg([str(shard)], cache_dir, tmp_path / "text-free", steps=1, allow_blank_captions=True))
+    assert result.steps == 1 and _rows(tmp_path / "text-free")[0]["loss"] > 0
