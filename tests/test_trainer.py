@@ -283,6 +283,7 @@ def test_resume_of_a_complete_run(shards, cache_dir, tmp_path, capsys):
     train(_cfg(shards, cache_dir, run, steps=2))
     with pytest.raises(UserError, match=r"already complete: 2 steps done, more than --steps 1"):
         train(_cfg(shards, cache_dir, run, steps=1, resume=True))
+    assert json.loads((run / "train_config.json").read_text())["steps"] == 2  # a refused resume rewrites nothing
     _reset_accelerate()
     capsys.readouterr()
     assert train(_cfg(shards, cache_dir, run, steps=2, resume=True)).steps == 2

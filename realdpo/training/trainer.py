@@ -138,7 +138,6 @@ class Trainer:
         self.samples = ShardSamples(self.urls, allow_blank_captions=cfg.allow_blank_captions, warn=self.main)
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "train_config.json").write_text(json.dumps(_config_dict(cfg), indent=1))
 
     # ---- the trained module, the reference, the optimizer ----------------------------------------------------
     def build_model(self) -> None:
@@ -206,7 +205,8 @@ class Trainer:
                 truncate_jsonl(self.metrics_path, 0)
             truncate_jsonl(self.data_log, 0)
         self.data_log.parent.mkdir(parents=True, exist_ok=True)
-        if self.main:
+        if self.main:  # only now: a refused --resume leaves the run's record as it was
+            (self.out / "train_config.json").write_text(json.dumps(_config_dict(cfg), indent=1))
             tracker_cfg = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                            for k, v in _config_dict(cfg).items()}
             acc.init_trackers("realdpo", config=tracker_cfg)
