@@ -1,4 +1,5 @@
 # `make demo` and `make test` each create .venv if absent, install the project, then run.
+# `make test` = lint (ruff), layer contracts (import-linter), then the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,6 +19,8 @@ demo: $(STAMP)
 	$(VENV)/bin/realdpo demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

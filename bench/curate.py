@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from realaction.config import CurateConfig  # noqa: E402
 from realaction.footage import make_demo_footage, make_synthetic  # noqa: E402
-from realaction.probe import discover, probe, ProbeError  # noqa: E402
+from realaction.probe import ProbeError, discover, probe  # noqa: E402
 from realaction.shards import read_jsonl  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The RealDPO step (realdpo.step, as the trainer runs it) against a faithful re-implementation of the official loop.
+"""The RealDPO step (realdpo.method.step, as the trainer runs it) against a faithful re-implementation of the official loop.
 
 Same CogVideoX transformer (random weights, built from a config), same LoRA, same batch (B real clips, K = 3 negatives),
 same timesteps and noise:
@@ -108,8 +108,8 @@ class Ours:
     name = "realdpo"
 
     def __init__(self, spec, data, beta, chunk):
-        from realdpo.reference import DisabledAdapterReference
-        from realdpo.step import ErrorModel, build_inputs
+        from realdpo.method.reference import DisabledAdapterReference
+        from realdpo.method.step import ErrorModel, build_inputs
 
         self.spec, self.beta, self.chunk = spec, beta, chunk
         self.policy, self.ref = ErrorModel(spec, spec.transformer), DisabledAdapterReference(spec.transformer)
@@ -117,7 +117,7 @@ class Ours:
         self.inputs = build_inputs(winners, losers, cond, noise, t)
 
     def step(self):
-        from realdpo.step import preference_step
+        from realdpo.method.step import preference_step
 
         return preference_step(self.policy, self.ref, self.spec, self.inputs, kind="dpo", beta=self.beta,
                                chunk_size=self.chunk, keep_graph=self.spec.transformer.gradient_checkpointing)["loss"]

@@ -26,11 +26,11 @@ app = typer.Typer(
 
 add_command(app, "curate", CurateConfig, "realaction.pipeline:curate",
             "Curate raw videos into RealAction WebDataset shards (scene cuts, clips, filters, captions).")
-add_command(app, "train", TrainConfig, "realdpo.trainer:train",
+add_command(app, "train", TrainConfig, "realdpo.training.trainer:train",
             "Post-train a video diffusion transformer with RealDPO on curated shards.")
-add_command(app, "negatives", NegativesConfig, "realdpo.negatives:precompute",
+add_command(app, "negatives", NegativesConfig, "realdpo.generation.negatives:precompute",
             "Precompute the generated 'lose' videos (as latents) for curated shards.")
-add_command(app, "sample", SampleConfig, "realdpo.sampling:sample",
+add_command(app, "sample", SampleConfig, "realdpo.generation.sampling:sample",
             "Generate a video from a prompt (and a first frame), optionally with a trained LoRA.")
 add_command(app, "eval", EvalConfig, "realdpo.evaluation.report:evaluate",
             "Score folders of generated videos side by side: motion, smoothness, flicker, CLIP, FVD.")

@@ -1,15 +1,10 @@
-"""Build Typer commands from typed config dataclasses.
-
-Each command has one config dataclass (TRL style): every field carries its default and its help text in
-`metadata["help"]`, so the CLI, `--config FILE` and the library read the same definition.
-"""
+"""Build Typer commands from the library's typed config dataclasses (fields from `realaction.fields`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import inspect
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Callable
@@ -17,50 +12,7 @@ from typing import Any, Callable
 import typer
 from typer.core import TyperCommand
 
-from realaction.errors import UserError
-
-
-def field(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
-          default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help text; `flag` names the option when it differs from the field's name.
-
-    A list field's option takes one or more values (`--shards a.tar b.tar`, so a shell-expanded glob works)
-    and may also be repeated.
-    """
-    meta = {"help": help, "flag": flag}
-    if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def option_name(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
-    """Read a YAML or TOML file of option values; keys may use dashes or underscores."""
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-    except Exception as e:  # parse errors of either format
-        raise UserError(f"cannot parse config file {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of option names to values")
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    out = {}
-    for key, value in data.items():
-        name = str(key).lstrip("-").replace("-", "_")
-        if name not in known:
-            raise UserError(f"unknown option in config file {path}: {key}")
-        out[name] = value
-    return out
+from realaction.fields import option_name, read_config_file
 
 
 def _resolve(target: str | Callable) -> Callable:
@@ -71,9 +23,27 @@ def _resolve(target: str | Callable) -> Callable:
 
 
 class _MultiValueCommand(TyperCommand):
-    """Rewrites `--opt a b c` to `--opt a --opt b --opt c` for list options before click parses the words."""
+    """Rewrites `--opt a b c` to `--opt a --opt b --opt c` for list options before click parses the words.
+
+    Its help marks the `required` fields' options as required (click does not enforce them: `validate` reports a
+    missing one in one line, and a --config file may supply it) and shows no type after a flag."""
 
     list_options: frozenset[str] = frozenset()
+    required_options: frozenset[str] = frozenset()
+
+    def format_help(self, ctx: typer.Context, formatter) -> None:
+        params = self.get_params(ctx)
+        marked = [p for p in params if p.name in self.required_options]
+        for p in params:
+            if getattr(p, "is_flag", False):
+                p.metavar = ""  # typer would show <bool>
+        for p in marked:
+            p.required = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            for p in marked:
+                p.required = False
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         rewritten, current = [], None
@@ -95,7 +65,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
     """
     hints = typing.get_type_hints(config_cls)
     params = []
-    list_options = set()
+    list_options, required_options = set(), set()
     own = set(config_cls.__dict__.get("__annotations__", {}))
     ordered = sorted(dataclasses.fields(config_cls), key=lambda f: f.name not in own)  # the command's own options first
     for f in ordered:
@@ -109,6 +79,8 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
         annotation = hints[f.name]
         if typing.get_origin(annotation) is list:
             list_options.add(option_name(f))
+        if f.metadata.get("required"):
+            required_options.add(f.name)
         if annotation is bool:
             flag = option_name(f)
             names = [f"{flag}/--no-{flag[2:]}"]
@@ -124,7 +96,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
 
     params.append(inspect.Parameter(
         "config", inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[Path],
-        default=typer.Option(None, "--config", help="YAML or TOML file supplying any of these options "
+        default=typer.Option(None, "--config", help="YAML (.yaml, .yml) or TOML (.toml) file supplying any of these options "
                              "(command-line options win).", is_eager=True, callback=load_config),
     ))
     params.insert(0, inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context))
@@ -142,6 +114,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")
     command.__doc__ = help
-    command_cls = type(f"{command.__name__}_command", (_MultiValueCommand,), {"list_options": frozenset(list_options)})
+    command_cls = type(f"{command.__name__}_command", (_MultiValueCommand,),
+                       {"list_options": frozenset(list_options), "required_options": frozenset(required_options)})
     app.command(name, help=help, cls=command_cls)(command)
 

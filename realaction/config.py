@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cli.options import field
 from realaction.errors import UserError
+from realaction.fields import field
 
 DETECTORS = ("adaptive", "content", "threshold", "hash", "histogram")
 CAPTIONERS = ("sidecar", "clip", "vlm")
@@ -18,7 +18,7 @@ ENGINES = ("local", "ray")
 
 @dataclass
 class CurateConfig:
-    src: Optional[Path] = field(None, help="Folder of raw videos, searched recursively (mp4, mov, mkv, avi, webm, ...).")
+    src: Optional[Path] = field(None, required=True, help="Folder of raw videos, searched recursively (mp4, mov, mkv, avi, webm, ...).")
     out: Path = field(Path("curated"), help="Output folder: shards/, manifest.jsonl, sources.jsonl, summary.json, data card.")
     max_side: int = field(640, help="Longest side of written clips in pixels (never upscaled).")
     fps: Optional[float] = field(None, help="Frame rate of written clips; default keeps the source's.")

@@ -21,8 +21,8 @@ console = Console()
 def demo(cfg: DemoConfig) -> None:
     from realaction.footage import make_demo_footage
     from realaction.pipeline import curate
-    from realdpo.sampling import sample
-    from realdpo.trainer import train
+    from realdpo.generation.sampling import sample
+    from realdpo.training.trainer import train
 
     started = time.perf_counter()
     out = Path(cfg.out)

@@ -46,3 +46,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_t2v() -> Path:
+    from tiny_models import tiny_model
+
+    return tiny_model("cogvideox", "t2v")
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_i2v() -> Path:
+    from tiny_models import tiny_model
+
+    return tiny_model("cogvideox", "i2v")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_t2v() -> Path:
+    from tiny_models import tiny_model
+
+    return tiny_model("wan", "t2v")

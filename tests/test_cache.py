@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from realdpo.cache import LatentCache, default_cache_root
+from realdpo.data.cache import LatentCache, default_cache_root
 
 
 def _cache(root, fp="abc123", frames=9, h=64, w=64, fps=8.0):

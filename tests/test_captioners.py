@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from realaction.captioners import Caption, CaptionRequest, SidecarCaptioner, build_captioner, load_actions
+from realaction.clip_model import ClipModel
 from realaction.config import CurateConfig
 from realaction.errors import UserError
 from realaction.footage import make_synthetic
-
-from realaction.clip_model import ClipModel
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tiny-model helpers beside this file
 from tiny_clip import TINY_CLIP_CONFIG, write_tiny_clip  # noqa: E402

@@ -9,9 +9,9 @@ import subprocess
 import numpy as np
 import pytest
 
+from realaction.config import DETECTORS
 from realaction.footage import make_synthetic
 from realaction.probe import ProbeError, discover, probe, source_id
-from realaction.config import DETECTORS
 from realaction.scenes import DETECTORS as SCENE_DETECTORS
 from realaction.scenes import detect_cuts
 from realaction.segments import Segmenter, clip_lengths, split_scenes

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from realdpo.cache import LatentCache
-from realdpo.data import KeyStream, PairStream, collate, pair_loader, process_share, usable_keys
+from realdpo.data.cache import LatentCache
+from realdpo.data.stream import KeyStream, PairStream, collate, pair_loader, process_share, usable_keys
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -89,9 +89,9 @@ def test_stream_from_real_footage(shared_data, tmp_path):
     """A real clip through the shard reader, ensure_cached and the stream: the winner is the clip's latents."""
     from tiny_models import tiny_model, write_tiny_shard
 
-    from realdpo.clips import decode_clip, iter_shard_samples
+    from realdpo.data.clips import decode_clip, iter_shard_samples
+    from realdpo.generation.negatives import ensure_cached
     from realdpo.models import load_spec
-    from realdpo.negatives import ensure_cached
 
     mp4 = (shared_data / "real" / "4873105.mp4").read_bytes()
     caption = (shared_data / "real" / "4873105.txt").read_text().strip()
@@ -113,9 +113,9 @@ def test_loader_outpaces_the_training_step(filled_cache, tmp_path, record_proper
     """Measures (no timed assertion) batches/s of the loader vs the DPO step of the tiny model at the demo's size."""
     from tiny_models import tiny_model
 
+    from realdpo.method.reference import DisabledAdapterReference
+    from realdpo.method.step import ErrorModel, build_inputs, draw_noise, preference_step
     from realdpo.models import load_spec
-    from realdpo.reference import DisabledAdapterReference
-    from realdpo.step import ErrorModel, build_inputs, draw_noise, preference_step
 
     spec = load_spec(tiny_model("cogvideox", "t2v"))
     from peft import LoraConfig
@@ -125,7 +125,7 @@ def test_loader_outpaces_the_training_step(filled_cache, tmp_path, record_proper
     cache = LatentCache(tmp_path / "c", "fp", 9, 64, 64, 8.0)
     keys = [f"k{i}" for i in range(16)]
     cond = spec.encode_prompts(["a person walking"])
-    for i, key in enumerate(keys):
+    for key in keys:
         cache.put_real(key, {"latents": torch.randn(1, *shape), **cond})
         cache.put_negatives(key, 1, torch.randn(3, *shape), [1, 2, 3])
     it = iter(pair_loader(PairStream(cache, keys, round=1, k=3, batch_size=1, seed=0, rank=0), 0))

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from realaction.video_io import encode_mp4
-from realdpo.evaluation.motion import (dynamic_threshold, interpolate_middle, motion_scores, sample_interval,
-                                       top_flow_magnitude)
+from realdpo.evaluation.motion import (
+    dynamic_threshold,
+    interpolate_middle,
+    motion_scores,
+    sample_interval,
+    top_flow_magnitude,
+)
 from realdpo.evaluation.scoring import Job, run_job
 from realdpo.evaluation.videos import working_size
 

@@ -18,10 +18,10 @@ def setup(tmp_path_factory):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from realdpo.cache import LatentCache
-    from realdpo.clips import iter_shard_samples
+    from realdpo.data.cache import LatentCache
+    from realdpo.data.clips import iter_shard_samples
+    from realdpo.generation.negatives import ensure_cached
     from realdpo.models import load_spec
-    from realdpo.negatives import ensure_cached
 
     root = tmp_path_factory.mktemp("pref")
     model = tiny_model("cogvideox", "t2v")

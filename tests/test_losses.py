@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from realdpo.losses import dpo_loss, objective, preference_metrics, sft_loss, split_errors
-from realdpo.reference import DisabledAdapterReference
-from realdpo.step import ErrorModel, build_inputs, preference_step
+from realdpo.method.losses import dpo_loss, objective, preference_metrics, sft_loss, split_errors
+from realdpo.method.reference import DisabledAdapterReference
+from realdpo.method.step import ErrorModel, build_inputs, preference_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

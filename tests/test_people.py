@@ -10,6 +10,7 @@ from realaction.errors import UserError
 from realaction.people import KINDS, PersonDetector
 from realaction.video_io import decode_frames, video_info
 
+
 def analysis_frames(path, n: int = 16, side: int = 256) -> np.ndarray:
     """`n` evenly spaced frames at `side` px longest side, as the pipeline hands them to the filters."""
     total, _, w, h = video_info(path)

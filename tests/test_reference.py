@@ -6,9 +6,15 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from realdpo.reference import (DisabledAdapterReference, EmaAdapterReference, FrozenCopyReference, adapter_params,
-                               ema_update_, make_reference)
-from realdpo.step import ErrorModel, build_inputs, preference_step
+from realdpo.method.reference import (
+    DisabledAdapterReference,
+    EmaAdapterReference,
+    FrozenCopyReference,
+    adapter_params,
+    ema_update_,
+    make_reference,
+)
+from realdpo.method.step import ErrorModel, build_inputs, preference_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,13 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
-from tiny_models import tiny_cogvideox_i2v, tiny_cogvideox_t2v, tiny_model, tiny_wan_t2v  # noqa: F401
+from tiny_models import tiny_model
 
 from cli.main import run
 from realaction.errors import UserError
 from realaction.video_io import encode_mp4, video_info
 from realdpo.configs.sample import SampleConfig
-from realdpo.sampling import sample
+from realdpo.generation.sampling import sample
 
 
 def _cfg(model, out, **kw):
@@ -37,7 +37,7 @@ def lora_dir(tiny_cogvideox_t2v, tmp_path_factory):
 
 
 def test_sample_writes_requested_frames_and_lora_changes_it(tiny_cogvideox_t2v, lora_dir, tmp_path, monkeypatch):
-    import realdpo.sampling
+    import realdpo.generation.sampling
 
     written = []  # the frames handed to the encoder (x264 itself may differ run to run in the last bits)
 
@@ -45,7 +45,7 @@ def test_sample_writes_requested_frames_and_lora_changes_it(tiny_cogvideox_t2v, 
         written.append(frames)
         return encode_mp4(frames, fps=fps, path=path)
 
-    monkeypatch.setattr(realdpo.sampling, "encode_mp4", encode)
+    monkeypatch.setattr(realdpo.generation.sampling, "encode_mp4", encode)
     base = sample(_cfg(tiny_cogvideox_t2v, tmp_path / "out" / "base.mp4", frames=17, fps=10.0))
     n, fps, w, h = video_info(base)
     assert (n, w, h) == (17, 64, 64) and fps == pytest.approx(10.0)

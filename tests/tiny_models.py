@@ -1,8 +1,7 @@
 """Tiny random-weight models and shards for tests, built the way users' real ones arrive.
 
 Models: `tiny_model(family, task)` saves a tiny diffusers pipeline with `save_pretrained` (once per test process)
-and returns its folder; load it with `realdpo.models.load_spec(path)`. The fixtures below wrap it; import them
-into a test module (`from tiny_models import tiny_cogvideox_t2v`) to use them.
+and returns its folder; load it with `realdpo.models.load_spec(path)`. conftest.py's `tiny_*` fixtures wrap it.
 
 Shards: `write_tiny_shard(path, samples)` writes a curated-shard-shaped tar (mp4/txt/jpg/json members, DESIGN §3.1);
 `synthetic_clip(...)` makes a small moving-pattern mp4.
@@ -18,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 _ROOT: Path | None = None
 _BUILT: dict[tuple[str, str, str | None], Path] = {}
@@ -43,19 +41,6 @@ def tiny_model(family: str = "cogvideox", task: str = "t2v", variant: str | None
     return _BUILT[key]
 
 
-@pytest.fixture(scope="session")
-def tiny_cogvideox_t2v() -> Path:
-    return tiny_model("cogvideox", "t2v")
-
-
-@pytest.fixture(scope="session")
-def tiny_cogvideox_i2v() -> Path:
-    return tiny_model("cogvideox", "i2v")
-
-
-@pytest.fixture(scope="session")
-def tiny_wan_t2v() -> Path:
-    return tiny_model("wan", "t2v")
 
 
 def synthetic_clip(frames: int = 24, height: int = 48, width: int = 80, fps: float = 8.0, seed: int = 0) -> bytes:
@@ -97,3 +82,26 @@ def write_tiny_shard(path: Path, samples: list[tuple[str, str, bytes]]) -> Path:
             w.write({"__key__": key, "mp4": mp4, "txt": caption.encode(), "jpg": _jpg_of_first_frame(mp4),
                      "json": json.dumps(meta).encode()})
     return path
+
+
+def write_raw_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar of exactly these (member name, bytes): for shards a curator would never write (bad members)."""
+    import tarfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def curated_members(key: str, caption: str | bytes, mp4: bytes, meta: bytes | None = b"{}",
+                    jpg: bytes | None = None) -> list[tuple[str, bytes]]:
+    """The members of one curated-shard sample (txt as given: str is UTF-8 encoded; meta None: no json member;
+    jpg None: the mp4's first frame, which must then decode)."""
+    txt = caption.encode() if isinstance(caption, str) else caption
+    members = [(f"{key}.mp4", mp4), (f"{key}.txt", txt), (f"{key}.jpg", jpg or _jpg_of_first_frame(mp4))]
+    return members + ([(f"{key}.json", meta)] if meta is not None else [])

@@ -39,8 +39,13 @@ def tiny_qwen2_tokenizer():
 
 def write_tiny_qwen2_vl(folder: Path, seed: int = 0) -> Path:
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
-    from transformers import Qwen2VLVideoProcessor
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     folder = Path(folder)
     tok = tiny_qwen2_tokenizer()

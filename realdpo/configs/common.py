@@ -6,10 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cli.options import field
 from realaction.errors import UserError
+from realaction.fields import field
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def torch_dtype(mixed_precision: str):
+    """The torch dtype of a --mixed-precision choice (float32 for "no")."""
+    import torch  # lazily: `realdpo --help` reads these configs and need not import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
 
 
 @dataclass
@@ -49,3 +56,9 @@ class NegativeOptions:
             raise UserError("--neg-steps must be at least 1")
         if self.neg_guidance < 0:
             raise UserError("--neg-guidance must not be negative")
+
+
+@dataclass
+class ShardOptions:
+    allow_blank_captions: bool = field(False, help="Keep samples whose caption is blank and train on them with an "
+                                       "empty prompt (text-free training); by default each is skipped with a warning.")

@@ -4,7 +4,7 @@ For every held-out sample in `--pairs` with K cached negatives (round `--round`)
 timesteps and noise tensors drawn from a generator seeded by (`--seed`, the sample key) — the same draws for every
 LoRA evaluated, so runs compare on identical noise — we compute the per-sample errors E of DESIGN §1 for the
 policy (model + `--lora`) and the reference (the same transformer with the adapters disabled), average them over
-the timesteps, and form `d_k = [E_θ(x_w) - E_ref(x_w)] - [E_θ(x_l^k) - E_ref(x_l^k)]` (`realdpo.losses`).
+the timesteps, and form `d_k = [E_θ(x_w) - E_ref(x_w)] - [E_θ(x_l^k) - E_ref(x_l^k)]` (`realdpo.method.losses`).
 
 - `pref_accuracy`: percentage of (real clip, negative) pairs with d_k < 0 (the policy prefers the real clip), 0–100.
 - `pref_margin`: mean implicit reward margin `-(beta/2) d_k`.
@@ -20,6 +20,7 @@ from rich.console import Console
 
 from realdpo.configs.eval import EvalConfig
 
+
 def sample_generator(seed: int, key: str) -> torch.Generator:
     digest = int(hashlib.sha256(f"realdpo-pref:{seed}:{key}".encode()).hexdigest()[:15], 16)
     return torch.Generator("cpu").manual_seed(digest)
@@ -29,8 +30,8 @@ def sample_generator(seed: int, key: str) -> torch.Generator:
 def pair_diffs(spec, winner: torch.Tensor, losers: torch.Tensor, cond: dict[str, torch.Tensor],
                generator: torch.Generator, n_timesteps: int, t_min: float, t_max: float) -> torch.Tensor:
     """d_k [K] of one real clip (winner [1, ...], losers [K, ...]), errors averaged over the fixed timesteps."""
-    from realdpo.losses import preference_diff
-    from realdpo.reference import adapters_disabled
+    from realdpo.method.losses import preference_diff
+    from realdpo.method.reference import adapters_disabled
 
     k = losers.shape[0]
     latents = torch.cat([winner, losers]).to(spec.device)
@@ -55,16 +56,16 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
     """{"metrics": {"pref_accuracy", "pref_margin", "n_pairs"}, "settings": {...}} over the held-out `--pairs`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from realdpo.cache import LatentCache
-    from realdpo.clips import expand_shards, iter_shard_samples
+    from realdpo.configs.common import torch_dtype
+    from realdpo.data.cache import LatentCache
+    from realdpo.data.clips import expand_shards, iter_shard_samples
+    from realdpo.generation.sampling import load_lora
     from realdpo.models import load_spec
-    from realdpo.negatives import resolve_size, torch_dtype
-    from realdpo.sampling import load_lora
 
     console = console or Console()
-    shards = expand_shards(cfg.pairs)
+    shards = expand_shards(cfg.pairs, option="--pairs")
     spec = load_spec(cfg.model, dtype=torch_dtype(cfg.mixed_precision))
-    frames, height, width = resolve_size(spec, cfg.frames, cfg.height, cfg.width)
+    frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
     # the cache is keyed by the base model's fingerprint: take it before the LoRA goes in
     fingerprint = spec.fingerprint()
     cache = LatentCache(cfg.cache_dir, fingerprint, frames, height, width, cfg.fps)
@@ -75,7 +76,7 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("preference pairs", total=None)
-        for sample in iter_shard_samples(shards):
+        for sample in iter_shard_samples(shards, allow_blank_captions=True):  # looked up by key: the text is unused
             seen += 1
             pair = cache.get_pair(sample.key, cfg.round, cfg.negatives)
             if pair is None:

@@ -53,6 +53,14 @@ class ModelSpec(ABC):
     def check_size(self, frames: int, height: int, width: int) -> None:
         """Raise UserError if the model cannot run at this size (e.g. frames must be 4k+1)."""
 
+    def resolve_size(self, frames: int | None = None, height: int | None = None,
+                     width: int | None = None) -> tuple[int, int, int]:
+        """A run's (frames, height, width): the given values, else the model's defaults; checked against the model."""
+        f0, h0, w0 = self.default_size()
+        size = (frames or f0, height or h0, width or w0)
+        self.check_size(*size)
+        return size
+
     @abstractmethod
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         """Text conditioning for a batch of prompts."""

@@ -14,6 +14,7 @@ import torch
 from realaction.errors import UserError
 from realdpo.models.base import Cond
 from realdpo.models.common import REQUIRED_COMPONENTS, DiffusersSpec
+from realdpo.models.frames import to_uint8
 
 WAN_DEFAULT_SIZE = (81, 480, 832)
 
@@ -78,8 +79,6 @@ class WanSpec(DiffusersSpec):
     @staticmethod
     def _pil(images: torch.Tensor) -> list:
         from PIL import Image
-
-        from realdpo.sampling import to_uint8
 
         return [Image.fromarray(a) for a in to_uint8(images)]
 

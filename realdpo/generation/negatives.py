@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 
 from realaction.errors import UserError
-from realdpo.cache import LatentCache
-from realdpo.clips import BadClip, ClipSample, decode_clip, first_frame
+from realdpo.data.cache import LatentCache
+from realdpo.data.clips import BadClip, ClipSample, decode_clip, first_frame
 from realdpo.models.base import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -137,22 +136,10 @@ def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentC
     return generated
 
 
-def resolve_size(spec: ModelSpec, frames: int | None, height: int | None, width: int | None) -> tuple[int, int, int]:
-    """The run's (frames, height, width): given values, else the model's defaults; checked against the model."""
-    f0, h0, w0 = spec.default_size()
-    size = (frames or f0, height or h0, width or w0)
-    spec.check_size(*size)
-    return size
 
 
-def torch_dtype(mixed_precision: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
 
 
-def cpu_only_distributed() -> bool:
-    """Launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without an
-    accelerator: accelerate only joins the processes on CPU when told so, else each would work alone."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 def precompute(cfg) -> int:
@@ -161,22 +148,25 @@ def precompute(cfg) -> int:
     from accelerate import PartialState
     from rich.console import Console
 
-    from realdpo.clips import expand_shards, iter_shard_samples
+    from realdpo.configs.common import torch_dtype
+    from realdpo.data.clips import expand_shards, iter_shard_samples
     from realdpo.models import load_spec
+    from realdpo.runtime import cpu_only_distributed
 
     cfg.validate()
     urls = expand_shards(cfg.shards)
     state = PartialState(cpu=cpu_only_distributed())
     spec = load_spec(cfg.model, device=state.device, dtype=torch_dtype(cfg.mixed_precision))
-    frames, height, width = resolve_size(spec, cfg.frames, cfg.height, cfg.width)
+    frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
     transformer = None
     if cfg.lora is not None:
-        from realdpo.sampling import load_lora
+        from realdpo.generation.sampling import load_lora
 
         load_lora(spec, cfg.lora)
         transformer = spec.transformer
     cache = LatentCache(cfg.cache_dir, spec.fingerprint(), frames, height, width, cfg.fps)
-    n = ensure_cached(spec, iter_shard_samples(urls), cache, frames=frames, height=height, width=width, fps=cfg.fps,
+    samples = iter_shard_samples(urls, allow_blank_captions=cfg.allow_blank_captions, warn=state.is_main_process)
+    n = ensure_cached(spec, samples, cache, frames=frames, height=height, width=width, fps=cfg.fps,
                       k=cfg.negatives, steps=cfg.neg_steps, guidance=cfg.neg_guidance, seed=cfg.seed,
                       round=cfg.round, transformer=transformer, progress=state.is_local_main_process,
                       batch_size=cfg.batch_size, shard=(state.process_index, state.num_processes))
@@ -185,5 +175,4 @@ def precompute(cfg) -> int:
     return n
 
 
-__all__: Sequence[str] = ["ensure_cached", "precompute", "negative_seed", "encode_real", "resolve_size", "cpu_only_distributed",
-                          "torch_dtype"]
+__all__: Sequence[str] = ["ensure_cached", "precompute", "negative_seed", "encode_real"]

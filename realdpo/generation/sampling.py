@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from realaction.errors import UserError
 from realaction.video_io import encode_mp4
 from realdpo.models.base import ModelSpec
+from realdpo.models.frames import to_uint8
+from realdpo.runtime import default_device
 
 
 def load_lora(spec: ModelSpec, lora: Path) -> None:
@@ -25,28 +24,23 @@ def load_lora(spec: ModelSpec, lora: Path) -> None:
         raise UserError(f"cannot load LoRA {lora} into {spec.family} {spec.task}: {first}") from None
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """[F, 3, H, W] in [-1, 1] -> uint8 [F, H, W, 3]."""
-    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
 
 def sample(cfg) -> Path:
     """Generate `cfg.prompt` with the model (+ LoRA) and write `cfg.out` (.mp4). Returns the written path."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from realdpo.clips import load_image
+    from realdpo.configs.common import torch_dtype
+    from realdpo.data.clips import load_image
     from realdpo.models import load_spec
-    from realdpo.negatives import resolve_size, torch_dtype
 
     cfg.validate()
-    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
-    spec = load_spec(cfg.model, device=device, dtype=torch_dtype(cfg.mixed_precision))
+    spec = load_spec(cfg.model, device=default_device(), dtype=torch_dtype(cfg.mixed_precision))
     if spec.task == "t2v" and cfg.image is not None:
         raise UserError(f"--image is for image-to-video models; {spec.path} is a text-to-video {spec.family} model")
     if spec.task == "i2v" and cfg.image is None:
         raise UserError(f"{spec.path} is an image-to-video model: give its first frame with --image")
-    frames, height, width = resolve_size(spec, cfg.frames, cfg.height, cfg.width)
+    frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
     images = load_image(cfg.image, height, width)[None] if cfg.image is not None else None
     if cfg.lora is not None:
         load_lora(spec, cfg.lora)

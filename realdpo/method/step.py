@@ -19,9 +19,9 @@ from typing import Callable, ContextManager
 
 import torch
 
-from realdpo.losses import objective
+from realdpo.method.losses import objective
+from realdpo.method.reference import Reference
 from realdpo.models.base import Cond, ModelSpec
-from realdpo.reference import Reference
 
 
 class ErrorModel(torch.nn.Module):

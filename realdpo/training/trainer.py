@@ -1,0 +1,455 @@
+"""`realdpo train`: RealDPO post-training with accelerate (DESIGN §1, §3.3).
+
+The loop, per optimizer step: `grad_accum` micro-batches of (real clip, K cached negatives); each draws one timestep
+and one noise tensor per clip, shared by the winner and its losers; the policy runs once on the concatenation with
+gradients and the reference once without (`realdpo.method.step`). The trainer talks to the model only through its
+`ModelSpec`, so it never branches on the family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from realaction.errors import UserError
+from realdpo.configs.train import TrainConfig
+
+# options that may change between a run and its --resume (everything else must match)
+RESUMABLE_CHANGES = {"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "validate_every",
+                     "validation_prompt", "validation_steps", "shards", "cache_dir", "out", "allow_blank_captions"}
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    lora: Path | None
+    transformer: Path | None
+    checkpoint: Path | None
+    metrics: Path
+    plot: Path | None
+    steps: int
+    first: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def _round_of(step: int, steps: int, rounds: int) -> int:
+    """The negatives round (1-based) that optimizer step `step` (0-based) trains on."""
+    return min(rounds, step * rounds // steps + 1)
+
+
+def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from (None: a fresh run); refuses to overwrite a run or resume a different one."""
+    from realdpo.training.checkpoint import latest_checkpoint, saved_config
+
+    ckpt = latest_checkpoint(out)
+    if not cfg.resume:
+        if ckpt is not None or (out / "metrics.jsonl").is_file():
+            raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+        return None
+    old = saved_config(ckpt, out) if ckpt is not None else None
+    if old is not None:
+        new = _config_dict(cfg)
+        changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+        if changed:
+            raise UserError(f"--resume with different options than the run in {out}: {', '.join(changed)}")
+    return ckpt
+
+
+def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = rows[0].keys()
+    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
+
+
+class Trainer:
+    """`realdpo train` in named phases: `setup` (processes, model, caches), `build_model` (adapters, reference,
+    optimizer), `restore` (resume), then `run`, whose loop calls `open_round` (negatives of a round, cached),
+    `train_step`, `log`, `validate` and `checkpoint`, and ends with `finish` (the outputs). `train(cfg)` runs them in
+    this order; a test may call them one by one."""
+
+    def __init__(self, cfg: TrainConfig):
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.state = {"step": 0, "batch": 0}
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.reference = None
+        self.stream = None
+        self.loader_iter = None
+        self.current_round: int | None = None
+        self.last_row: dict[str, Any] = {}  # this process's; the main process re-reads metrics.jsonl at the end
+        self.step_keys: list[list[str]] = []  # the clips of the last step's micro-batches (logs/data-rank*.jsonl)
+
+    # ---- setup: processes, the model, the caches ------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        from realdpo.configs.common import torch_dtype
+        from realdpo.data.cache import LatentCache
+        from realdpo.data.clips import expand_shards
+        from realdpo.data.stream import ShardSamples
+        from realdpo.models import load_spec
+        from realdpo.runtime import cpu_only_distributed
+
+        cfg, out = self.cfg, self.out
+        self.urls = expand_shards(cfg.shards)
+        self.resume_from = _check_out(cfg, out)
+        self.accelerator = Accelerator(
+            cpu=cpu_only_distributed(),
+            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+            step_scheduler_with_optimizer=False)
+        acc = self.accelerator
+        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        set_seed(cfg.seed)  # the same LoRA initialisation on every process
+
+        weight_dtype = torch_dtype(cfg.mixed_precision) if cfg.lora else torch.float32
+        self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype)
+        self.frames, self.height, self.width = self.spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+        size = (self.spec.fingerprint(), self.frames, self.height, self.width, cfg.fps)
+        self.cache = LatentCache(cfg.cache_dir, *size)
+        self.run_cache = LatentCache(out / "cache", *size)  # rounds >= 2: negatives of this run's policy
+        self.samples = ShardSamples(self.urls, allow_blank_captions=cfg.allow_blank_captions, warn=self.main)
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+
+    # ---- the trained module, the reference, the optimizer ----------------------------------------------------
+    def build_model(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        from realdpo.configs.common import torch_dtype
+        from realdpo.method.reference import make_reference
+        from realdpo.method.step import ErrorModel
+
+        cfg, acc = self.cfg, self.accelerator
+        transformer = self.transformer = self.spec.transformer
+        if cfg.lora:
+            from peft import LoraConfig
+
+            transformer.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                               init_lora_weights=True, target_modules=self.spec.lora_target_modules))
+            for p in transformer.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()  # trained weights in fp32 whatever the frozen base's dtype
+        else:
+            transformer.to(torch.float32).requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        self.trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
+        self.reference = None if cfg.loss == "sft" else make_reference(
+            transformer, ref=cfg.ref, lora=cfg.lora, ema_rate=cfg.ema_rate, ema_every=cfg.ema_every,
+            copy_dtype=torch_dtype(cfg.mixed_precision))
+
+        optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
+        lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+        self.policy, self.optimizer, self.lr_scheduler = acc.prepare(ErrorModel(self.spec, transformer), optimizer,
+                                                                     lr_scheduler)
+        # accelerate's own model files would hold the whole transformer: the checkpoint keeps only `trainable`
+        acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+        acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+
+    # ---- resume ----------------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Continue from the checkpoint `setup` found (or start the logs afresh), and open the trackers."""
+        from realdpo.method.reference import Reference
+        from realdpo.training.checkpoint import restore_latest, truncate_jsonl
+
+        cfg, acc = self.cfg, self.accelerator
+        self.data_log = self.out / "logs" / f"data-rank{self.rank}.jsonl"
+        if self.resume_from is not None:  # the newest readable checkpoint (a damaged one is passed over)
+            self.resume_from, self.state = restore_latest(acc, self.out, trainable=self.trainable,
+                                                          reference=self.reference or Reference(), warn=self.main)
+            done = int(self.state["step"])
+            if done > cfg.steps:
+                raise UserError(f"--resume: the run in {self.out} is already complete: {done} steps done, more than "
+                                f"--steps {cfg.steps}; its outputs are in {self.out} (give --steps above {done} to "
+                                "train on)")
+            if self.main:
+                truncate_jsonl(self.metrics_path, self.state["step"])
+            truncate_jsonl(self.data_log, self.state["step"])
+            if done == cfg.steps:
+                acc.print(f"the run in {self.out} is already complete ({done} steps); writing its outputs again")
+            else:
+                acc.print(f"resuming from {self.resume_from} (step {done})")
+        elif cfg.resume:
+            acc.print(f"no checkpoint in {self.out / 'checkpoints'}; starting a new run")
+            if self.main:
+                truncate_jsonl(self.metrics_path, 0)
+            truncate_jsonl(self.data_log, 0)
+        self.data_log.parent.mkdir(parents=True, exist_ok=True)
+        if self.main:  # only now: a refused --resume leaves the run's record as it was
+            (self.out / "train_config.json").write_text(json.dumps(_config_dict(cfg), indent=1))
+            tracker_cfg = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                           for k, v in _config_dict(cfg).items()}
+            acc.init_trackers("realdpo", config=tracker_cfg)
+
+    # ---- data: a round's negatives, cached, then its stream ---------------------------------------------------
+    def prepare_round(self, r: int) -> list[str]:
+        """Cache this process's share of real latents and round-`r` negatives; returns the usable keys."""
+        from realdpo.data.stream import process_share, usable_keys
+        from realdpo.generation.negatives import ensure_cached
+        from realdpo.method.reference import adapters_disabled
+
+        cfg, acc, samples = self.cfg, self.accelerator, self.samples
+        c = self.cache if r == 1 else self.run_cache
+        if r > 1:  # the real clips' entries do not change between rounds: copy them instead of re-encoding
+            if not samples.keys:
+                for _ in samples:
+                    pass
+            for key in process_share(samples.keys, self.rank, self.world):
+                if not self.run_cache.has_real(key) and (entry := self.cache.get_real(key)) is not None:
+                    self.run_cache.put_real(key, entry)
+        # round 1: the base model's negatives (adapters off, in case a resumed run finds its cache entries gone)
+        with adapters_disabled(self.transformer) if cfg.lora and r == 1 else contextlib.nullcontext():
+            ensure_cached(self.spec, samples, c, round=r, transformer=None if r == 1 else self.transformer,
+                          progress=acc.is_local_main_process, frames=self.frames, height=self.height,
+                          width=self.width, fps=cfg.fps, k=cfg.negatives, steps=cfg.neg_steps,
+                          guidance=cfg.neg_guidance, seed=cfg.seed, batch_size=cfg.neg_batch_size,
+                          shard=(self.rank, self.world))
+        keys = usable_keys(c, process_share(samples.keys, self.rank, self.world), r, cfg.negatives)
+        counts = acc.gather(torch.tensor([len(keys)], device=acc.device))
+        if int(counts.min()) == 0:  # every process raises, none is left waiting in a collective
+            raise UserError(f"no usable clips for process {int(counts.argmin())} of {self.world}: "
+                            f"{len(samples.keys)} clips in --shards, {self.frames} frames at {cfg.fps:g} fps "
+                            "needed per clip")
+        return keys
+
+    def open_round(self, r: int) -> None:
+        from realdpo.data.stream import PairStream, pair_loader
+
+        cfg = self.cfg
+        self.stream = PairStream(self.cache if r == 1 else self.run_cache, self.prepare_round(r), round=r,
+                                 k=cfg.negatives, batch_size=cfg.batch_size, seed=cfg.seed, rank=self.rank,
+                                 start=int(self.state["batch"]))
+        self.transformer.train()
+        self.loader_iter = iter(pair_loader(self.stream, cfg.num_workers))
+        self.current_round = r
+
+    # ---- one optimizer step ----------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, Any]:
+        """`grad_accum` micro-batches, one optimizer step, the EMA update; returns the step's metrics row."""
+        from realdpo.data.stream import derive_seed
+        from realdpo.method.step import build_inputs, draw_noise, preference_step
+
+        cfg, acc, policy = self.cfg, self.accelerator, self.policy
+        step = int(self.state["step"])
+        r = _round_of(step, cfg.steps, cfg.rounds)
+        if r != self.current_round:  # fresh negatives from the current policy
+            self.open_round(r)
+        batch_index = int(self.state["batch"])
+        micro_rows, t_data, used_keys = [], 0.0, []
+        t0 = time.perf_counter()
+        for micro in range(cfg.grad_accum):
+            td = time.perf_counter()
+            batch = next(self.loader_iter).to(acc.device)
+            t_data += time.perf_counter() - td
+            batch_index += 1
+            used_keys.append(batch.keys)
+            gen = torch.Generator().manual_seed(derive_seed("realdpo-step", cfg.seed, self.rank, step, micro))
+            noise, timesteps = draw_noise(self.spec, batch.winners, cfg.t_min, cfg.t_max, gen)
+            inputs = build_inputs(batch.winners, None if cfg.loss == "sft" else batch.losers, batch.cond, noise,
+                                  timesteps)
+            sync = micro == cfg.grad_accum - 1
+            with (contextlib.nullcontext() if sync else acc.no_sync(policy)), acc.autocast():
+                micro_rows.append(preference_step(
+                    policy, self.reference, self.spec, inputs, kind=cfg.loss, beta=cfg.beta,
+                    sft_weight=cfg.sft_weight, chunk_size=cfg.chunk_size, keep_graph=cfg.gradient_checkpointing,
+                    backward=acc.backward, no_sync=lambda: acc.no_sync(policy)))
+        params = list(self.trainable.values())
+        if cfg.max_grad_norm > 0:
+            grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+        lr = self.lr_scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        step += 1
+        self.state["step"], self.state["batch"] = step, batch_index
+        ema_updated = self.reference.update(step) if self.reference is not None else False
+
+        local = _mean_metrics(micro_rows)
+        names = sorted(local)
+        vals = acc.reduce(torch.tensor([local[n] for n in names], device=acc.device), "mean")
+        row: dict[str, Any] = {"step": step, **{n: float(v) for n, v in zip(names, vals.tolist())},
+                               "grad_norm": float(grad_norm), "lr": lr, "round": r,
+                               "epoch": self.stream.stream.epoch_of(batch_index - 1),
+                               "time_step": time.perf_counter() - t0, "time_data": t_data}
+        if ema_updated:
+            row["ema_updated"] = 1
+        self.step_keys = used_keys
+        return row
+
+    def log(self, row: dict[str, Any], data_file, bar, task) -> None:
+        data_file.write(json.dumps({"step": row["step"], "rank": self.rank, "keys": self.step_keys}) + "\n")
+        data_file.flush()
+        if self.main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            info = f"loss {row['loss']:.4f}"
+            if "accuracy" in row:
+                info += f"  acc {row['accuracy']:.2f}  margin {row['reward_margin']:+.3g}"
+            bar.update(task, completed=row["step"], info=info)
+
+    def checkpoint(self, step: int) -> Path:
+        from realdpo.training.checkpoint import save_checkpoint
+
+        cfg = self.cfg
+        return save_checkpoint(self.accelerator, self.out, step, trainable=self.trainable,
+                               reference=self.reference.state_dict() if self.reference is not None else {},
+                               state={"batch": self.state["batch"],
+                                      "round": _round_of(max(step - 1, 0), cfg.steps, cfg.rounds)},
+                               keep=cfg.keep_checkpoints, config=_config_dict(cfg))
+
+    @torch.no_grad()
+    def validate(self, step: int) -> None:
+        """One validation video with the current policy: the configured prompt or the first clip's caption."""
+        from realaction.video_io import encode_mp4
+        from realdpo.models.frames import to_uint8
+
+        cfg, spec, transformer = self.cfg, self.spec, self.transformer
+        frames, height, width = self.frames, self.height, self.width
+        path = self.out / "samples" / f"step-{step:06d}.mp4"
+        first = self.samples.first
+        prompt = cfg.validation_prompt or (first.caption if first is not None else "") or "a person"
+        images = None
+        if spec.task == "i2v" and first is not None:
+            from realdpo.data.clips import first_frame
+
+            images = first_frame(first.mp4, height, width)[None]
+        was_training = transformer.training
+        transformer.eval()
+        try:
+            latents = spec.generate_latents([prompt], spec.encode_prompts([prompt]), num_frames=frames, height=height,
+                                            width=width, steps=cfg.validation_steps, guidance=cfg.neg_guidance,
+                                            seeds=[cfg.seed], transformer=transformer, images=images)
+            video = spec.decode_latents(latents)[0]
+        finally:
+            transformer.train(was_training)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encode_mp4(to_uint8(video), cfg.fps, path=path)
+
+    # ---- the loop and the outputs ----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self.setup()
+        self.build_model()
+        self.restore()
+        cfg = self.cfg
+        last_ckpt: Path | None = self.resume_from
+        if self.state["step"] < cfg.steps:  # the first round's negatives, before the training bar opens
+            self.open_round(_round_of(int(self.state["step"]), cfg.steps, cfg.rounds))
+        with _progress(self.main) as bar, open(self.data_log, "a") as data_file:
+            task = bar.add_task("train", total=cfg.steps, completed=int(self.state["step"]), info="")
+            while self.state["step"] < cfg.steps:
+                row = self.train_step()
+                step = row["step"]
+                self.log(row, data_file, bar, task)
+                self.last_row = row
+                if cfg.validate_every and step % cfg.validate_every == 0 and self.main:
+                    self.validate(step)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                    last_ckpt = self.checkpoint(step)
+        return self.finish(last_ckpt)
+
+    def finish(self, last_ckpt: Path | None) -> TrainResult:
+        """The final checkpoint, OUT/lora (or OUT/transformer), the plot; every process's weight checksum."""
+        from realaction.shards import read_jsonl
+        from realdpo.training.plot import plot_metrics
+
+        cfg, out, step = self.cfg, self.out, int(self.state["step"])
+        with open(self.data_log, "a") as f:  # every process's final weights, to check they stayed in sync
+            f.write(json.dumps({"step": step, "rank": self.rank, "params_checksum": _checksum(self.trainable)}) + "\n")
+        if last_ckpt is None or last_ckpt.name != f"step-{step}":
+            last_ckpt = self.checkpoint(step)
+        lora_dir = transformer_dir = plot = None
+        first_row: dict[str, Any] = {}
+        last_row = self.last_row
+        if self.main:
+            if cfg.lora:
+                lora_dir = save_lora(self.spec, self.transformer, out / "lora")
+            else:
+                transformer_dir = _atomic_dir(out / "transformer", lambda d: self.transformer.save_pretrained(d))
+            plot = plot_metrics(self.metrics_path, out / "training.png")
+            rows = read_jsonl(self.metrics_path)  # a resumed run's rows too
+            if rows:
+                first_row, last_row = rows[0], rows[-1]
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return TrainResult(out=out, lora=lora_dir or (out / "lora" if cfg.lora else None),
+                           transformer=transformer_dir or (None if cfg.lora else out / "transformer"),
+                           checkpoint=last_ckpt, metrics=self.metrics_path, plot=plot or out / "training.png",
+                           steps=step, first=first_row, last=last_row)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train and write OUT/{lora, checkpoints, logs, train_config.json, metrics.jsonl, training.png}."""
+    return Trainer(cfg).run()
+
+
+@torch.no_grad()
+def _checksum(params: dict[str, torch.Tensor]) -> float:
+    return float(sum(p.double().abs().sum().item() + p.double().sum().item() for p in params.values()))
+
+
+def _atomic_dir(final: Path, write) -> Path:
+    """Write a folder under a temporary name, then swap it into place."""
+    from realdpo.training.checkpoint import replace_dir
+
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    replace_dir(tmp, final)
+    return final
+
+
+def save_lora(spec, transformer: torch.nn.Module, out: Path) -> Path:
+    """The trained adapter in the diffusers LoRA format: `pipe.load_lora_weights(out)` loads it."""
+    from peft.utils import get_peft_model_state_dict
+
+    layers = get_peft_model_state_dict(transformer, adapter_name="default")
+    metadata = transformer.peft_config["default"].to_dict()
+    pipe_cls = type(spec.pipeline())
+    return _atomic_dir(Path(out), lambda d: pipe_cls.save_lora_weights(
+        str(d), transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata, safe_serialization=True))
+
+
+
+def steps_per_round(steps: int, rounds: int) -> list[int]:
+    """How many optimizer steps each round gets (for documentation and tests)."""
+    counts = [0] * rounds
+    for s in range(steps):
+        counts[_round_of(s, steps, rounds) - 1] += 1
+    return counts
+
+
+__all__ = ["train", "Trainer", "TrainResult", "save_lora", "steps_per_round"]
