@@ -16,7 +16,8 @@ clips are written, whatever the engine or number of workers: one index sees ever
 index is persisted through the manifest: every kept clip's row carries its hashes (`phash`), and a resumed run
 rebuilds the index from the rows of finished sources, which the commit protocol keeps consistent with the
 shards. With parallel workers, which of two duplicates is kept depends on which source finishes first.
-Cost: one vectorised comparison against all kept clips per new clip (~5 ms per 100k kept clips).
+Cost per clip: one vectorised pass over the first frame's hash against every kept clip's, then a full check of
+the few candidates it leaves (`bench/curate_engines.py` measures it against 100k kept clips).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from realaction.video_io import evenly_spaced
 
 HASH_FRAMES = 4
-NO_MATCH = 64  # the distance match() gives when no kept clip is comparable
+NO_MATCH = 64  # the distance match() gives when no kept clip matches
 
 
 def phash(gray: np.ndarray) -> int:
@@ -89,18 +90,24 @@ class DuplicateIndex:
         return self._scene_codes.setdefault((source, scene), len(self._scene_codes))
 
     def match(self, source: str, scene: int, hashes: list[str]) -> tuple[str | None, int]:
-        """(key of the kept clip this one duplicates, or None; the distance to the nearest comparable kept clip)."""
+        """(key of the kept clip this one duplicates and the distance: the worst of its frames' distances to their
+        nearest frame of that clip), or (None, NO_MATCH)."""
         if not hashes or self._n == 0:
             return None, NO_MATCH
         query = np.array([int(h, 16) for h in hashes[:HASH_FRAMES]], np.uint64)
         kept, valid = self._hashes[: self._n], self._valid[: self._n]
-        bits = np.bitwise_count(query[None, :, None] ^ kept[:, None, :]).astype(np.int16)  # [clips, query, kept frames]
-        bits[~np.broadcast_to(valid[:, None, :], bits.shape)] = NO_MATCH + 1
-        distance = bits.min(axis=2).max(axis=1)  # every query frame near some frame of the kept clip
-        distance[self._scene[: self._n] == self._code(source, scene)] = NO_MATCH
+        # Every query frame must match, so the first one alone picks the candidates: one pass over the index.
+        first = np.where(valid, np.bitwise_count(kept ^ query[0]), NO_MATCH + 1).min(axis=1)
+        candidates = np.flatnonzero(first <= self.max_distance)
+        candidates = candidates[self._scene[candidates] != self._code(source, scene)]
+        if len(candidates) == 0:
+            return None, NO_MATCH
+        bits = np.bitwise_count(query[:, None, None] ^ kept[candidates][None, :, :])  # [query, candidates, frames]
+        bits = np.where(valid[candidates][None], bits, NO_MATCH + 1)
+        distance = bits.min(axis=2).max(axis=0)  # every query frame near some frame of the candidate
         best = int(distance.argmin())
-        d = int(min(distance[best], NO_MATCH))
-        return (self._keys[best] if d <= self.max_distance else None), d
+        d = int(distance[best])
+        return (self._keys[candidates[best]], d) if d <= self.max_distance else (None, NO_MATCH)
 
     def judge(self, result) -> int:
         """Turn the kept clips of `result` (a SourceResult) that duplicate a kept clip into `duplicate`

@@ -13,7 +13,7 @@ from realaction.errors import UserError
 from realaction.probe import Skipped, Source, discover
 from realaction.process_pool import ProcessPool, WorkerDied
 from realaction.report import build_summary, write_card, write_summary
-from realaction.shards import ShardCommitter, append_jsonl, prepare_out, read_jsonl
+from realaction.shards import ShardCommitter, append_jsonl, iter_jsonl, prepare_out
 from realaction.source_tasks import init_pool_worker, run_in_pool_worker, worker_died_row
 from realaction.worker import Models, SourceCurator, SourceResult, config_hash
 
@@ -106,7 +106,7 @@ def _curate(cfg: CurateConfig, sources: list[Source], skipped: list[Skipped], mo
                                cfg.commit_seconds)
     # Near-duplicates are judged here, as results are committed: one index over every kept clip of every
     # engine's workers, rebuilt on resume from the manifest rows of finished sources (realaction.dedup).
-    duplicates = DuplicateIndex.from_manifest(read_jsonl(out / "manifest.jsonl"), cfg.dup_distance) if cfg.dedup else None
+    duplicates = DuplicateIndex.from_manifest(iter_jsonl(out / "manifest.jsonl"), cfg.dup_distance) if cfg.dedup else None
     counts = Counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn())

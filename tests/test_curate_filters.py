@@ -168,6 +168,27 @@ def test_consecutive_clips_of_one_scene_are_not_duplicates(tmp_path, bikes_path)
         assert index.match(r["source"], r["scene"], r["phash"])[0] == rows[0]["key"]
 
 
+def test_duplicate_index_rule():
+    """A clip matches a kept clip when each of its frames is near some frame of it; gaps never match."""
+    from realaction.dedup import DuplicateIndex
+
+    def flip(h: int, n: int) -> str:
+        return f"{h ^ ((1 << n) - 1):016x}"
+
+    rng = np.random.default_rng(1)
+    a = [int(x) for x in rng.integers(0, 2**63, 4)]
+    index = DuplicateIndex(12)
+    index.add("a", "a.mp4", 0, [f"{h:016x}" for h in a])
+    index.add("short", "s.mp4", 0, [f"{int(rng.integers(0, 2**63)):016x}"] * 2)  # two frames: two empty slots
+    shuffled = [flip(a[3], 5), flip(a[0], 12), flip(a[2], 0), flip(a[1], 7)]  # order and a frame or two off: same
+    assert index.match("b.mp4", 0, shuffled) == ("a", 12)
+    assert index.match("b.mp4", 0, shuffled[:2]) == ("a", 12)  # a short clip inside a kept one
+    assert index.match("b.mp4", 0, shuffled[:3] + [flip(a[1], 13)]) == (None, 64)  # one frame too far: not a copy
+    assert index.match("a.mp4", 0, shuffled) == (None, 64)  # its own scene
+    assert index.match("a.mp4", 1, shuffled) == ("a", 12)  # another scene of the same source
+    assert index.match("z.mp4", 0, [f"{0:016x}"] * 4) == (None, 64)  # the empty slots hold 0 but match nothing
+
+
 def test_no_dedup_keeps_both_copies(copies, tmp_path):
     curate(CurateConfig(src=copies, out=tmp_path / "out", max_side=160, dedup=False))
     rows = read_jsonl(tmp_path / "out" / "manifest.jsonl")
