@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from curate_helpers import shard_keys, shard_samples
 
 from realaction.config import CurateConfig
 from realaction.errors import UserError
@@ -16,13 +17,6 @@ from realaction.footage import make_synthetic
 from realaction.pipeline import curate
 from realaction.shards import read_jsonl
 from realaction.video_io import decode_frames, encode_mp4
-
-
-def _keys_in_shards(out: Path) -> list[str]:
-    import webdataset as wds
-
-    return [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")),
-                                                 shardshuffle=False)]
 
 
 def _with_text(frames: np.ndarray, text: str) -> np.ndarray:
@@ -62,14 +56,8 @@ def test_text_overlay_on_real_footage(tmp_path, carphone_path, bikes_path):
     # only clips that passed the cheaper filters are looked at
     assert rows["static.mp4"][0]["reason"] == "static" and "text_area" not in rows["static.mp4"][0]["scores"]
     assert summary["rejected_by_reason"]["text"] == 1 and "text_area" in summary["score_histograms"]
-    meta = [json.loads(s) for s in _shard_jsons(out)]
+    meta = [json.loads(s["json"]) for s in shard_samples(out).values()]
     assert meta and all("text_area" in m["scores"] for m in meta)
-
-
-def _shard_jsons(out: Path) -> list[bytes]:
-    import webdataset as wds
-
-    return [s["json"] for s in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False)]
 
 
 def test_text_filter_off_costs_nothing_and_records_nothing(tmp_path, carphone_path):
@@ -109,7 +97,7 @@ def _check_one_of_each_pair_kept(out: Path) -> list[dict]:
         other = by_key[r["duplicate_of"]]
         assert other["kept"] and other["source"] != r["source"] and other["scene"] == r["scene"]
         assert r["scores"]["duplicate_distance"] <= 12 and not r.get("caption")
-    assert sorted(_keys_in_shards(out)) == sorted(r["key"] for r in kept)
+    assert sorted(shard_keys(out)) == sorted(r["key"] for r in kept)
     return dups
 
 
@@ -128,7 +116,7 @@ def test_duplicates_of_clips_kept_by_an_earlier_run(copies, tmp_path):
     shutil.copyfile(copies / "bikes_reupload.txt", first / "bikes_reupload.txt")
     out = tmp_path / "out"
     curate(CurateConfig(src=first, out=out, max_side=160))
-    kept_first = set(_keys_in_shards(out))
+    kept_first = set(shard_keys(out))
     shutil.copyfile(copies / "bikes.mp4", first / "bikes.mp4")
     shutil.copyfile(copies / "bikes.txt", first / "bikes.txt")
     curate(CurateConfig(src=first, out=out, max_side=160))  # resumes: only bikes.mp4 is new

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from curate_helpers import alive, descendants, shard_keys, shard_samples
 
 from realaction.config import CurateConfig
 from realaction.footage import make_synthetic
@@ -64,13 +65,6 @@ def footage(tmp_path_factory, bikes_path, carphone_path) -> Path:
     return root
 
 
-def _samples(out: Path) -> dict[str, dict]:
-    import webdataset as wds
-
-    return {s["__key__"]: s for s in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")),
-                                                     shardshuffle=False)}
-
-
 def _rows(path: Path, drop: tuple[str, ...]) -> list[dict]:
     rows = [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(path)]
     return sorted(rows, key=lambda r: (r.get("source", ""), r.get("key", "")))
@@ -99,7 +93,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(local_ray, footage, tmp_
              .replace(f"({o.name})", "(OUT)") for o in (local, dist)]
     assert cards[0] == cards[1]
     # shards: the same samples; members equal, videos equal once decoded (x264 output is not byte-reproducible)
-    a, b = _samples(local), _samples(dist)
+    a, b = shard_samples(local), shard_samples(dist)
     assert sorted(a) == sorted(b)
     for key in a:
         assert a[key]["json"] == b[key]["json"] and a[key]["txt"] == b[key]["txt"]
@@ -140,36 +134,7 @@ def test_ray_duplicates_are_judged_in_the_driver(local_ray, tmp_path, bikes_path
     dups = [r for r in rows if r["reason"] == "duplicate"]
     assert len(dups) >= 3 and len(dups) == sum(r["kept"] for r in rows)
     assert all(by_key[r["duplicate_of"]]["kept"] and by_key[r["duplicate_of"]]["source"] != r["source"] for r in dups)
-    assert sorted(_samples(out)) == sorted(r["key"] for r in rows if r["kept"])
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    procs = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
-                if fields[0] != "Z":
-                    procs[int(entry.name)] = (int(fields[1]), (entry / "cmdline").read_bytes().decode(errors="replace"))
-            except (OSError, ValueError):
-                continue
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, (ppid, cmd) in procs.items():
-            if ppid == parent and child not in found:
-                found[child] = cmd
-                frontier.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+    assert sorted(shard_samples(out)) == sorted(r["key"] for r in rows if r["kept"])
 
 
 def test_kill_the_ray_driver_then_resume(tmp_path, bikes_path):
@@ -192,25 +157,25 @@ def test_kill_the_ray_driver_then_resume(tmp_path, bikes_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "curate finished before it could be killed"
-    workers = [p for p, c in _descendants(proc.pid).items() if "default_worker" in c or "curate_source_task" in c]
+    workers = [p for p, c in descendants(proc.pid).items() if "default_worker" in c or "curate_source_task" in c]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = [r for r in read_jsonl(out / "sources.jsonl") if r.get("status") == "done"]
     kept_before = {r["key"] for r in read_jsonl(out / "manifest.jsonl") if r["kept"]}
     assert 2 <= len(done_before) < 8 and kept_before
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    while time.monotonic() < deadline and any(alive(p) for p in workers):
         time.sleep(0.1)
-    assert workers and not [p for p in workers if _alive(p)], "Ray workers outlived the killed driver"
+    assert workers and not [p for p in workers if alive(p)], "Ray workers outlived the killed driver"
 
     assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True).returncode == 0
     rows = read_jsonl(out / "sources.jsonl")
     assert sorted(r["source"] for r in rows) == [f"b{i}.mp4" for i in range(8)]
     assert all(r["status"] == "done" for r in rows)
     manifest = read_jsonl(out / "manifest.jsonl")
-    keys = list(_samples(out))
+    keys = shard_keys(out)
     assert len({r["key"] for r in manifest}) == len(manifest)
-    assert sorted(keys) == sorted(r["key"] for r in manifest if r["kept"]) and kept_before <= set(keys)
+    assert sorted(keys) == sorted(r["key"] for r in manifest if r["kept"]) and kept_before <= set(keys)  # once each
     # one copy's clips are kept, every other copy's are duplicates of them, before and after the kill
     assert all(r["kept"] or r["reason"] in ("duplicate", "too-short") for r in manifest)
     assert len({r["source"] for r in manifest if r["kept"]}) == 1

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from curate_helpers import alive, children, shard_keys, wait_for
 
 from realaction.config import CurateConfig
 from realaction.pipeline import curate
@@ -29,47 +30,6 @@ def _src(root: Path, footage: Path, names: list[str]) -> Path:
     return root
 
 
-def _shard_keys(out: Path) -> list[str]:
-    import webdataset as wds
-
-    return [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")),
-                                                 shardshuffle=False)]
-
-
-def _children(pid: int) -> dict[int, str]:
-    """Live child processes of `pid` (Linux /proc), with their command lines."""
-    kids = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            state = stat[stat.rindex(")") + 2:].split()[0]
-            if ppid == pid and state != "Z":
-                kids[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError):
-            continue
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
-
-
-def _wait_for(condition, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
-
-
 def test_a_worker_that_dies_mid_source_is_recorded_and_the_run_goes_on(tmp_path, carphone_path, monkeypatch):
     src = _src(tmp_path / "src", carphone_path, ["a", "b", "c", "d", "e"])
     monkeypatch.setenv(TEST_EXIT_ENV, "b.mp4")  # the worker that gets b.mp4 exits at once, as if OOM-killed
@@ -79,13 +39,13 @@ def test_a_worker_that_dies_mid_source_is_recorded_and_the_run_goes_on(tmp_path,
     assert rows["b.mp4"]["status"] == "error" and rows["b.mp4"]["reason"] == "worker died: exit code 70"
     assert all(rows[f"{n}.mp4"]["status"] == "done" and rows[f"{n}.mp4"]["kept"] == 1 for n in "acde")
     assert summary["sources"] == {"total": 5, "done": 4, "error": 1, "skipped": 0}
-    keys = _shard_keys(out)
+    keys = shard_keys(out)
     assert len(keys) == len(set(keys)) == 4
     # the next run retries it once, and nothing is written twice
     monkeypatch.delenv(TEST_EXIT_ENV)
     curate(CurateConfig(src=src, out=out, workers=2, max_side=96, dedup=False))
     assert all(r["status"] == "done" for r in read_jsonl(out / "sources.jsonl"))
-    keys = _shard_keys(out)
+    keys = shard_keys(out)
     assert len(keys) == len(set(keys)) == 5
 
 
@@ -130,9 +90,9 @@ def test_a_worker_killed_with_sigkill(tmp_path, bikes_path):
     log = open(tmp_path / "stderr.txt", "wb")
     proc = subprocess.Popen(_curate_cmd(src, out, "--workers", "2"), cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=log)
-    assert _wait_for(lambda: any(r.get("status") == "done" for r in read_jsonl(out / "sources.jsonl"))
+    assert wait_for(lambda: any(r.get("status") == "done" for r in read_jsonl(out / "sources.jsonl"))
                      or proc.poll() is not None, 120)
-    workers = [pid for pid, cmd in _children(proc.pid).items() if "spawn_main" in cmd and "resource_tracker" not in cmd]
+    workers = [pid for pid, cmd in children(proc.pid).items() if "spawn_main" in cmd and "resource_tracker" not in cmd]
     assert proc.poll() is None and len(workers) == 2, (tmp_path / "stderr.txt").read_text()[-3000:]
     os.kill(workers[0], signal.SIGKILL)
     proc.wait(timeout=300)
@@ -144,7 +104,7 @@ def test_a_worker_killed_with_sigkill(tmp_path, bikes_path):
     died = [r for r in rows if r["status"] == "error"]
     assert len(died) <= 1 and all(r["reason"] == "worker died: killed by SIGKILL" for r in died)
     assert len(died) == 1, "the killed worker held no source (it was between two): nothing was tested"
-    assert Counter(_shard_keys(out)).most_common(1)[0][1] == 1
+    assert Counter(shard_keys(out)).most_common(1)[0][1] == 1
 
 
 def test_killing_curate_leaves_no_worker_behind(tmp_path, bikes_path):
@@ -153,20 +113,20 @@ def test_killing_curate_leaves_no_worker_behind(tmp_path, bikes_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(_curate_cmd(src, out, "--workers", "2"), cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert _wait_for(lambda: len([p for p, c in _children(proc.pid).items() if "spawn_main" in c]) >= 2
+    assert wait_for(lambda: len([p for p, c in children(proc.pid).items() if "spawn_main" in c]) >= 2
                      and any(r.get("status") == "done" for r in read_jsonl(out / "sources.jsonl")), 120)
-    kids = _children(proc.pid)
+    kids = children(proc.pid)
     assert proc.poll() is None and len(kids) >= 2
     proc.kill()
     proc.wait()
     t0 = time.monotonic()
-    assert _wait_for(lambda: not any(_alive(pid) for pid in kids), 5.0), \
-        f"still alive {time.monotonic() - t0:.1f} s after the kill: {[k for k in kids if _alive(k)]}"
+    assert wait_for(lambda: not any(alive(pid) for pid in kids), 5.0), \
+        f"still alive {time.monotonic() - t0:.1f} s after the kill: {[k for k in kids if alive(k)]}"
     # and the run resumes as ever
     assert subprocess.run(_curate_cmd(src, out, "--workers", "2"), cwd=ROOT, env=_env(),
                           capture_output=True).returncode == 0
     assert all(r["status"] == "done" for r in read_jsonl(out / "sources.jsonl"))
-    keys = _shard_keys(out)
+    keys = shard_keys(out)
     assert len(keys) == len(set(keys))
 
 
@@ -190,9 +150,9 @@ if os.fork() == 0:
 time.sleep(60)
 """
     parent = subprocess.Popen([sys.executable, "-c", code])
-    assert _wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 30)
+    assert wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 30)
     grandchild = int(pid_file.read_text())
-    assert _alive(grandchild)
+    assert alive(grandchild)
     parent.kill()
     parent.wait()
-    assert _wait_for(lambda: not _alive(grandchild), 3.0)
+    assert wait_for(lambda: not alive(grandchild), 3.0)
