@@ -68,7 +68,7 @@ def ray_session(cfg) -> Iterator[None]:
 def run_on_ray(sources: list[Source], cfg, progress: Callable[[int, int], None]) -> Iterator[SourceResult]:
     """Results as sources finish, inside `ray_session(cfg)`."""
     import ray
-    from ray.exceptions import RayError, WorkerCrashedError
+    from ray.exceptions import RayError, RayTaskError, WorkerCrashedError
 
     task = ray.remote(num_cpus=1, max_retries=0)(curate_source_task)
     pending: dict = {}  # task -> its source
@@ -87,6 +87,10 @@ def run_on_ray(sources: list[Source], cfg, progress: Callable[[int, int], None])
                     result = ray.get(ref)
                 except WorkerCrashedError as e:
                     result = worker_died_row(source, one_line(e, 200))
+                except RayTaskError as e:  # the task raised (the curator catches a source's own failures)
+                    cause = e.cause if isinstance(e.cause, BaseException) else e
+                    result = SourceResult({"source": source.rel, "source_id": source.source_id, "status": "error",
+                                           "reason": f"{type(cause).__name__}: {one_line(cause, 200)}"})
                 except RayError as e:  # out of memory, a node lost, a task that could not be run
                     result = worker_died_row(source, f"{type(e).__name__}: {one_line(e, 200)}")
                 progress(int(result.row.get("frames_decoded", 0)), len(result.clips))
