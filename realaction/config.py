@@ -57,7 +57,7 @@ class CurateConfig:
     vlm_max_tokens: int = field(96, help="Longest caption the vlm captioner writes, in tokens.")
     workers: int = field(1, help="Sources processed in parallel (worker processes; with --engine ray and no --ray-address, the CPUs of the local Ray instance).")
     engine: str = field("local", help=f"Where per-source work runs: {', '.join(ENGINES)}. 'ray' runs each source as a Ray task, on a local Ray instance or the cluster at --ray-address; shards are written by this process either way.")
-    ray_address: Optional[str] = field(None, help="Address of an existing Ray cluster for --engine ray (e.g. 'auto' on a cluster node, or ray://HEAD:10001); default starts a local Ray instance.")
+    ray_address: Optional[str] = field(None, help="Address of an existing Ray cluster for --engine ray ('auto' or HEAD_IP:6379, run on a node of the cluster); default starts a local Ray instance.")
     shard_max_count: int = field(1000, help="Most samples per shard.")
     shard_max_mb: float = field(1024.0, help="Largest shard size in MiB.")
     commit_seconds: float = field(300.0, help="Close and commit the open shard at least this often, so a killed run redoes at most this much work.")
