@@ -67,7 +67,7 @@ class Captioner(Protocol):
     def caption(self, req: CaptionRequest) -> Caption | None: ...
 
 
-def _cut(text: str) -> str:
+def cap_caption(text: str) -> str:
     """`text` cut to at most MAX_CAPTION_BYTES of UTF-8, at the last word boundary before the cap."""
     data = text.encode("utf-8")
     if len(data) <= MAX_CAPTION_BYTES:
@@ -92,7 +92,7 @@ class _CapCounter:
         text = _clean(text)
         if text is None:
             return None
-        capped = _cut(text)
+        capped = cap_caption(text)
         self.cut += capped is not text
         return capped
 
@@ -114,7 +114,7 @@ class CappedCaptioner:
         got = self.inner.caption(req)
         if got is None:
             return None
-        text = _cut(got.text)
+        text = cap_caption(got.text)
         if text is not got.text:
             _warn_cut(f"{got.source} for {req.source} clip {req.clip_index}")
         return Caption(text, got.source)

@@ -20,13 +20,13 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from realaction.captioners import MAX_CAPTION_BYTES, cap_caption  # the cap curation applies too
 from realaction.errors import UserError, one_line
 from realaction.video_io import decode_frames, video_info
 from realdpo.models.frames import to_tensor
 
 VideoSource = bytes | bytearray | str | Path
 
-MAX_CAPTION_BYTES = 4096  # captions read from shards are cut to this much UTF-8 (a huge one would stall encoding)
 
 logger = logging.getLogger(__name__)
 
@@ -169,16 +169,6 @@ class ShardReport:
             parts.append(f"{self.blank_captions} with a blank caption (kept: --allow-blank-captions)")
         return "; ".join(parts)
 
-
-def cap_caption(text: str) -> str:
-    """`text` cut to at most MAX_CAPTION_BYTES of UTF-8, at the last word boundary before the cap (the same rule
-    curation applies to the captions it writes)."""
-    data = text.encode("utf-8")
-    if len(data) <= MAX_CAPTION_BYTES:
-        return text
-    cut = data[:MAX_CAPTION_BYTES].decode("utf-8", "ignore")
-    space = cut.rfind(" ")
-    return cut[:space] if space > MAX_CAPTION_BYTES // 2 else cut
 
 
 def _shard_handler(urls: Sequence[str], report: ShardReport, warn: bool):
