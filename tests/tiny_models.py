@@ -82,3 +82,13 @@ def write_tiny_shard(path: Path, samples: list[tuple[str, str, bytes]]) -> Path:
             w.write({"__key__": key, "mp4": mp4, "txt": caption.encode(), "jpg": _jpg_of_first_frame(mp4),
                      "json": json.dumps(meta).encode()})
     return path
+
+
+def negative_plan(spec=None, round: int = 1, weights: str = "base", **options):
+    """The NegativePlan of `realdpo negatives` options (e.g. negatives=2, neg_steps=2, negatives_from="...")."""
+    from realdpo.configs.negatives import NegativesConfig
+    from realdpo.generation.recipes import NegativePlan
+
+    cfg = NegativesConfig(shards=["unused"], **options)
+    cfg.validate_negative_options()
+    return NegativePlan.from_options(cfg, spec, round=round, weights=weights)

@@ -6,7 +6,9 @@ shuffled, split-by-node loader.
 
 from __future__ import annotations
 
+import functools
 import glob
+import hashlib
 import io
 import json
 import math
@@ -19,6 +21,7 @@ import torch
 
 from realaction.errors import UserError
 from realaction.video_io import decode_frames, video_info
+from realdpo.data.cache import ClipRef
 from realdpo.models.frames import to_tensor
 
 VideoSource = bytes | bytearray | str | Path
@@ -40,6 +43,23 @@ class ClipSample:
     jpg: bytes | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @functools.cached_property
+    def content_id(self) -> str:
+        """16 hex chars over what the clip's cache entries are made from: key, caption, mp4 bytes, and the shard
+        json's source_sha256, start_frame/end_frame and curator config hash. Hashed once per sample read."""
+        curator = self.meta.get("curator")
+        origin = {"source_sha256": self.meta.get("source_sha256"), "start_frame": self.meta.get("start_frame"),
+                  "end_frame": self.meta.get("end_frame"),
+                  "config_hash": curator.get("config_hash") if isinstance(curator, dict) else None}
+        h = hashlib.sha256()
+        for part in (self.key.encode(), self.caption.encode("utf-8"), json.dumps(origin, sort_keys=True).encode()):
+            h.update(len(part).to_bytes(8, "little") + part)
+        h.update(self.mp4)
+        return h.hexdigest()[:16]
+
+    @property
+    def ref(self) -> ClipRef:
+        return ClipRef(self.key, self.content_id)
 
 
 def _cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
