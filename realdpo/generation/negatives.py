@@ -114,8 +114,7 @@ class _Run:
             self.cache.put_real(ref, encode_real(self.spec, sample.caption, video, f))
         for recipe, count in edited:
             todo = [s for s in self.seeds(ref.key, recipe, count) if not self.cache.has_negative(ref, recipe.tag, s)]
-            self.summary.reused[recipe.tag] += count - len(todo)
-            self.bar.count(reused=count - len(todo))
+            self._reused(recipe.tag, count - len(todo))
             if todo and video is None:
                 video = decode_clip(sample.mp4, f, h, w, fps)
             for s in todo:  # the clip's own frames re-ordered; one VAE encode each
@@ -144,8 +143,7 @@ class _Run:
     def run_unit(self, unit: _Unit, negative_cond: Cond | None) -> None:
         tag = unit.recipe.tag
         todo = self.missing(unit)
-        self.summary.reused[tag] += len(unit.jobs) - len(todo)
-        self.bar.count(reused=len(unit.jobs) - len(todo))
+        self._reused(tag, len(unit.jobs) - len(todo))
         if not todo:
             return
         try:
@@ -171,6 +169,11 @@ class _Run:
                 self.cache.put_negative(ref, tag, s, latents)
                 self.summary.generated[tag] += 1
                 self.bar.count(videos=1)
+
+    def _reused(self, tag: str, n: int) -> None:
+        if n:
+            self.summary.reused[tag] += n
+            self.bar.count(reused=n)
 
     def _fail(self, ref: ClipRef, e: BaseException) -> None:
         self.summary.failed.setdefault(ref.key, _reason(e))
