@@ -61,6 +61,18 @@ def test_loser_plan_reads_sets_in_order(tmp_path):
     assert plan.seeds(A.key, plan.sets[1])[0] != plan.seeds(A.key, plan.sets[0])[0]
 
 
+def test_old_temporaries_are_swept(tmp_path):
+    import os
+
+    c = _cache(tmp_path)
+    c.put_real(A, {"latents": torch.zeros(1, 1)})
+    old, new = c.real_path(A).with_name(".x.safetensors.ab.tmp"), c.real_path(A).with_name(".y.safetensors.cd.tmp")
+    old.write_bytes(b"torn")
+    new.write_bytes(b"being written")
+    os.utime(old, (0, 0))
+    assert c.sweep_temporaries() == 1 and not old.exists() and new.exists() and c.has_real(A)
+
+
 def test_prompts(tmp_path):
     c = _cache(tmp_path)
     assert c.get_prompt("") is None

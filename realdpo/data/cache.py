@@ -12,8 +12,8 @@ negatives were made (source, sampler, steps, guidance, negative prompt, strength
 A re-curated clip, another dataset with the same file names, or a changed setting therefore finds no entry and makes
 its own: a stale entry is never read (it stays on disk until the folder is deleted).
 
-Every write goes to a temporary file in the same folder and is moved into place with os.replace, so a killed run
-leaves either no entry or a whole one, never a torn file. One negative per file means no file is ever rewritten:
+Every write goes to a hidden temporary file in the same folder and is moved into place with os.replace, so a killed
+run leaves either no entry or a whole one, never a torn file (its temporary file is swept by a later run). One negative per file means no file is ever rewritten:
 processes working on the same clip never race, and a kill loses only the negatives in flight.
 """
 
@@ -97,12 +97,27 @@ class LatentCache:
                 "fps": f"{self.fps:g}", **meta}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        try:
-            save_file(data, tmp, metadata=meta)
+        try:  # one metadata entry: safetensors writes several in a per-process random order (not bit-identical)
+            save_file(data, tmp, metadata={"realdpo": json.dumps(meta, sort_keys=True)})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def sweep_temporaries(self, older_than_s: float = 3600.0) -> int:
+        """Delete the hidden temporary files killed runs left behind (no reader ever opens them); only old ones,
+        so another run's write in progress is never touched. Returns how many were deleted."""
+        import time
+
+        n, now = 0, time.time()
+        for tmp in self.dir.glob("**/.*.tmp") if self.dir.is_dir() else []:
+            try:
+                if now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+                    n += 1
+            except OSError:
+                pass
+        return n
 
     @staticmethod
     def _read(path: Path) -> dict[str, torch.Tensor] | None:

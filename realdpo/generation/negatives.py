@@ -208,6 +208,7 @@ def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentC
     if plan.k < 1:
         raise UserError("k (negatives per clip) must be at least 1")
     if processes.main:
+        cache.sweep_temporaries()
         for recipe, _ in plan.parts:
             cache.write_recipe(recipe.tag, recipe.settings())
     run = _Run(spec, cache, plan, (frames, height, width, fps), transformer, processes, None, batch_size)
