@@ -1,6 +1,6 @@
 """`realdpo negatives` across processes and kills: 2 CPU processes under `accelerate launch` fill the cache
 bit-identically to 1, and a run killed with SIGKILL then started again ends with the cache of one uninterrupted run,
-generating only what was not cached yet."""
+generating only what was not cached yet; `realdpo sample --prompts` shares its videos the same way."""
 
 from __future__ import annotations
 
@@ -93,3 +93,29 @@ def test_a_killed_run_resumes_to_the_uninterrupted_cache(shard, tmp_path):
     assert whole.returncode == 0, err[-3000:]
     a, b = _tree(tmp_path / "whole"), _tree(tmp_path / "killed")
     assert a.keys() == b.keys() and all(a[f] == b[f] for f in a)
+
+
+def test_sample_prompts_across_two_processes(tmp_path):
+    from realaction.video_io import decode_frames
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a square moving, take {i}\n" for i in range(3)))
+    base = ["sample", "--prompts", str(prompts), "--model", str(tiny_model("cogvideox", "t2v")), "--steps", "2",
+            "--seeds-per-prompt", "2", "--batch-size", "2"]
+    one = subprocess.run([sys.executable, "-m", "cli.main", *base, "--out", str(tmp_path / "one")], cwd=ROOT,
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "cli.main", *base, "--out", str(tmp_path / "two")]
+    two = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "6 videos written, 0 already there" in two.stderr  # both processes' shares, counted once
+    names = [f"{i}.mp4" for i in range(6)]
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.mp4")) == sorted(names)
+    assert not list((tmp_path / "two").glob(".progress"))
+    for name in names:  # the same units, so the same videos (up to the encoder's last bits)
+        a = decode_frames(tmp_path / "one" / name).astype(float)
+        b = decode_frames(tmp_path / "two" / name).astype(float)
+        assert abs(a - b).mean() < 0.5, name
+    assert (tmp_path / "one" / "prompts.txt").read_text() == (tmp_path / "two" / "prompts.txt").read_text()

@@ -296,7 +296,7 @@ def precompute(cfg) -> Summary:
         console.print(summary_table(summary, plan))
         console.print(f"{summary.n_generated} negatives generated, {summary.n_reused} reused, "
                       f"{len(summary.skipped)} clips skipped, {len(summary.failed)} failed; cache: {cache.dir}",
-                      markup=False)
+                      markup=False, soft_wrap=True)
     if summary.failed and not summary.n_generated and not summary.n_reused:
         raise UserError(f"no negatives could be made: {len(summary.failed)} clips failed, e.g. "
                         f"{next(iter(summary.failed.items()))}")

@@ -72,16 +72,25 @@ class NegativePlan:
 
     @classmethod
     def from_options(cls, opts: NegativeOptions, spec, *, round: int = 1, weights: str = "base") -> "NegativePlan":
-        """The plan of --negatives/--negatives-from and the --neg-* options, for `spec`'s model at `round`; the
-        negative prompt defaults to the family's (`spec.default_negative_prompt`, empty when it has none)."""
-        prompt = opts.neg_prompt if opts.neg_prompt is not None else getattr(spec, "default_negative_prompt", "") or ""
+        """The plan of --negatives/--negatives-from and the --neg-* options, for `spec`'s model at `round`."""
+        guidance, prompt = generation_defaults(opts, spec)
         parts = []
         for source, count in opts.negative_mix():
-            parts.append((NegativeRecipe(source, round=round, steps=opts.neg_steps, guidance=float(opts.neg_guidance),
+            parts.append((NegativeRecipe(source, round=round, steps=opts.neg_steps, guidance=guidance,
                                          negative_prompt=prompt, sampler=opts.neg_sampler,
                                          strength=float(opts.neg_strength) if source == "noised-real" else 1.0,
                                          edits=tuple(opts.neg_edits), weights=weights), count))
         return cls(tuple(parts), int(opts.seed))
+
+
+def generation_defaults(opts: NegativeOptions, spec) -> tuple[float, str]:
+    """(--neg-guidance, --neg-prompt), an unset one taken from the model where its spec has defaults
+    (`run_defaults`), else 6.0 and no negative prompt."""
+    run_defaults = getattr(spec, "run_defaults", None)
+    if run_defaults is not None:
+        run = run_defaults(None, opts.neg_guidance, opts.neg_prompt)
+        return float(run.guidance), run.negative_prompt or ""
+    return float(opts.neg_guidance if opts.neg_guidance is not None else 6.0), opts.neg_prompt or ""
 
 
 def lora_weights_id(lora: Path) -> str:
