@@ -15,9 +15,10 @@ needs them whatever the option), K negatives per clip, in this one process:
 - edited-real    motion-breaking edits of the real clip, VAE-encoded; no sampling
 A mix (generated:2,edited-real:1) is priced from its parts' per-negative times.
 
-Per option: wall seconds per clip (K negatives), negatives/s, the ratio to `generated`, and the ratio to one epoch of
-DPO training at K (one realdpo DPO step per clip, B = 1, timed here with bench/dpo_step.py's code, as is the official
-loop's step); then the end-to-end ratio (negatives + training) / (the paper's: generated negatives + the official
+Per option: seconds per clip (K negatives), negatives/s, the ratio to `generated`, and the ratio to one epoch of
+DPO training at K (one realdpo DPO step per clip, B = 1, built with bench/dpo_step.py's code, as is the official
+loop's step, the two alternated); times are this process's CPU seconds (one torch thread, so CPU time is the work
+done and a shared machine's load does not inflate it as it does wall time; wall seconds are printed beside); then the end-to-end ratio (negatives + training) / (the paper's: generated negatives + the official
 loop's step). Quality, with random weights (so only as a consistency check, not a verdict on motion): how far each
 option's negatives are from the 50-step negatives of the same seeds (relative to the spread between seeds), and the
 model's denoising error E_ref on them (the DPO reference's view of how on-policy they are).
@@ -106,14 +107,35 @@ def bikes_shard(path: Path, clips: int) -> Path:
     return path
 
 
-def dpo_step_times(size: str, k: int, repeat: int) -> tuple[float, float]:
-    """(realdpo step, official loop step) seconds at `size`, K = k, B = 1, as bench/dpo_step.py times them."""
+class Clock:
+    """CPU and wall seconds of a block."""
+
+    def __enter__(self) -> "Clock":
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cpu, self.wall = time.process_time() - self.cpu, time.perf_counter() - self.wall
+
+
+def dpo_step_times(size: str, k: int, repeat: int) -> dict[str, tuple[float, float]]:
+    """{side: (CPU s, wall s)} per step of the realdpo step and the official loop at `size`, K = k, B = 1, built as
+    bench/dpo_step.py builds them, alternated, the median of `repeat` steps after one warm-up each."""
     import dpo_step
 
     args = argparse.Namespace(size=size, rank=16, batch=1, k=k, beta=5000.0, chunk_size=1,
                               gradient_checkpointing=True, repeat=repeat)
-    ours, official, _ = dpo_step.time_steps(args, torch.device("cpu"), torch.float32)
-    return ours, official
+    runners = {side: dpo_step.make(side, args, torch.device("cpu"), torch.float32) for side in ("realdpo", "official")}
+    times = {side: [] for side in runners}
+    for i in range(repeat + 1):
+        for side, (runner, params) in runners.items():
+            with Clock() as c:
+                runner.step()
+            for p in params:
+                p.grad = None
+            if i:
+                times[side].append((c.cpu, c.wall))
+    return {side: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for side, ts in times.items()}
 
 
 def main() -> None:
@@ -150,12 +172,11 @@ def main() -> None:
 
     # the real entries every option (and training) needs, made once
     base = LatentCache(work / "base", spec.fingerprint(), frames, height, width, 8.0)
-    t0 = time.perf_counter()
-    for s in samples:
-        base.put_real(s.ref, encode_real(spec, s.caption, decode_clip(s.mp4, frames, height, width, 8.0), frames))
-    cached_prompt(spec, base, "")
-    t_real = (time.perf_counter() - t0) / n
-    print(f"real entries (decode, VAE, text encoder): {t_real:.2f} s/clip", flush=True)
+    with Clock() as c:
+        for s in samples:
+            base.put_real(s.ref, encode_real(spec, s.caption, decode_clip(s.mp4, frames, height, width, 8.0), frames))
+        cached_prompt(spec, base, "")
+    print(f"real entries (decode, VAE, text encoder): {c.cpu / n:.2f} CPU s/clip ({c.wall / n:.2f} wall)", flush=True)
 
     def plan(**opts) -> NegativePlan:
         cfg = NegativesConfig(shards=["-"], **{"negatives": args.k, "neg_steps": args.steps,
@@ -178,19 +199,21 @@ def main() -> None:
         cache = LatentCache(work / name, spec.fingerprint(), frames, height, width, 8.0)
         shutil.rmtree(cache.root, ignore_errors=True)
         shutil.copytree(base.root, cache.root)
-        t0 = time.perf_counter()
-        summary = ensure_cached(spec, samples, cache, p, frames=frames, height=height, width=width, fps=8.0,
-                                transformer=transformer, progress=False, batch_size=batch)
-        times[name] = (time.perf_counter() - t0) / n
+        with Clock() as c:
+            summary = ensure_cached(spec, samples, cache, p, frames=frames, height=height, width=width, fps=8.0,
+                                    transformer=transformer, progress=False, batch_size=batch)
+        times[name] = c.cpu / n
         assert summary.n_generated == n * args.k and not summary.failed, summary.to_dict()
         negatives[name] = torch.cat([p.losers.load(cache, s.ref)[1] for s in samples])
-        print(f"  {name:>14}: {times[name]:7.2f} s/clip ({n * args.k / (times[name] * n):.3f} negatives/s)",
+        print(f"  {name:>14}: {c.cpu / n:7.2f} CPU s/clip ({c.wall / n:7.2f} wall; load {os.getloadavg()[0]:.1f})",
               flush=True)
     gen = times["generated"]
     times["mix g2+e1"] = gen * (args.k - 1) / args.k + times["edited-real"] / args.k  # priced from its parts
 
-    t_ours, t_official = dpo_step_times(args.size, args.k, args.dpo_repeat)
-    print(f"DPO step at {args.size}, K={args.k}, B=1: realdpo {t_ours:.2f} s, official loop {t_official:.2f} s", flush=True)
+    steps = dpo_step_times(args.size, args.k, args.dpo_repeat)
+    t_ours, t_official = steps["realdpo"][0], steps["official"][0]
+    print(f"DPO step at {args.size}, K={args.k}, B=1: realdpo {t_ours:.2f} CPU s ({steps['realdpo'][1]:.2f} wall), "
+          f"official loop {t_official:.2f} CPU s ({steps['official'][1]:.2f} wall)", flush=True)
     paper = gen + t_official
 
     # quality (random weights: consistency, not motion)
@@ -206,7 +229,10 @@ def main() -> None:
     def e_ref(x):
         return statistics.mean(float(spec.per_sample_error(spec.transformer, x, eps, t, cond).mean()) for eps, t in draws)
 
-    print(f"\n{'option':>14} {'s/clip':>8} {'neg/s':>7} {'vs gen':>7} {'neg/train':>9} {'end-to-end':>10} "
+    print(f"\nCPU seconds; vs gen: / generated; neg/train: / one DPO step (one epoch, B=1); end-to-end: (negatives +"
+          " realdpo step) / (generated + official loop step); d(same seed): distance to the 50-step negative of the same"
+          " seed / mean distance between seeds; d(real): distance to the real latent / its norm")
+    print(f"{'option':>14} {'s/clip':>8} {'neg/s':>7} {'vs gen':>7} {'neg/train':>9} {'end-to-end':>10} "
           f"{'d(same seed)':>12} {'d(real)':>8} {'E_ref':>7}")
     print(f"{'real clip':>14} {'':>8} {'':>7} {'':>7} {'':>9} {'':>10} {'':>12} {0.0:8.3f} {e_ref(real):7.4f}")
     for name in [o[0] for o in options] + ["mix g2+e1"]:

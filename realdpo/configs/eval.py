@@ -28,7 +28,7 @@ class EvalConfig(ModelOptions, NegativeOptions):
     clip_frames: int = field(0, help="Frames per video embedded for clipsim, evenly spaced (0 = every frame).")
     i3d: Optional[Path] = field(None, help="I3D TorchScript file (i3d_torchscript.pt of StyleGAN-V) for FVD (skipped when absent).")
     strip_videos: int = field(4, help="Videos per method shown in <name>_strip.png.")
-    pairs: list[str] = field(default_factory=list, help="Held-out curated shards whose negatives are cached, for pref_accuracy (repeatable; quote globs; with --lora, and --model, --frames, --height, --width, --fps, --cache-dir as in train).")
+    pairs: list[str] = field(default_factory=list, help="Held-out curated shards whose negatives are cached, for pref_accuracy (repeatable; quote globs; with --lora, and --model, --frames, --height, --width, --fps, --cache-dir, --seed and the --negatives-from/--neg-* options as in train).")
     lora: Optional[Path] = field(None, help="LoRA folder of the trained policy (train's OUT/lora), for pref_accuracy; the reference is the model without it.")
     pref_name: str = field("policy", help="Table row pref_accuracy is reported under; name a --videos method to join its row.")
     round: int = field(1, help="Negative round of the cached negatives used by pref_accuracy (their --negatives-from and --neg-* options as in train or negatives).")

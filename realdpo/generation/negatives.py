@@ -77,8 +77,8 @@ class _Run:
         self.refs: list[ClipRef] = []
         self.captions: dict[ClipRef, str] = {}
 
-    def seeds(self, key: str, recipe: NegativeRecipe, count: int) -> list[int]:
-        return [negative_seed(self.plan.seed, key, i, recipe.round, recipe.source) for i in range(count)]
+    def seed(self, key: str, recipe: NegativeRecipe, index: int) -> int:
+        return negative_seed(self.plan.seed, key, index, recipe.round, recipe.source)
 
     # -- phase 1: clips ------------------------------------------------------------------------------------------------
     def encode_clips(self, samples: Iterable[ClipSample]) -> None:
@@ -113,7 +113,8 @@ class _Run:
             video = decode_clip(sample.mp4, f, h, w, fps)
             self.cache.put_real(ref, encode_real(self.spec, sample.caption, video, f))
         for recipe, count in edited:
-            todo = [s for s in self.seeds(ref.key, recipe, count) if not self.cache.has_negative(ref, recipe.tag, s)]
+            seeds = [self.seed(ref.key, recipe, i) for i in range(count)]
+            todo = [s for s in seeds if not self.cache.has_negative(ref, recipe.tag, s)]
             self._reused(recipe.tag, count - len(todo))
             if todo and video is None:
                 video = decode_clip(sample.mp4, f, h, w, fps)
@@ -133,8 +134,8 @@ class _Run:
                 continue
             for i in range(count):
                 for c in range(0, len(ready), self.batch_size):
-                    out.append(_Unit(recipe, [(ref, negative_seed(self.plan.seed, ref.key, i, recipe.round,
-                                                                  recipe.source)) for ref in ready[c:c + self.batch_size]]))
+                    out.append(_Unit(recipe, [(ref, self.seed(ref.key, recipe, i))
+                                              for ref in ready[c:c + self.batch_size]]))
         return out
 
     def missing(self, unit: _Unit) -> list[tuple[ClipRef, int]]:

@@ -227,14 +227,17 @@ class Trainer:
 
         cfg, acc, samples = self.cfg, self.accelerator, self.samples
         c = self.cache if r == 1 else self.run_cache
-        if r > 1:  # the real clips' entries do not change between rounds: copy them instead of re-encoding
+        plan = self.plan = self.negative_plan(r)
+        if r > 1:  # real entries and encoded prompts do not change between rounds: copy them instead of re-encoding
             if not samples.refs:
                 for _ in samples:
                     pass
             for ref in process_share(samples.refs, self.rank, self.world):
                 if not self.run_cache.has_real(ref) and (entry := self.cache.get_real(ref)) is not None:
                     self.run_cache.put_real(ref, entry)
-        plan = self.plan = self.negative_plan(r)
+            for text in {recipe.negative_prompt for recipe, _ in plan.parts}:
+                if self.run_cache.get_prompt(text) is None and (entry := self.cache.get_prompt(text)) is not None:
+                    self.run_cache.put_prompt(text, entry)
         # round 1: the base model's negatives (adapters off, in case a resumed run finds its cache entries gone)
         with adapters_disabled(self.transformer) if cfg.lora and r == 1 else contextlib.nullcontext():
             summary = ensure_cached(self.spec, samples, c, plan, transformer=None if r == 1 else self.transformer,
