@@ -68,10 +68,10 @@ class TwoPassGuidance(torch.nn.Module):
 
 
 def build_model(folder: Path, size: str) -> Path:
+    import dpo_step
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
-    import dpo_step
     from realdpo.models.common import quiet_progress
     from realdpo.models.tiny import COGVIDEOX_SCHEDULER, COGVIDEOX_VAE, T5_CONFIG
 
@@ -229,7 +229,7 @@ def main() -> None:
     def e_ref(x):
         return statistics.mean(float(spec.per_sample_error(spec.transformer, x, eps, t, cond).mean()) for eps, t in draws)
 
-    print(f"\nCPU seconds; vs gen: / generated; neg/train: / one DPO step (one epoch, B=1); end-to-end: (negatives +"
+    print("\nCPU seconds; vs gen: / generated; neg/train: / one DPO step (one epoch, B=1); end-to-end: (negatives +"
           " realdpo step) / (generated + official loop step); d(same seed): distance to the 50-step negative of the same"
           " seed / mean distance between seeds; d(real): distance to the real latent / its norm")
     print(f"{'option':>14} {'s/clip':>8} {'neg/s':>7} {'vs gen':>7} {'neg/train':>9} {'end-to-end':>10} "

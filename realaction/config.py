@@ -16,7 +16,7 @@ PERSON_DETECTORS = ("hog", "haar", "hog+haar", "none")
 
 @dataclass
 class CurateConfig:
-    src: Optional[Path] = field(None, help="Folder of raw videos, searched recursively (mp4, mov, mkv, avi, webm, ...).")
+    src: Optional[Path] = field(None, required=True, help="Folder of raw videos, searched recursively (mp4, mov, mkv, avi, webm, ...).")
     out: Path = field(Path("curated"), help="Output folder: shards/, manifest.jsonl, sources.jsonl, summary.json, data card.")
     max_side: int = field(640, help="Longest side of written clips in pixels (never upscaled).")
     fps: Optional[float] = field(None, help="Frame rate of written clips; default keeps the source's.")

@@ -128,3 +128,9 @@ class NegativeOptions:
                             f"{', '.join(EDITS)}")
         self.neg_edits = list(dict.fromkeys(edits))
         self.negative_mix()
+
+
+@dataclass
+class ShardOptions:
+    allow_blank_captions: bool = field(False, help="Keep samples whose caption is blank and train on them with an "
+                                       "empty prompt (text-free training); by default each is skipped with a warning.")

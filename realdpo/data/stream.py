@@ -19,7 +19,7 @@ import torch
 
 from realaction.errors import UserError
 from realdpo.data.cache import ClipRef, LatentCache
-from realdpo.data.clips import ClipSample
+from realdpo.data.clips import ClipSample, ShardReport
 from realdpo.data.losers import LoserPlan
 
 
@@ -49,22 +49,30 @@ def collate(items: Sequence[tuple[str, dict[str, torch.Tensor], torch.Tensor]]) 
 
 class ShardSamples:
     """The shards read in order with webdataset, re-readable; remembers the clips of the last pass (`refs`, in
-    reading order, the order process_share splits) and the first clip (validation prompt and first frame)."""
+    reading order, the order process_share splits), the first clip (validation prompt and first frame) and the first
+    pass's ShardReport. Bad samples are warned about on the first pass only, and only when `warn` (the main process)."""
 
-    def __init__(self, urls: Sequence[str]):
+    def __init__(self, urls: Sequence[str], *, allow_blank_captions: bool = False, warn: bool = True):
         self.urls = list(urls)
+        self.allow_blank_captions, self.warn = allow_blank_captions, warn
         self.refs: list[ClipRef] = []
         self.first: ClipSample | None = None
+        self.report: ShardReport | None = None
 
     def __iter__(self) -> Iterator[ClipSample]:
         from realdpo.data.clips import iter_shard_samples
 
+        first_pass = self.report is None
+        report = ShardReport()
         self.refs = []
-        for s in iter_shard_samples(self.urls):
+        for s in iter_shard_samples(self.urls, allow_blank_captions=self.allow_blank_captions, report=report,
+                                    warn=self.warn and first_pass):
             if self.first is None:
                 self.first = s
             self.refs.append(s.ref)
             yield s
+        if first_pass:
+            self.report = report
 
 
 def process_share(refs: Sequence[ClipRef], rank: int, world: int) -> list[ClipRef]:

@@ -289,7 +289,8 @@ def precompute(cfg) -> Summary:
         transformer, weights = spec.transformer, lora_weights_id(cfg.lora)
     plan = NegativePlan.from_options(cfg, spec, round=cfg.round, weights=weights)
     cache = LatentCache(cfg.cache_dir, spec.fingerprint(), frames, height, width, cfg.fps)
-    summary = ensure_cached(spec, iter_shard_samples(urls), cache, plan, frames=frames, height=height, width=width,
+    samples = iter_shard_samples(urls, allow_blank_captions=cfg.allow_blank_captions, warn=processes.main)
+    summary = ensure_cached(spec, samples, cache, plan, frames=frames, height=height, width=width,
                             fps=cfg.fps, transformer=transformer, progress=processes.main,
                             batch_size=cfg.batch_size, processes=processes)
     if processes.main:
