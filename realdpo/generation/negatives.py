@@ -249,8 +249,9 @@ def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentC
     return summary
 
 
-def summary_table(summary: Summary, plan: NegativePlan):
-    """A rich table of what ensure_cached did: per recipe generated/reused, then skipped and failed clips."""
+def print_summary(console, summary: Summary, plan: NegativePlan, shown: int = 20) -> None:
+    """What ensure_cached did: a table of generated/reused per recipe, then the skipped and failed clips with the
+    reason (the first `shown` of each)."""
     from rich.table import Table
 
     table = Table(title="negatives")
@@ -258,10 +259,12 @@ def summary_table(summary: Summary, plan: NegativePlan):
         table.add_column(col, justify="right" if col in ("generated", "reused") else "left")
     for recipe, _ in plan.parts:
         table.add_row(recipe.source, recipe.tag, str(summary.generated[recipe.tag]), str(summary.reused[recipe.tag]))
+    console.print(table)
     for what, rows in (("skipped", summary.skipped), ("failed", summary.failed)):
-        for key, reason in sorted(rows.items()):
-            table.add_row(what, key, reason, "")
-    return table
+        for key, reason in sorted(rows.items())[:shown]:
+            console.print(f"{what} {key}: {reason}", markup=False, soft_wrap=True)
+        if len(rows) > shown:
+            console.print(f"... and {len(rows) - shown} more {what}", markup=False)
 
 
 def precompute(cfg) -> Summary:
@@ -295,7 +298,7 @@ def precompute(cfg) -> Summary:
                             batch_size=cfg.batch_size, processes=processes)
     if processes.main:
         console = Console(stderr=True)
-        console.print(summary_table(summary, plan))
+        print_summary(console, summary, plan)
         console.print(f"{summary.n_generated} negatives generated, {summary.n_reused} reused, "
                       f"{len(summary.skipped)} clips skipped, {len(summary.failed)} failed; cache: {cache.dir}",
                       markup=False, soft_wrap=True)
@@ -306,4 +309,4 @@ def precompute(cfg) -> Summary:
 
 
 __all__: Sequence[str] = ["ensure_cached", "precompute", "negative_seed", "encode_real", "cached_prompt",
-                          "summary_table"]
+                          "print_summary"]
