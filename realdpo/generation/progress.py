@@ -50,6 +50,17 @@ class Summary:
                 "failed": dict(self.failed)}
 
 
+def _sweep(folder: Path, older_than_s: float = 86400.0) -> None:
+    """Remove the count files of launches that were killed (untouched for a day: none is still running)."""
+    now = time.time()
+    for old in folder.iterdir() if folder.is_dir() else []:
+        try:
+            if now - old.stat().st_mtime > older_than_s:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def merged(parts: list[Summary]) -> Summary:
     out = Summary()
     for p in parts:
@@ -70,6 +81,8 @@ class SharedProgress:
         self.p, self.enabled, self.unit = processes, enabled, unit
         token = processes.broadcast(uuid.uuid4().hex[:12]) if processes.world > 1 else None
         self.folder = Path(folder) / ".progress" / token if token else None
+        if self.folder is not None and processes.main:
+            _sweep(self.folder.parent)
         self.counts = dict.fromkeys(self.FIELDS, 0)
         self._last_write = 0.0
         self._bar = self._task = self._thread = None
