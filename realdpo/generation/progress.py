@@ -170,7 +170,7 @@ class SharedProgress:
             self.refresh()
 
     def __exit__(self, *exc) -> None:
-        self.flush()
+        # no write here: the caller flushed before its last barrier, and the main process may be removing the files
         if self._bar is not None:
             self._stop.set()
             self._thread.join()
