@@ -60,10 +60,10 @@ def iter_jsonl(path: Path) -> Iterator[dict]:
                 yield row
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(path.name + TEMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -46,7 +46,7 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
                                       "loss coefficient and each chunk backpropagates coef*E (one more forward).")
     gradient_checkpointing: bool = field(False, help="Recompute transformer activations in the backward pass.")
     num_workers: int = field(0, help="Data-loader worker processes.")
-    neg_batch_size: int = field(4, help="Negatives generated together in one pipeline call.")
+    neg_batch_size: int = field(4, help="Clips whose i-th negatives are generated together in one pipeline call.")
     checkpoint_every: int = field(50, help="Optimizer steps between checkpoints (0: only at the end).")
     keep_checkpoints: int = field(3, help="Newest checkpoints kept in OUT/checkpoints (0 keeps all).")
     validate_every: int = field(0, help="Optimizer steps between validation samples (0 disables).")

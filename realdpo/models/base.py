@@ -92,13 +92,20 @@ class ModelSpec(ABC):
                          steps: int, guidance: float, seeds: Sequence[int],
                          transformer: torch.nn.Module | None = None,
                          images: torch.Tensor | None = None, negative_prompt: str = "",
-                         callback=None) -> torch.Tensor:
+                         negative_cond: Cond | None = None, init_latents: torch.Tensor | None = None,
+                         strength: float = 1.0, sampler: str = "default", callback=None) -> torch.Tensor:
         """Generate one video per prompt with the family's diffusers pipeline, kept as latents
-        (`output_type="latent"`), in exactly the space `encode_videos` returns. `cond` is `encode_prompts(prompts)`
-        (reused instead of re-encoding; may be {}); `images` [B, 3, H, W] in [-1, 1] are the first frames an
-        image-to-video model needs (the pipeline encodes them itself). `seeds[i]` seeds sample i; `transformer`
-        replaces the loaded one (the current policy, for later rounds). `callback(step, steps)` runs after each
-        sampler step (progress bars)."""
+        (`output_type="latent"`), in exactly the space `encode_videos` returns.
+
+        `cond` is `encode_prompts(prompts)` (reused instead of re-encoding; may be {}), optionally with
+        `encode_first_frames`' output for image-to-video: then the pipeline uses it instead of encoding the first
+        frame again, and `images` may be None; otherwise `images` [B, 3, H, W] in [-1, 1] are the first frames
+        and the pipeline encodes them itself. `negative_cond` is `encode_prompts([negative prompt])` (batch 1),
+        used instead of encoding `negative_prompt` on every call. `seeds[i]` seeds sample i; `transformer` replaces
+        the loaded one (the current policy, for later rounds). `init_latents` [B, ...] with `strength` < 1 starts
+        from those clean latents noised to the first of the last `strength` of the `steps` timesteps and runs only
+        those (SDEdit). `sampler`: "default" (the model's scheduler) or "multistep" (the family's multistep
+        solver). `callback(step, steps)` runs after each sampler step (progress bars)."""
 
     @abstractmethod
     def pipeline(self, transformer: torch.nn.Module | None = None):

@@ -18,6 +18,7 @@ class CogVideoXSpec(DiffusersSpec):
     family = "cogvideox"
     prediction_type = "v_prediction"
     pipeline_classes = {"t2v": "CogVideoXPipeline", "i2v": "CogVideoXImageToVideoPipeline"}
+    multistep_scheduler = "CogVideoXDPMScheduler"  # CogVideoX-5B's own sampler (DPM-Solver++ 2M, SDE form)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -147,7 +148,43 @@ class CogVideoXSpec(DiffusersSpec):
         latents = super().generate_latents(prompts, cond, num_frames=num_frames, height=height, width=width, **kwargs)
         return latents[:, latents.shape[1] - self.latent_frames(num_frames):]  # drop 1.5's padding frames
 
-    def pipeline_image_inputs(self, images: torch.Tensor | None) -> dict:
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        pad = self.padding_frames(latents.shape[1])  # 1.5: the pipeline denoises padding frames first
+        return torch.cat([latents[:, :1].expand(-1, pad, -1, -1, -1), latents], dim=1) if pad else latents
+
+    def has_first_frame_cond(self, cond: Cond) -> bool:
+        return "image_latents" in cond
+
+    def pipeline_image_inputs(self, pipe, images: torch.Tensor | None, cond: Cond, height: int, width: int) -> dict:
         if self.task != "i2v":
             return {}
+        if self.has_first_frame_cond(cond):
+            _use_cached_image_latents(pipe, cond["image_latents"])
+            if images is None:  # the pipeline still wants an image to check and resize; the cached latents replace it
+                images = torch.zeros(len(cond["image_latents"]), 3, height, width)
         return {"image": (images.float() * 0.5 + 0.5).clamp(0, 1).to(self.device)}  # the pipeline wants [0, 1]
+
+
+def _use_cached_image_latents(pipe, image_latents: torch.Tensor) -> None:
+    """Make this CogVideoX image-to-video pipeline instance take the first-frame latents from the cache (as
+    encode_first_frames stores them: [B, 1, C, h, w], scaled) instead of VAE-encoding its image on every call. The
+    rest is the pipeline's prepare_latents: zero padding over the latent frames, 1.5's first-frame duplicate, noise."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    def prepare_latents(image, batch_size=1, num_channels_latents=16, num_frames=13, height=60, width=90, dtype=None,
+                        device=None, generator=None, latents=None):
+        num_frames = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        shape = (batch_size, num_frames, num_channels_latents, height // pipe.vae_scale_factor_spatial,
+                 width // pipe.vae_scale_factor_spatial)
+        p_t = pipe.transformer.config.patch_size_t
+        if p_t is not None:
+            shape = shape[:1] + (shape[1] + shape[1] % p_t,) + shape[2:]
+        first = image_latents.to(device=device, dtype=dtype)
+        padded = torch.cat([first, first.new_zeros(batch_size, num_frames - 1, *first.shape[2:])], dim=1)
+        if p_t is not None:
+            padded = torch.cat([padded[:, : padded.size(1) % p_t], padded], dim=1)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None \
+            else latents.to(device)
+        return latents * pipe.scheduler.init_noise_sigma, padded
+
+    pipe.prepare_latents = prepare_latents

@@ -23,6 +23,7 @@ class WanSpec(DiffusersSpec):
     family = "wan"
     prediction_type = "flow_matching"
     pipeline_classes = {"t2v": "WanPipeline", "i2v": "WanImageToVideoPipeline"}
+    multistep_scheduler = "UniPCMultistepScheduler"  # what Wan ships: already multistep
     max_sequence_length = 512  # WanPipeline's default; prompt embeddings are zero-padded to it
 
     def __init__(self, *args, **kwargs):
@@ -133,14 +134,45 @@ class WanSpec(DiffusersSpec):
         )[0].float()
         return (u_hat - (eps - x0)).pow(2).mean(dim=(1, 2, 3, 4))
 
-    def pipeline_image_inputs(self, images: torch.Tensor | None) -> dict:
-        return {"image": self._pil(images)[0]} if self.task == "i2v" else {}
+    def has_first_frame_cond(self, cond: Cond) -> bool:
+        return "image_condition" in cond
+
+    def pipeline_image_inputs(self, pipe, images: torch.Tensor | None, cond: Cond, height: int, width: int) -> dict:
+        if self.task != "i2v":
+            return {}
+        if self.has_first_frame_cond(cond) and not pipe.config.get("expand_timesteps", False):
+            _use_cached_image_condition(pipe, cond["image_condition"], cond.get("image_embeds"))
+            if images is None:  # the pipeline still wants an image to check and resize; the cached cond replaces it
+                images = torch.zeros(1, 3, height, width)
+        return {"image": self._pil(images)[0]}
 
     def generate_latents(self, prompts, cond, *, seeds, images=None, **kwargs) -> torch.Tensor:
         if self.task != "i2v" or len(prompts) <= 1:
             return super().generate_latents(prompts, cond, seeds=seeds, images=images, **kwargs)
         # WanImageToVideoPipeline takes one image per call (it repeats the image conditioning over the batch)
-        self._check_batch(prompts, seeds, images)
+        self._check_batch(prompts, seeds, images, cond)
+        init = kwargs.pop("init_latents", None)
         return torch.cat([super(WanSpec, self).generate_latents(
-            [p], {k: v[i:i + 1] for k, v in cond.items()}, seeds=[seeds[i]], images=images[i:i + 1], **kwargs)
+            [p], {k: v[i:i + 1] for k, v in cond.items()}, seeds=[seeds[i]],
+            images=images[i:i + 1] if images is not None else None,
+            init_latents=init[i:i + 1] if init is not None else None, **kwargs)
             for i, p in enumerate(prompts)])
+
+
+def _use_cached_image_condition(pipe, condition: torch.Tensor, image_embeds: torch.Tensor | None) -> None:
+    """Make this Wan image-to-video pipeline instance take the first-frame conditioning from the cache (as
+    encode_first_frames stores it, through this same pipeline's prepare_latents) instead of VAE-encoding a video of
+    [first frame, zeros...] and running CLIP on the image on every call; the noise is drawn as the pipeline draws it."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    def prepare_latents(image, batch_size, num_channels_latents=16, height=480, width=832, num_frames=81, dtype=None,
+                        device=None, generator=None, latents=None, last_image=None):
+        shape = (batch_size, num_channels_latents, (num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
+                 height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None \
+            else latents.to(device=device, dtype=dtype)
+        return latents, condition.to(device=device, dtype=dtype).expand(batch_size, *condition.shape[1:])
+
+    pipe.prepare_latents = prepare_latents
+    if image_embeds is not None:
+        pipe.encode_image = lambda image, device=None: image_embeds.to(device or image_embeds.device)

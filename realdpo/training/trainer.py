@@ -102,6 +102,7 @@ class Trainer:
         self.stream = None
         self.loader_iter = None
         self.current_round: int | None = None
+        self.plan = None  # the current round's NegativePlan
         self.last_row: dict[str, Any] = {}  # this process's; the main process re-reads metrics.jsonl at the end
         self.step_keys: list[list[str]] = []  # the clips of the last step's micro-batches (logs/data-rank*.jsonl)
 
@@ -212,42 +213,62 @@ class Trainer:
             acc.init_trackers("realdpo", config=tracker_cfg)
 
     # ---- data: a round's negatives, cached, then its stream ---------------------------------------------------
-    def prepare_round(self, r: int) -> list[str]:
-        """Cache this process's share of real latents and round-`r` negatives; returns the usable keys."""
-        from realdpo.data.stream import process_share, usable_keys
+    def negative_plan(self, r: int):
+        """Round r's losers: round 1 from the base model; later rounds from this run's policy at the round's start,
+        named by the run's options (not by its weights, which a resumed run reaches again exactly)."""
+        import hashlib
+
+        from realdpo.generation.recipes import NegativePlan
+
+        weights = "base"
+        if r > 1:
+            fixed = {k: v for k, v in _config_dict(self.cfg).items() if k not in RESUMABLE_CHANGES}
+            weights = "run:" + hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+        return NegativePlan.from_options(self.cfg, self.spec, round=r, weights=weights)
+
+    def prepare_round(self, r: int):
+        """Cache real latents and round-`r` negatives (all processes together); returns this process's usable clips."""
+        from realdpo.data.stream import process_share, usable
         from realdpo.generation.negatives import ensure_cached
         from realdpo.method.reference import adapters_disabled
+        from realdpo.runtime import Processes
 
         cfg, acc, samples = self.cfg, self.accelerator, self.samples
         c = self.cache if r == 1 else self.run_cache
-        if r > 1:  # the real clips' entries do not change between rounds: copy them instead of re-encoding
-            if not samples.keys:
+        plan = self.plan = self.negative_plan(r)
+        if r > 1:  # real entries and encoded prompts do not change between rounds: copy them instead of re-encoding
+            if not samples.refs:
                 for _ in samples:
                     pass
-            for key in process_share(samples.keys, self.rank, self.world):
-                if not self.run_cache.has_real(key) and (entry := self.cache.get_real(key)) is not None:
-                    self.run_cache.put_real(key, entry)
+            for ref in process_share(samples.refs, self.rank, self.world):
+                if not self.run_cache.has_real(ref) and (entry := self.cache.get_real(ref)) is not None:
+                    self.run_cache.put_real(ref, entry)
+            for text in {recipe.negative_prompt for recipe, _ in plan.parts}:
+                if self.run_cache.get_prompt(text) is None and (entry := self.cache.get_prompt(text)) is not None:
+                    self.run_cache.put_prompt(text, entry)
         # round 1: the base model's negatives (adapters off, in case a resumed run finds its cache entries gone)
         with adapters_disabled(self.transformer) if cfg.lora and r == 1 else contextlib.nullcontext():
-            ensure_cached(self.spec, samples, c, round=r, transformer=None if r == 1 else self.transformer,
-                          progress=acc.is_local_main_process, frames=self.frames, height=self.height,
-                          width=self.width, fps=cfg.fps, k=cfg.negatives, steps=cfg.neg_steps,
-                          guidance=cfg.neg_guidance, seed=cfg.seed, batch_size=cfg.neg_batch_size,
-                          shard=(self.rank, self.world))
-        keys = usable_keys(c, process_share(samples.keys, self.rank, self.world), r, cfg.negatives)
-        counts = acc.gather(torch.tensor([len(keys)], device=acc.device))
+            summary = ensure_cached(self.spec, samples, c, plan, transformer=None if r == 1 else self.transformer,
+                                    progress=acc.is_local_main_process, frames=self.frames, height=self.height,
+                                    width=self.width, fps=cfg.fps, batch_size=cfg.neg_batch_size,
+                                    processes=Processes(acc))
+        acc.print(f"negatives round {r}: {summary.n_generated} generated, {summary.n_reused} reused, "
+                  f"{len(summary.skipped)} clips skipped, {len(summary.failed)} failed")
+        refs = usable(c, process_share(samples.refs, self.rank, self.world), plan.losers)
+        counts = acc.gather(torch.tensor([len(refs)], device=acc.device))
         if int(counts.min()) == 0:  # every process raises, none is left waiting in a collective
             raise UserError(f"no usable clips for process {int(counts.argmin())} of {self.world}: "
-                            f"{len(samples.keys)} clips in --shards, {self.frames} frames at {cfg.fps:g} fps "
+                            f"{len(samples.refs)} clips in --shards, {self.frames} frames at {cfg.fps:g} fps "
                             "needed per clip")
-        return keys
+        return refs
 
     def open_round(self, r: int) -> None:
         from realdpo.data.stream import PairStream, pair_loader
 
         cfg = self.cfg
-        self.stream = PairStream(self.cache if r == 1 else self.run_cache, self.prepare_round(r), round=r,
-                                 k=cfg.negatives, batch_size=cfg.batch_size, seed=cfg.seed, rank=self.rank,
+        refs = self.prepare_round(r)
+        self.stream = PairStream(self.cache if r == 1 else self.run_cache, refs, losers=self.plan.losers,
+                                 batch_size=cfg.batch_size, seed=cfg.seed, rank=self.rank,
                                  start=int(self.state["batch"]))
         self.transformer.train()
         self.loader_iter = iter(pair_loader(self.stream, cfg.num_workers))
