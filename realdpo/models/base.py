@@ -24,12 +24,49 @@ Cond = dict[str, torch.Tensor]
 class ModelSpec(ABC):
     family: ClassVar[str]  # "cogvideox", "wan"
     prediction_type: ClassVar[str]  # "v_prediction" or "flow_matching"
+    fp32_components: ClassVar[tuple[str, ...]] = ()  # loaded and kept in float32 whatever the run's dtype
 
     task: str  # "t2v" or "i2v"
     path: Path
-    transformer: torch.nn.Module
+    transformer: torch.nn.Module  # for a two-expert model, one module routing each sample to its expert
     device: torch.device
     dtype: torch.dtype
+    image_noise: bool = False  # image-to-video: perturb first frames with small pixel noise before encoding them
+
+    # ---- the family's defaults a user should not have to know --------------------------------------------------
+    @abstractmethod
+    def default_fps(self) -> float:
+        """The frame rate the model generates at; real clips are resampled to it."""
+
+    def default_negative_prompt(self) -> str:
+        """The negative prompt the family's pipelines are run with."""
+        return ""
+
+    def default_guidance(self) -> float:
+        """The classifier-free guidance scale the family's pipelines are run with."""
+        return 6.0
+
+    # ---- experts (Wan 2.2 A14B); one-transformer models have none ------------------------------------------------
+    expert_names: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def trained_experts(self) -> tuple[str, ...]:
+        """The pipeline components ("transformer", "transformer_2") whose LoRA trains; () for one-transformer models."""
+        return ()
+
+    def set_experts(self, train: str | None = None, ranges: dict[str, tuple[float, float]] | None = None,
+                    default: str = "low", t_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        """Two-expert models: which experts train ("high", "low" or "both"; None: `default`) and the sigma range each
+        one's training timesteps are drawn from (default `t_range`). A one-transformer model raises UserError when
+        given either."""
+        if train is not None or ranges:
+            from realaction.errors import UserError
+
+            raise UserError(f"expert options apply to two-expert models (Wan 2.2 A14B); {self.path} has one transformer")
+
+    def lora_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The modules carrying trained LoRA adapters, keyed by pipeline component ("transformer", "transformer_2")."""
+        return {"transformer": transformer}
 
     @classmethod
     @abstractmethod
@@ -75,7 +112,8 @@ class ModelSpec(ABC):
 
     @abstractmethod
     def encode_first_frames(self, images: torch.Tensor, num_frames: int) -> Cond:
-        """Image-to-video conditioning from first frames [B, 3, H, W] in [-1, 1]; {} for text-to-video."""
+        """Image-to-video conditioning from first frames [B, 3, H, W] in [-1, 1], drawn the way the family's pipeline
+        draws it (deterministic for a given image); {} for text-to-video."""
 
     @abstractmethod
     def sample_timesteps(self, n: int, t_min: float, t_max: float, generator: torch.Generator | None = None) -> torch.Tensor:
