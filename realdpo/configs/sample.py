@@ -14,11 +14,11 @@ from realdpo.configs.common import ModelOptions
 @dataclass
 class SampleConfig(ModelOptions):
     prompt: Optional[str] = field(None, help="What the video shows.")
-    negative_prompt: str = field("", help="What to steer away from (classifier-free guidance).")
+    negative_prompt: Optional[str] = field(None, help="What to steer away from (classifier-free guidance); default is the model's (Wan: its pipelines' standard one, CogVideoX: none).")
     image: Optional[Path] = field(None, help="First frame (PNG/JPG) for image-to-video models.")
     lora: Optional[Path] = field(None, help="LoRA folder written by `realdpo train` (OUT/lora).")
     steps: int = field(50, help="Sampler steps.")
-    guidance: float = field(6.0, help="Classifier-free guidance scale.")
+    guidance: Optional[float] = field(None, help="Classifier-free guidance scale; default is the model's (CogVideoX 6, Wan 5).")
     out: Path = field(Path("sample.mp4"), help="Output video file (.mp4).")
 
     def validate(self) -> None:
@@ -31,5 +31,7 @@ class SampleConfig(ModelOptions):
             raise UserError(f"--lora not found: {self.lora}")
         if self.steps < 1:
             raise UserError("--steps must be at least 1")
+        if self.guidance is not None and self.guidance < 0:
+            raise UserError("--guidance must not be negative")
         if Path(self.out).suffix.lower() != ".mp4":
             raise UserError(f"--out must be an .mp4 file: {self.out}")

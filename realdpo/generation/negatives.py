@@ -56,7 +56,7 @@ def encode_real(spec: ModelSpec, sample: ClipSample, *, frames: int, height: int
 def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentCache, *, frames: int, height: int,
                   width: int, fps: float, k: int, steps: int, guidance: float, seed: int, round: int = 1,
                   transformer: torch.nn.Module | None = None, progress: bool = True, batch_size: int = 4,
-                  shard: tuple[int, int] | None = None) -> int:
+                  shard: tuple[int, int] | None = None, negative_prompt: str = "") -> int:
     """Cache each clip's real latents + conditioning and its first k negatives of `round`; returns how many
     negatives were generated (0 when everything was cached).
 
@@ -82,7 +82,7 @@ def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentC
         images = torch.stack([j.image for j in jobs]) if spec.task == "i2v" else None
         latents = spec.generate_latents([j.caption for j in jobs], cond, num_frames=frames, height=height,
                                         width=width, steps=steps, guidance=guidance, seeds=[j.seed for j in jobs],
-                                        transformer=transformer, images=images)
+                                        transformer=transformer, images=images, negative_prompt=negative_prompt)
         by_key: dict[str, list[int]] = {}
         for i, j in enumerate(jobs):
             by_key.setdefault(j.key, []).append(i)
@@ -156,17 +156,20 @@ def precompute(cfg) -> int:
     cfg.validate()
     urls = expand_shards(cfg.shards)
     state = PartialState(cpu=cpu_only_distributed())
-    spec = load_spec(cfg.model, device=state.device, dtype=torch_dtype(cfg.mixed_precision))
+    spec = load_spec(cfg.model, device=state.device, dtype=torch_dtype(cfg.mixed_precision), task=cfg.task)
+    spec.image_noise = cfg.first_frame_noise
     frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+    run = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt)
     transformer = None
     if cfg.lora is not None:
         from realdpo.generation.sampling import load_lora
 
         load_lora(spec, cfg.lora)
         transformer = spec.transformer
-    cache = LatentCache(cfg.cache_dir, spec.fingerprint(), frames, height, width, cfg.fps)
-    n = ensure_cached(spec, iter_shard_samples(urls), cache, frames=frames, height=height, width=width, fps=cfg.fps,
-                      k=cfg.negatives, steps=cfg.neg_steps, guidance=cfg.neg_guidance, seed=cfg.seed,
+    cache = LatentCache(cfg.cache_dir, spec.fingerprint(), frames, height, width, run.fps)
+    n = ensure_cached(spec, iter_shard_samples(urls), cache, frames=frames, height=height, width=width, fps=run.fps,
+                      k=cfg.negatives, steps=cfg.neg_steps, guidance=run.guidance, negative_prompt=run.negative_prompt,
+                      seed=cfg.seed,
                       round=cfg.round, transformer=transformer, progress=state.is_local_main_process,
                       batch_size=cfg.batch_size, shard=(state.process_index, state.num_processes))
     Console(stderr=True).print(f"rank {state.process_index}/{state.num_processes}: {n} negatives generated; "

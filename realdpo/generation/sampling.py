@@ -12,16 +12,22 @@ from realdpo.runtime import default_device
 
 
 def load_lora(spec: ModelSpec, lora: Path) -> None:
-    """Load a diffusers-format LoRA (e.g. `realdpo train`'s OUT/lora) into the spec's transformer."""
+    """Load a diffusers-format LoRA (e.g. `realdpo train`'s OUT/lora) into the spec's transformer. A two-expert
+    model's OUT/lora holds one folder per trained expert, `transformer/` and `transformer_2/`; the second loads with
+    diffusers' `load_into_transformer_2=True`."""
     lora = Path(lora)
-    if lora.is_dir() and not any(lora.glob("*.safetensors")) and not any(lora.glob("*.bin")):
-        raise UserError(f"--lora folder holds no LoRA weights (*.safetensors): {lora}")
+    parts = {name: lora / name for name in ("transformer", "transformer_2") if (lora / name).is_dir()}
+    if parts and not spec.expert_names:
+        raise UserError(f"--lora {lora} holds per-expert LoRAs (a Wan 2.2 A14B run); {spec.path} has one transformer")
     pipe = spec.pipeline()
-    try:
-        pipe.load_lora_weights(str(lora))
-    except (ValueError, KeyError, OSError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load LoRA {lora} into {spec.family} {spec.task}: {first}") from None
+    for name, folder in (parts or {"transformer": lora}).items():
+        if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise UserError(f"--lora folder holds no LoRA weights (*.safetensors): {folder}")
+        try:
+            pipe.load_lora_weights(str(folder), **({"load_into_transformer_2": True} if name == "transformer_2" else {}))
+        except (ValueError, KeyError, OSError, RuntimeError, AttributeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot load LoRA {folder} into {spec.family} {spec.task}: {first}") from None
 
 
 
@@ -35,12 +41,13 @@ def sample(cfg) -> Path:
     from realdpo.models import load_spec
 
     cfg.validate()
-    spec = load_spec(cfg.model, device=default_device(), dtype=torch_dtype(cfg.mixed_precision))
+    spec = load_spec(cfg.model, device=default_device(), dtype=torch_dtype(cfg.mixed_precision), task=cfg.task)
     if spec.task == "t2v" and cfg.image is not None:
         raise UserError(f"--image is for image-to-video models; {spec.path} is a text-to-video {spec.family} model")
     if spec.task == "i2v" and cfg.image is None:
         raise UserError(f"{spec.path} is an image-to-video model: give its first frame with --image")
     frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+    run = spec.run_defaults(cfg.fps, cfg.guidance, cfg.negative_prompt)
     images = load_image(cfg.image, height, width)[None] if cfg.image is not None else None
     if cfg.lora is not None:
         load_lora(spec, cfg.lora)
@@ -48,12 +55,12 @@ def sample(cfg) -> Path:
     with Progress(TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("sampling", total=cfg.steps)
         latents = spec.generate_latents([cfg.prompt], {}, num_frames=frames, height=height, width=width,
-                                        steps=cfg.steps, guidance=cfg.guidance, seeds=[cfg.seed], images=images,
-                                        negative_prompt=cfg.negative_prompt,
+                                        steps=cfg.steps, guidance=run.guidance, seeds=[cfg.seed], images=images,
+                                        negative_prompt=run.negative_prompt,
                                         callback=lambda i, n: bar.update(task, completed=i))
         video = spec.decode_latents(latents)[0]
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    encode_mp4(to_uint8(video), fps=cfg.fps, path=out)
-    Console(stderr=True).print(f"wrote {out} ({frames} frames, {width}x{height}, {cfg.fps:g} fps)", markup=False)
+    encode_mp4(to_uint8(video), fps=run.fps, path=out)
+    Console(stderr=True).print(f"wrote {out} ({frames} frames, {width}x{height}, {run.fps:g} fps)", markup=False)
     return out

@@ -13,12 +13,22 @@ family. Tensors crossing the interface:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 import torch
 
 Cond = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """A run's frame rate, guidance and negative prompt: the options given, else the model's defaults."""
+
+    fps: float
+    guidance: float
+    negative_prompt: str
 
 
 class ModelSpec(ABC):
@@ -45,6 +55,14 @@ class ModelSpec(ABC):
     def default_guidance(self) -> float:
         """The classifier-free guidance scale the family's pipelines are run with."""
         return 6.0
+
+    def run_defaults(self, fps: float | None = None, guidance: float | None = None,
+                     negative_prompt: str | None = None) -> RunDefaults:
+        """The given values, each None replaced by the model's default ("" is a negative prompt: none)."""
+        return RunDefaults(fps=fps if fps is not None else self.default_fps(),
+                           guidance=guidance if guidance is not None else self.default_guidance(),
+                           negative_prompt=negative_prompt if negative_prompt is not None
+                           else self.default_negative_prompt())
 
     # ---- experts (Wan 2.2 A14B); one-transformer models have none ------------------------------------------------
     expert_names: ClassVar[tuple[str, ...]] = ()

@@ -130,15 +130,31 @@ class Trainer:
         set_seed(cfg.seed)  # the same LoRA initialisation on every process
 
         weight_dtype = torch_dtype(cfg.mixed_precision) if cfg.lora else torch.float32
-        self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype)
-        self.frames, self.height, self.width = self.spec.resolve_size(cfg.frames, cfg.height, cfg.width)
-        size = (self.spec.fingerprint(), self.frames, self.height, self.width, cfg.fps)
+        spec = self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype, task=cfg.task)
+        spec.image_noise = cfg.first_frame_noise
+        self.frames, self.height, self.width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+        self.run = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt)  # the model's where not given
+        spec.set_experts(cfg.train_experts, cfg.expert_ranges(), default="both" if cfg.loss == "sft" else "low",
+                         t_range=(cfg.t_min, cfg.t_max))
+        if len(spec.trained_experts) > 1:  # a micro-batch whose timesteps all fall to one expert leaves the other idle
+            from accelerate.utils import DistributedDataParallelKwargs
+
+            acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+        size = (spec.fingerprint(), self.frames, self.height, self.width, self.run.fps)
         self.cache = LatentCache(cfg.cache_dir, *size)
         self.run_cache = LatentCache(out / "cache", *size)  # rounds >= 2: negatives of this run's policy
         self.samples = ShardSamples(self.urls)
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "train_config.json").write_text(json.dumps(_config_dict(cfg), indent=1))
+            (out / "train_config.json").write_text(json.dumps({**_config_dict(cfg), "resolved": self.resolved()},
+                                                              indent=1))
+
+    def resolved(self) -> dict[str, Any]:
+        """What the options left to the model became (train_config.json's "resolved")."""
+        run, spec = self.run, self.spec
+        return {"task": spec.task, "frames": self.frames, "height": self.height, "width": self.width, "fps": run.fps,
+                "neg_guidance": run.guidance, "neg_prompt": run.negative_prompt,
+                "trained_experts": list(spec.trained_experts)}
 
     # ---- the trained module, the reference, the optimizer ----------------------------------------------------
     def build_model(self) -> None:
@@ -166,7 +182,7 @@ class Trainer:
         self.trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
         self.reference = None if cfg.loss == "sft" else make_reference(
             transformer, ref=cfg.ref, lora=cfg.lora, ema_rate=cfg.ema_rate, ema_every=cfg.ema_every,
-            copy_dtype=torch_dtype(cfg.mixed_precision))
+            autocast_dtype=torch_dtype(cfg.mixed_precision), ema_rank=cfg.ema_rank)
 
         optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
@@ -223,14 +239,14 @@ class Trainer:
         with adapters_disabled(self.transformer) if cfg.lora and r == 1 else contextlib.nullcontext():
             ensure_cached(self.spec, samples, c, round=r, transformer=None if r == 1 else self.transformer,
                           progress=acc.is_local_main_process, frames=self.frames, height=self.height,
-                          width=self.width, fps=cfg.fps, k=cfg.negatives, steps=cfg.neg_steps,
-                          guidance=cfg.neg_guidance, seed=cfg.seed, batch_size=cfg.neg_batch_size,
-                          shard=(self.rank, self.world))
+                          width=self.width, fps=self.run.fps, k=cfg.negatives, steps=cfg.neg_steps,
+                          guidance=self.run.guidance, negative_prompt=self.run.negative_prompt, seed=cfg.seed,
+                          batch_size=cfg.neg_batch_size, shard=(self.rank, self.world))
         keys = usable_keys(c, process_share(samples.keys, self.rank, self.world), r, cfg.negatives)
         counts = acc.gather(torch.tensor([len(keys)], device=acc.device))
         if int(counts.min()) == 0:  # every process raises, none is left waiting in a collective
             raise UserError(f"no usable clips for process {int(counts.argmin())} of {self.world}: "
-                            f"{len(samples.keys)} clips in --shards, {self.frames} frames at {cfg.fps:g} fps "
+                            f"{len(samples.keys)} clips in --shards, {self.frames} frames at {self.run.fps:g} fps "
                             "needed per clip")
         return keys
 
@@ -296,7 +312,7 @@ class Trainer:
                                "epoch": self.stream.stream.epoch_of(batch_index - 1),
                                "time_step": time.perf_counter() - t0, "time_data": t_data}
         if ema_updated:
-            row["ema_updated"] = 1
+            row.update(ema_updated=1, **self.reference.metrics())
         self.step_keys = used_keys
         return row
 
@@ -342,13 +358,14 @@ class Trainer:
         transformer.eval()
         try:
             latents = spec.generate_latents([prompt], spec.encode_prompts([prompt]), num_frames=frames, height=height,
-                                            width=width, steps=cfg.validation_steps, guidance=cfg.neg_guidance,
-                                            seeds=[cfg.seed], transformer=transformer, images=images)
+                                            width=width, steps=cfg.validation_steps, guidance=self.run.guidance,
+                                            seeds=[cfg.seed], transformer=transformer, images=images,
+                                            negative_prompt=self.run.negative_prompt)
             video = spec.decode_latents(latents)[0]
         finally:
             transformer.train(was_training)
         path.parent.mkdir(parents=True, exist_ok=True)
-        encode_mp4(to_uint8(video), cfg.fps, path=path)
+        encode_mp4(to_uint8(video), self.run.fps, path=path)
 
     # ---- the loop and the outputs ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -425,14 +442,23 @@ def _atomic_dir(final: Path, write) -> Path:
 
 
 def save_lora(spec, transformer: torch.nn.Module, out: Path) -> Path:
-    """The trained adapter in the diffusers LoRA format: `pipe.load_lora_weights(out)` loads it."""
+    """The trained adapter in the diffusers LoRA format: `pipe.load_lora_weights(out)` loads it. A two-expert model
+    gets one folder per trained expert, named by its pipeline component: `out/transformer` (high noise) and
+    `out/transformer_2` (low noise, `pipe.load_lora_weights(out / "transformer_2", load_into_transformer_2=True)`)."""
     from peft.utils import get_peft_model_state_dict
 
-    layers = get_peft_model_state_dict(transformer, adapter_name="default")
-    metadata = transformer.peft_config["default"].to_dict()
     pipe_cls = type(spec.pipeline())
-    return _atomic_dir(Path(out), lambda d: pipe_cls.save_lora_weights(
-        str(d), transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata, safe_serialization=True))
+    modules = spec.lora_modules(transformer)
+
+    def write(folder: Path) -> None:
+        for name, module in modules.items():
+            target = folder / name if spec.expert_names else folder
+            target.mkdir(parents=True, exist_ok=True)
+            pipe_cls.save_lora_weights(str(target), transformer_lora_layers=get_peft_model_state_dict(module, adapter_name="default"),
+                                       transformer_lora_adapter_metadata=module.peft_config["default"].to_dict(),
+                                       safe_serialization=True)
+
+    return _atomic_dir(Path(out), write)
 
 
 
