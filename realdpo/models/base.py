@@ -105,6 +105,10 @@ class ModelSpec(ABC):
         """(frames, height, width) the model was trained at."""
 
     @abstractmethod
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
+        """The shape of one clip's latents (no batch dim), as encode_videos returns them."""
+
+    @abstractmethod
     def check_size(self, frames: int, height: int, width: int) -> None:
         """Raise UserError if the model cannot run at this size (e.g. frames must be 4k+1)."""
 

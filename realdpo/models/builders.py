@@ -97,26 +97,31 @@ def _image_encoder(width: int):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
+    # one layer of ViT-H/14's width; 56 px images (17 tokens, the real one takes 224 px: 257) keep it cheap
     encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=width, intermediate_size=64, projection_dim=64,
-                                               num_hidden_layers=1, num_attention_heads=16, image_size=224,
+                                               num_hidden_layers=1, num_attention_heads=16, image_size=56,
                                                patch_size=14))
-    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    processor = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
     return encoder, processor
+
+
+INPUT_SIZE_FIELDS = {"sample_frames", "sample_height", "sample_width", "max_text_seq_length"}
 
 
 def build_pipeline(cfg: ModelConfig | str, *, task: str | None = None, num_layers: int | None = 1,
                    device: str = "cpu", seed: int = 0, dtype: torch.dtype = torch.float32,
-                   transformer_overrides: dict[str, Any] | None = None):
+                   transformer_overrides: dict[str, Any] | None = None, vae: torch.nn.Module | None = None):
     """The checkpoint's diffusers pipeline with random weights. `task` picks the pipeline class for a model that
-    does both (Wan2.2-TI2V-5B: "i2v" gives WanImageToVideoPipeline). `transformer_overrides` may change only what
-    sets the latent sample size (CogVideoX's sample_frames/height/width); anything else is refused."""
+    does both (Wan2.2-TI2V-5B: "i2v" gives WanImageToVideoPipeline). `transformer_overrides` may change only input
+    sizes: CogVideoX's latent sample size (which sizes its sin-cos or learned position table) and text length;
+    anything else is refused. `vae` reuses an already built VAE of this configuration."""
     import diffusers
     from transformers import ByT5Tokenizer
 
     cfg = get_config(cfg) if isinstance(cfg, str) else cfg
     overrides = dict(transformer_overrides or {})
-    if set(overrides) - {"sample_frames", "sample_height", "sample_width"}:
-        raise ValueError(f"only the latent sample size may change, got {sorted(overrides)}")
+    if set(overrides) - INPUT_SIZE_FIELDS:
+        raise ValueError(f"only input sizes may change, got {sorted(overrides)}")
     task = task or cfg.task
     pipe_name = cfg.pipeline
     if cfg.pipeline_config.get("expand_timesteps") and task == "i2v":
@@ -124,7 +129,8 @@ def build_pipeline(cfg: ModelConfig | str, *, task: str | None = None, num_layer
     elif task != cfg.task:
         raise ValueError(f"{cfg.name} is a {cfg.task} model")
     parts: dict[str, Any] = dict(
-        tokenizer=ByT5Tokenizer(), text_encoder=_text_encoder(cfg), vae=build_vae(cfg, device=device, seed=seed),
+        tokenizer=ByT5Tokenizer(), text_encoder=_text_encoder(cfg),
+        vae=vae if vae is not None else build_vae(cfg, device=device, seed=seed),
         transformer=build_transformer(cfg, num_layers=num_layers, device=device, seed=seed, dtype=dtype, **overrides),
         scheduler=getattr(diffusers, cfg.scheduler_class)(**cfg.scheduler))
     if cfg.two_experts:

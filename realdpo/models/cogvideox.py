@@ -53,6 +53,10 @@ class CogVideoXSpec(DiffusersSpec):
     def latent_frames(self, frames: int) -> int:
         return (frames - 1) // self.scale_temporal + 1
 
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
+        return (self.latent_frames(frames), int(self.vae.config.latent_channels), height // self.scale_spatial,
+                width // self.scale_spatial)
+
     def check_size(self, frames: int, height: int, width: int) -> None:
         # The VAE decodes latent frames two at a time after an odd first group, so it needs an odd latent count:
         # frames = 8k+1 (49 for CogVideoX, 81 for 1.5; 1.5's transformer padding is handled in padding_frames()).

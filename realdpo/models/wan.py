@@ -97,6 +97,10 @@ class WanSpec(DiffusersSpec):
     def default_size(self) -> tuple[int, int, int]:
         return self._default_size
 
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
+        return (int(self.vae.config.z_dim), (frames - 1) // self.scale_temporal + 1, height // self.scale_spatial,
+                width // self.scale_spatial)
+
     def check_size(self, frames: int, height: int, width: int) -> None:
         if frames < 1 or (frames - 1) % self.scale_temporal:
             raise UserError(f"Wan needs frames = {self.scale_temporal}k+1 (e.g. 9, 81), got {frames}")
