@@ -15,7 +15,6 @@ import math
 import pytest
 import torch
 
-from realaction.errors import UserError
 from realdpo.models import CogVideoXSpec, WanSpec
 from realdpo.models.builders import build_pipeline
 from realdpo.models.configs import CONFIGS, get_config
