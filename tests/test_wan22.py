@@ -183,6 +183,10 @@ def test_train_saves_one_lora_per_trained_expert_that_diffusers_loads(shards, tm
     spec.pipeline().load_lora_weights(str(dpo / "lora" / "transformer_2"), load_into_transformer_2=True)
     assert torch.equal(_expert_output(spec, "high"), before["high"])
     assert not torch.allclose(_expert_output(spec, "low"), before["low"])
+    from realdpo.method.reference import adapters_disabled
+
+    with adapters_disabled(spec.transformer):  # the reference of eval's pref_accuracy: the LoRA is on one expert
+        torch.testing.assert_close(_expert_output(spec, "low"), before["low"])
     trained = load_file(str(dpo / "checkpoints" / "step-2" / "trainable.safetensors"))
     assert trained and all(k.startswith("low.") for k in trained)
 

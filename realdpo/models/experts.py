@@ -2,8 +2,8 @@
 
 The pipeline runs `transformer` at timesteps t >= boundary_ratio * num_train_timesteps (high noise) and
 `transformer_2` below (low noise). `ExpertPair` does the same per sample: each row of a batch goes to the expert its
-timestep belongs to. LoRA adapters live on the experts that train (`trained`), one adapter per expert; the adapter
-calls the trainer and the references make (add, enable, disable, switch) reach those experts only.
+timestep belongs to. LoRA adapters are added to the experts that train (`trained`), one adapter per expert; enabling,
+disabling and switching adapters reaches the experts that carry them.
 """
 
 from __future__ import annotations
@@ -56,25 +56,30 @@ class ExpertPair(torch.nn.Module):
             order.append(rows)
         return (torch.cat(parts)[torch.argsort(torch.cat(order))],)
 
-    # LoRA adapters: on the trained experts only
+    # LoRA adapters: added to the trained experts; switched on the experts that carry them (a loaded LoRA may be
+    # on one expert only)
+    def adapted(self, adapter_name: str | None = None) -> list[torch.nn.Module]:
+        return [m for m in self.experts().values() if getattr(m, "_hf_peft_config_loaded", False)
+                and (adapter_name is None or adapter_name in m.peft_config)]
+
     def add_adapter(self, adapter_config, adapter_name: str = "default") -> None:
         for expert in self.experts(trained_only=True).values():
             expert.add_adapter(copy.deepcopy(adapter_config), adapter_name=adapter_name)
 
     @property
     def peft_config(self):
-        return next(iter(self.experts(trained_only=True).values())).peft_config
+        return self.adapted()[0].peft_config
 
     def set_adapter(self, name) -> None:
-        for expert in self.experts(trained_only=True).values():
+        for expert in self.adapted(name):
             expert.set_adapter(name)
 
     def disable_adapters(self) -> None:
-        for expert in self.experts(trained_only=True).values():
+        for expert in self.adapted():
             expert.disable_adapters()
 
     def enable_adapters(self) -> None:
-        for expert in self.experts(trained_only=True).values():
+        for expert in self.adapted():
             expert.enable_adapters()
 
     def enable_gradient_checkpointing(self) -> None:
