@@ -145,7 +145,7 @@ def test_ema_reference_averages_the_lora_product_within_its_bound(spec):
     ref = EmaAdapterReference(tr, rate=w, every=1)
     layers = list(_lora_layers(tr).items())[:4]
     exact = {n: _policy_delta(m) for n, m in layers}
-    factor_ema = {n: (m.lora_B["default"].weight.double().clone(), m.lora_A["default"].weight.double().clone())
+    factor_ema = {n: (m.lora_B["default"].weight.detach().double(), m.lora_A["default"].weight.detach().double())
                   for n, m in layers}
     g = torch.Generator().manual_seed(0)
     for step in range(1, 301):

@@ -104,7 +104,7 @@ class CogVideoXSpec(DiffusersSpec):
             x = image[None].float()
             if self.image_noise:
                 x = add_pixel_noise(x, g)
-            dist = self.vae.encode(x.to(self.device, self.vae.dtype).unsqueeze(2)).latent_dist  # [1, 3, 1, H, W] in
+            dist = self.vae.encode(x.to(self.device, self.vae.dtype).unsqueeze(2)).latent_dist  # in: [1, 3, 1, H, W]
             latents.append(dist.sample(g))  # drawn on the CPU generator, as randn_tensor does for any device
         z = torch.cat(latents).permute(0, 2, 1, 3, 4)
         z = z / self.scaling_factor if self.vae.config.invert_scale_latents else z * self.scaling_factor

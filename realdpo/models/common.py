@@ -154,7 +154,8 @@ class DiffusersSpec(ModelSpec):
 
     @classmethod
     def tasks(cls, path: Path) -> tuple[str, ...]:
-        """The tasks the pipeline in `path` runs: its pipeline class's, (); several for a model that does both."""
+        """The tasks the pipeline in `path` runs: its pipeline class's (none if unsupported; a model that does both
+        lists both, its pipeline class's first)."""
         task = cls.known_pipelines().get(cls.pipeline_class_name(path))
         return (task,) if task else ()
 
@@ -192,7 +193,7 @@ class DiffusersSpec(ModelSpec):
         if missing:
             raise UserError(f"model folder {path} is missing components: {', '.join(missing)}")
         pipe_cls = getattr(diffusers, cls.pipeline_classes[task])
-        dtypes = {"default": dtype, **{name: torch.float32 for name in cls.fp32_components}}
+        dtypes = {"default": dtype, **{component: torch.float32 for component in cls.fp32_components}}
         with quiet_progress():
             pipe = pipe_cls.from_pretrained(path, dtype=dtypes, local_files_only=True)
         pipe.to(device)

@@ -133,14 +133,14 @@ class Trainer:
         spec = self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype, task=cfg.task)
         spec.image_noise = cfg.first_frame_noise
         self.frames, self.height, self.width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
-        self.run = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt)  # the model's where not given
+        self.defaults = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt)  # the model's where not given
         spec.set_experts(cfg.train_experts, cfg.expert_ranges(), default="both" if cfg.loss == "sft" else "low",
                          t_range=(cfg.t_min, cfg.t_max))
         if len(spec.trained_experts) > 1:  # a micro-batch whose timesteps all fall to one expert leaves the other idle
             from accelerate.utils import DistributedDataParallelKwargs
 
             acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
-        size = (spec.fingerprint(), self.frames, self.height, self.width, self.run.fps)
+        size = (spec.fingerprint(), self.frames, self.height, self.width, self.defaults.fps)
         self.cache = LatentCache(cfg.cache_dir, *size)
         self.run_cache = LatentCache(out / "cache", *size)  # rounds >= 2: negatives of this run's policy
         self.samples = ShardSamples(self.urls)
@@ -151,7 +151,7 @@ class Trainer:
 
     def resolved(self) -> dict[str, Any]:
         """What the options left to the model became (train_config.json's "resolved")."""
-        run, spec = self.run, self.spec
+        run, spec = self.defaults, self.spec
         return {"task": spec.task, "frames": self.frames, "height": self.height, "width": self.width, "fps": run.fps,
                 "neg_guidance": run.guidance, "neg_prompt": run.negative_prompt,
                 "trained_experts": list(spec.trained_experts)}
@@ -239,14 +239,14 @@ class Trainer:
         with adapters_disabled(self.transformer) if cfg.lora and r == 1 else contextlib.nullcontext():
             ensure_cached(self.spec, samples, c, round=r, transformer=None if r == 1 else self.transformer,
                           progress=acc.is_local_main_process, frames=self.frames, height=self.height,
-                          width=self.width, fps=self.run.fps, k=cfg.negatives, steps=cfg.neg_steps,
-                          guidance=self.run.guidance, negative_prompt=self.run.negative_prompt, seed=cfg.seed,
+                          width=self.width, fps=self.defaults.fps, k=cfg.negatives, steps=cfg.neg_steps,
+                          guidance=self.defaults.guidance, negative_prompt=self.defaults.negative_prompt, seed=cfg.seed,
                           batch_size=cfg.neg_batch_size, shard=(self.rank, self.world))
         keys = usable_keys(c, process_share(samples.keys, self.rank, self.world), r, cfg.negatives)
         counts = acc.gather(torch.tensor([len(keys)], device=acc.device))
         if int(counts.min()) == 0:  # every process raises, none is left waiting in a collective
             raise UserError(f"no usable clips for process {int(counts.argmin())} of {self.world}: "
-                            f"{len(samples.keys)} clips in --shards, {self.frames} frames at {self.run.fps:g} fps "
+                            f"{len(samples.keys)} clips in --shards, {self.frames} frames at {self.defaults.fps:g} fps "
                             "needed per clip")
         return keys
 
@@ -358,14 +358,14 @@ class Trainer:
         transformer.eval()
         try:
             latents = spec.generate_latents([prompt], spec.encode_prompts([prompt]), num_frames=frames, height=height,
-                                            width=width, steps=cfg.validation_steps, guidance=self.run.guidance,
+                                            width=width, steps=cfg.validation_steps, guidance=self.defaults.guidance,
                                             seeds=[cfg.seed], transformer=transformer, images=images,
-                                            negative_prompt=self.run.negative_prompt)
+                                            negative_prompt=self.defaults.negative_prompt)
             video = spec.decode_latents(latents)[0]
         finally:
             transformer.train(was_training)
         path.parent.mkdir(parents=True, exist_ok=True)
-        encode_mp4(to_uint8(video), self.run.fps, path=path)
+        encode_mp4(to_uint8(video), self.defaults.fps, path=path)
 
     # ---- the loop and the outputs ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -454,9 +454,9 @@ def save_lora(spec, transformer: torch.nn.Module, out: Path) -> Path:
         for name, module in modules.items():
             target = folder / name if spec.expert_names else folder
             target.mkdir(parents=True, exist_ok=True)
-            pipe_cls.save_lora_weights(str(target), transformer_lora_layers=get_peft_model_state_dict(module, adapter_name="default"),
-                                       transformer_lora_adapter_metadata=module.peft_config["default"].to_dict(),
-                                       safe_serialization=True)
+            layers = get_peft_model_state_dict(module, adapter_name="default")
+            pipe_cls.save_lora_weights(str(target), transformer_lora_layers=layers, safe_serialization=True,
+                                       transformer_lora_adapter_metadata=module.peft_config["default"].to_dict())
 
     return _atomic_dir(Path(out), write)
 
