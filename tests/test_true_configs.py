@@ -175,23 +175,22 @@ def test_dpo_step_at_true_width(name, task, encoded):
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     policy, reference = ErrorModel(spec, tr), DisabledAdapterReference(tr)
     g = torch.Generator().manual_seed(0)
-    noise = torch.randn(x0.shape, generator=g)
-    if spec.expert_names:  # one step per expert: a high-noise and a low-noise timestep
+    if spec.expert_names:  # two clips: one at a high-noise timestep, one at a low-noise one
         b = spec.boundary_ratio * 1000
-        steps = [torch.tensor([b + 0.5 * (1000 - b)]), torch.tensor([0.5 * b])]
+        t = torch.tensor([b + 0.5 * (1000 - b), 0.5 * b])
     else:
-        steps = [spec.sample_timesteps(1, 0.0, 0.5, generator=g)]
-    optimizer = torch.optim.SGD(trainable, lr=1.0)
-    for t in steps:
-        inputs = build_inputs(x0, losers[None], cond, noise, t)
-        first = preference_step(policy, reference, spec, inputs, kind="dpo", beta=5000.0)
-        assert first["loss"] == pytest.approx(math.log(2), abs=1e-6) and first["reward_margin"] == 0  # ref == policy
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():  # after one update the policy is no longer the reference
-            args = inputs.take(slice(None))
-            assert not torch.allclose(policy(*args), reference.errors(spec, *args))
+        t = spec.sample_timesteps(1, 0.0, 0.5, generator=g)
+    n = len(t)
+    batch = {key: v.expand(n, *v.shape[1:]) for key, v in cond.items()}
+    inputs = build_inputs(x0.expand(n, *x0.shape[1:]), losers[None].expand(n, *losers.shape), batch,
+                          torch.randn((n, *x0.shape[1:]), generator=g), t)
+    first = preference_step(policy, reference, spec, inputs, kind="dpo", beta=5000.0)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6) and first["reward_margin"] == 0  # ref == policy
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    torch.optim.SGD(trainable, lr=1.0).step()
+    with torch.no_grad():  # after one update the policy is no longer the reference
+        args = inputs.take(slice(None))
+        assert not torch.allclose(policy(*args), reference.errors(spec, *args))
     if spec.expert_names:  # each sample reached its own expert's LoRA: both experts trained
         for expert in tr.experts().values():
-            assert any(p.abs().sum() > 0 for n, p in expert.named_parameters() if "lora_B" in n)
+            assert any(p.abs().sum() > 0 for name_, p in expert.named_parameters() if "lora_B" in name_)
