@@ -49,15 +49,22 @@ def test_the_configs_are_the_issue_list():
     assert widths["Wan2.1-T2V-14B"] == widths["Wan2.2-T2V-A14B"] == 5120 and widths["Wan2.2-TI2V-5B"] == 3072
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_full_depth_on_the_meta_device(name):
+def _blocks(transformer) -> torch.nn.ModuleList:
+    return transformer.blocks if hasattr(transformer, "blocks") else transformer.transformer_blocks
+
+
+CASES = [(name, task) for name, cfg in CONFIGS.items()
+         for task in (("t2v", "i2v") if cfg.pipeline_config.get("expand_timesteps") else (cfg.task,))]
+
+
+@pytest.mark.parametrize("name, task", CASES)
+def test_full_depth_on_the_meta_device(name, task):
     """Full depth and true training size on the meta device: no memory, every shape of the real run."""
     cfg = get_config(name)
-    spec = _spec(name, num_layers=None, device="meta")
-    assert spec.default_size() == cfg.size and spec.default_fps() == cfg.fps
-    assert len(spec.transformer.high.blocks if spec.expert_names else
-               getattr(spec.transformer, "blocks", None) or spec.transformer.transformer_blocks) == \
-        cfg.transformer["num_layers"]
+    spec = _spec(name, task=task, num_layers=None, device="meta")
+    assert spec.default_size() == cfg.size and spec.default_fps() == cfg.fps and spec.task == task
+    modules = list(spec.transformer.experts().values()) if spec.expert_names else [spec.transformer]
+    assert all(len(_blocks(m)) == cfg.transformer["num_layers"] for m in modules)
     frames, height, width = cfg.size
     spec.check_size(frames, height, width)
     x0 = torch.empty(1, *spec.latent_shape(frames, height, width), device="meta")  # the VAE's: test below
@@ -66,14 +73,15 @@ def test_full_depth_on_the_meta_device(name):
     z = cfg.vae.get("latent_channels") or cfg.vae["z_dim"]
 
     seen = []
-    modules = spec.transformer.experts().values() if spec.expert_names else [spec.transformer]
-    blocks = [(m.blocks if hasattr(m, "blocks") else m.transformer_blocks)[0] for m in modules]
-    hooks = [b.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(
-        (kwargs.get("hidden_states", args[0] if args else None)).shape), with_kwargs=True) for b in blocks]
+    hooks = [_blocks(m)[0].register_forward_pre_hook(lambda mod, args, kwargs: seen.append(
+        kwargs["hidden_states"].shape if "hidden_states" in kwargs else args[0].shape), with_kwargs=True)
+        for m in modules]
     cond = {"prompt_embeds": torch.empty(2, cfg.max_sequence_length, cfg.text_dim, device="meta")}
     if spec.task == "i2v":
         if cfg.family == "cogvideox":
             cond["image_latents"] = torch.empty(2, 1, *x0.shape[2:], device="meta")
+        elif spec.expand_timesteps:  # TI2V: the first frame's latents
+            cond["image_condition"] = torch.empty(2, z, 1, *x0.shape[3:], device="meta")
         else:
             cond["image_condition"] = torch.empty(2, 4 + z, *x0.shape[2:], device="meta")
             if cfg.image_encoder_dim:
@@ -100,10 +108,6 @@ def test_true_vaes_give_the_latent_shapes_at_training_size(name):
         video = spec.vae.decode(z).sample
     shape = tuple(z.shape[1:]) if spec.family == "wan" else (z.shape[2], z.shape[1], *z.shape[3:])
     assert shape == spec.latent_shape(frames, height, width) and tuple(video.shape) == (1, 3, frames, height, width)
-
-
-STEP_CASES = [(name, task) for name, cfg in CONFIGS.items()
-              for task in (("t2v", "i2v") if cfg.pipeline_config.get("expand_timesteps") else (cfg.task,))]
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +138,7 @@ def encoded():
     return get
 
 
-@pytest.mark.parametrize("name, task", STEP_CASES)
+@pytest.mark.parametrize("name, task", CASES)
 def test_dpo_step_at_true_width(name, task, encoded):
     """One layer at true width and heads, a real clip at a small size, K = 2 negatives from the model's own
     pipeline: the DPO step of training, policy (LoRA) against reference (adapter off). Input sizes only are cut for
