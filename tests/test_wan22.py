@@ -204,3 +204,21 @@ def test_train_saves_one_lora_per_trained_expert_that_diffusers_loads(shards, tm
     with pytest.raises(UserError, match="one transformer"):
         sample(SampleConfig(prompt="a square", model=tiny_model("wan", "t2v"), lora=sft / "lora", steps=1,
                             out=tmp_path / "w.mp4"))
+
+
+def test_full_fine_tuning_trains_and_saves_the_chosen_expert(shards, tmp_path):
+    from safetensors.torch import load_file
+
+    from realdpo.configs.train import TrainConfig
+    from realdpo.training.trainer import train
+
+    out = tmp_path / "full"
+    result = train(TrainConfig(shards=shards, out=out, model=tiny_model("wan", "t2v", "2.2-a14b"),
+                               cache_dir=tmp_path / "cache", negatives=1, neg_steps=2, steps=1, lora=False,
+                               checkpoint_every=0))
+    assert result.lora is None and sorted(p.name for p in (out / "transformer").iterdir()) == ["transformer_2"]
+    assert (out / "transformer" / "transformer_2" / "config.json").is_file()
+    trained = load_file(str(out / "checkpoints" / "step-1" / "trainable.safetensors"))
+    assert trained and all(k.startswith("low.") for k in trained)
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(0.6931471805599453, abs=1e-6)  # the frozen copy is the policy at step 0

@@ -82,8 +82,9 @@ class ModelSpec(ABC):
 
             raise UserError(f"expert options apply to two-expert models (Wan 2.2 A14B); {self.path} has one transformer")
 
-    def lora_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
-        """The modules carrying trained LoRA adapters, keyed by pipeline component ("transformer", "transformer_2")."""
+    def trained_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The modules that train (and carry the LoRA adapters), keyed by pipeline component ("transformer",
+        "transformer_2")."""
         return {"transformer": transformer}
 
     @classmethod

@@ -153,10 +153,10 @@ class WanSpec(DiffusersSpec):
         self.transformer.trained = experts
         self._draw_ranges = draws
 
-    def lora_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    def trained_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
         if isinstance(transformer, ExpertPair):
             return {NAMES[e]: m for e, m in transformer.experts(trained_only=True).items()}
-        return super().lora_modules(transformer)
+        return super().trained_modules(transformer)
 
     def pipeline_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
         if isinstance(transformer, ExpertPair):

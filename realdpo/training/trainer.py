@@ -406,7 +406,7 @@ class Trainer:
             if cfg.lora:
                 lora_dir = save_lora(self.spec, self.transformer, out / "lora")
             else:
-                transformer_dir = _atomic_dir(out / "transformer", lambda d: self.transformer.save_pretrained(d))
+                transformer_dir = _atomic_dir(out / "transformer", lambda d: save_trained(self.spec, self.transformer, d))
             plot = plot_metrics(self.metrics_path, out / "training.png")
             rows = read_jsonl(self.metrics_path)  # a resumed run's rows too
             if rows:
@@ -441,6 +441,13 @@ def _atomic_dir(final: Path, write) -> Path:
     return final
 
 
+def save_trained(spec, transformer: torch.nn.Module, folder: Path) -> None:
+    """Fully fine-tuned weights with save_pretrained: into `folder`, or for a two-expert model one subfolder per
+    trained expert, named by its pipeline component."""
+    for name, module in spec.trained_modules(transformer).items():
+        module.save_pretrained(folder / name if spec.expert_names else folder)
+
+
 def save_lora(spec, transformer: torch.nn.Module, out: Path) -> Path:
     """The trained adapter in the diffusers LoRA format: `pipe.load_lora_weights(out)` loads it. A two-expert model
     gets one folder per trained expert, named by its pipeline component: `out/transformer` (high noise) and
@@ -448,7 +455,7 @@ def save_lora(spec, transformer: torch.nn.Module, out: Path) -> Path:
     from peft.utils import get_peft_model_state_dict
 
     pipe_cls = type(spec.pipeline())
-    modules = spec.lora_modules(transformer)
+    modules = spec.trained_modules(transformer)
 
     def write(folder: Path) -> None:
         for name, module in modules.items():
@@ -470,4 +477,4 @@ def steps_per_round(steps: int, rounds: int) -> list[int]:
     return counts
 
 
-__all__ = ["train", "Trainer", "TrainResult", "save_lora", "steps_per_round"]
+__all__ = ["train", "Trainer", "TrainResult", "save_lora", "save_trained", "steps_per_round"]
