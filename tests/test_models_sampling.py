@@ -84,16 +84,18 @@ def test_multistep_sampler(specs):
 @pytest.mark.parametrize("name", ["cogvideox-i2v", "cogvideox15-i2v", "wan-i2v"])
 def test_cached_first_frame_replaces_the_pipelines_encoding(specs, name, monkeypatch):
     """The pipeline's prepare_latents given the cached conditioning returns what it computes from the image itself
-    (with the VAE posterior's mode, as the cache stores it), without running the VAE or CLIP."""
+    (drawing the posterior sample the cache holds: CogVideoX's is seeded by the frame), without running the VAE or
+    CLIP."""
     import diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video as cog_i2v
+
+    from realdpo.models.common import image_generator
 
     spec = specs[name]
     image = _first_frames(1)
     cond = spec.encode_first_frames(image, 9)
     original = spec.pipeline()
-    mode = cog_i2v.retrieve_latents
     monkeypatch.setattr(cog_i2v, "retrieve_latents", lambda out, generator=None, sample_mode="sample":
-                        mode(out, generator, "argmax"))
+                        out.latent_dist.sample(image_generator(image[0])))
     # what each spec hands its pipeline as the image (Wan: a PIL image, as its pipeline and the cache take it)
     shown = spec._pil(image)[0] if spec.family == "wan" else ((image + 1) / 2).clamp(0, 1)
     pixels = original.video_processor.preprocess(shown, height=32, width=32)

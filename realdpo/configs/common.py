@@ -10,6 +10,7 @@ from realaction.errors import UserError
 from realaction.fields import field
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TASKS = ("t2v", "i2v")
 
 
 def torch_dtype(mixed_precision: str):
@@ -21,11 +22,12 @@ def torch_dtype(mixed_precision: str):
 
 @dataclass
 class ModelOptions:
-    model: Optional[Path] = field(None, help="Local diffusers pipeline folder (CogVideoX or Wan 2.1); default is the built-in tiny model.")
+    model: Optional[Path] = field(None, help="Local diffusers pipeline folder (CogVideoX 1.0/1.5 or Wan 2.1/2.2); default is the built-in tiny model.")
+    task: Optional[str] = field(None, help=f"{' or '.join(TASKS)}, for a model that does both (Wan2.2-TI2V-5B); default: its pipeline's.")
     frames: Optional[int] = field(None, help="Frames per training/generated clip (CogVideoX: 8k+1, Wan: 4k+1); default is the model's.")
     height: Optional[int] = field(None, help="Clip height in pixels; default is the model's.")
     width: Optional[int] = field(None, help="Clip width in pixels; default is the model's.")
-    fps: float = field(8.0, help="Frame rate clips are resampled to before encoding.")
+    fps: Optional[float] = field(None, help="Frame rate clips are resampled to and videos written at; default is the model's (CogVideoX 8, CogVideoX 1.5 and Wan 16, Wan2.2-TI2V-5B 24).")
     seed: int = field(0, help="Random seed.")
     mixed_precision: str = field("no", help=f"Mixed precision: {', '.join(MIXED_PRECISION)}.")
 
@@ -36,8 +38,10 @@ class ModelOptions:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserError(f"--{name} must be at least 1")
-        if self.fps <= 0:
+        if self.fps is not None and self.fps <= 0:
             raise UserError("--fps must be positive")
+        if self.task is not None and self.task not in TASKS:
+            raise UserError(f"unknown --task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"unknown --mixed-precision {self.mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
 
@@ -95,15 +99,18 @@ class NegativeOptions:
                                 "clip, VAE-encoded, no sampling), or a mix with counts, e.g. generated:2,edited-real:1 (one "
                                 "source may leave out its count and takes the rest of --negatives).")
     neg_steps: int = field(50, help="Sampler steps when generating negatives (noised-real runs about strength x these).")
-    neg_guidance: float = field(6.0, help="Classifier-free guidance scale when generating negatives.")
+    neg_guidance: Optional[float] = field(None, help="Classifier-free guidance scale when generating negatives; default "
+                                          "is the model's (CogVideoX 6, Wan 5).")
     neg_prompt: Optional[str] = field(None, help="Negative prompt for classifier-free guidance when generating negatives; "
-                                      "default is the model family's (empty for CogVideoX).")
+                                      "default is the model's (Wan: its pipelines' standard one, CogVideoX: none).")
     neg_sampler: str = field("default", help=f"Sampler for negatives: {', '.join(SAMPLERS)} (default: the model's own "
                              "scheduler; multistep: the family's multistep solver, e.g. with --neg-steps 25).")
     neg_strength: float = field(0.5, help="noised-real: how far the real clip is noised, as a fraction of the schedule "
                                 "(0 < s <= 1; 1 is pure noise).")
     neg_edits: list[str] = field(default_factory=lambda: list(EDITS), help="edited-real: the edits each negative draws "
                                  f"one of ({', '.join(EDITS)}).")
+    first_frame_noise: bool = field(False, help="Image-to-video: add the official CogVideoX I2V trainer's pixel noise "
+                                    "(sigma = exp(N(-3, 0.5))) to each first frame before encoding its conditioning.")
     cache_dir: Optional[Path] = field(None, help="Cache of real-clip latents, prompt embeddings and negatives; default $REALDPO_CACHE or ~/.cache/realdpo/latents.")
 
     def negative_mix(self) -> list[tuple[str, int]]:
@@ -115,7 +122,7 @@ class NegativeOptions:
             raise UserError("--negatives must be at least 1")
         if self.neg_steps < 1:
             raise UserError("--neg-steps must be at least 1")
-        if self.neg_guidance < 0:
+        if self.neg_guidance is not None and self.neg_guidance < 0:
             raise UserError("--neg-guidance must not be negative")
         if self.neg_sampler not in SAMPLERS:
             raise UserError(f"unknown --neg-sampler {self.neg_sampler!r}; choose one of {', '.join(SAMPLERS)}")

@@ -19,7 +19,7 @@ class SampleConfig(ModelOptions):
     prompts: Optional[Path] = field(None, help="Text file, one prompt per line: one video per line and seed, written "
                                     "into the --out folder as 0.mp4, 1.mp4, ... in the order `realdpo eval` reads them, "
                                     "with prompts.txt (one line per video) and samples.jsonl beside them.")
-    negative_prompt: str = field("", help="What to steer away from (classifier-free guidance).")
+    negative_prompt: Optional[str] = field(None, help="What to steer away from (classifier-free guidance); default is the model's (Wan: its pipelines' standard one, CogVideoX: none).")
     image: Optional[Path] = field(None, help="First frame (PNG/JPG) for image-to-video models.")
     images: Optional[Path] = field(None, help="With --prompts, for image-to-video models: a folder holding the first "
                                    f"frame of prompt line i (0-based) as i.png (or {', '.join(IMAGE_SUFFIXES[1:])}).")
@@ -28,7 +28,7 @@ class SampleConfig(ModelOptions):
     batch_size: int = field(1, help="With --prompts: videos generated together in one pipeline call.")
     lora: Optional[Path] = field(None, help="LoRA folder written by `realdpo train` (OUT/lora).")
     steps: int = field(50, help="Sampler steps.")
-    guidance: float = field(6.0, help="Classifier-free guidance scale.")
+    guidance: Optional[float] = field(None, help="Classifier-free guidance scale; default is the model's (CogVideoX 6, Wan 5).")
     out: Optional[Path] = field(None, help="Output: an .mp4 file for --prompt (default sample.mp4), a folder for --prompts.")
 
     def validate(self) -> None:
@@ -58,6 +58,8 @@ class SampleConfig(ModelOptions):
             raise UserError(f"--lora not found: {self.lora}")
         if self.steps < 1:
             raise UserError("--steps must be at least 1")
+        if self.guidance is not None and self.guidance < 0:
+            raise UserError("--guidance must not be negative")
 
     def read_prompts(self) -> list[str]:
         """The prompt lines of --prompts (trailing blank lines dropped; a blank line in between is an error)."""

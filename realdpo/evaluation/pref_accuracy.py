@@ -65,11 +65,12 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
 
     console = console or Console()
     shards = expand_shards(cfg.pairs, option="--pairs")
-    spec = load_spec(cfg.model, dtype=torch_dtype(cfg.mixed_precision))
+    spec = load_spec(cfg.model, dtype=torch_dtype(cfg.mixed_precision), task=cfg.task)
     frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+    fps = spec.run_defaults(cfg.fps).fps
     # the cache is keyed by the base model's fingerprint: take it before the LoRA goes in
     fingerprint = spec.fingerprint()
-    cache = LatentCache(cfg.cache_dir, fingerprint, frames, height, width, cfg.fps)
+    cache = LatentCache(cfg.cache_dir, fingerprint, frames, height, width, fps)
     weights = lora_weights_id(cfg.neg_lora) if cfg.neg_lora is not None else "base"
     loser_plan = NegativePlan.from_options(cfg, spec, round=cfg.round, weights=weights).losers
     load_lora(spec, Path(cfg.lora))
@@ -91,7 +92,7 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
                                         cfg.pref_timesteps, cfg.t_min, cfg.t_max))
             progress.update(task, advance=1)
     settings = {"lora": str(cfg.lora), "model": str(spec.path), "fingerprint": fingerprint,
-                "size": [frames, height, width], "fps": cfg.fps, "round": cfg.round, "negatives": cfg.negatives,
+                "size": [frames, height, width], "fps": fps, "round": cfg.round, "negatives": cfg.negatives,
                 "timesteps_per_pair": cfg.pref_timesteps, "t_range": [cfg.t_min, cfg.t_max], "seed": cfg.seed,
                 "beta": cfg.beta, "negatives_from": cfg.negatives_from,
                 "samples_seen": seen, "samples_not_cached": missing}

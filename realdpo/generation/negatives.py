@@ -282,8 +282,10 @@ def precompute(cfg) -> Summary:
     cfg.validate()
     urls = expand_shards(cfg.shards)
     processes = Processes(PartialState(cpu=cpu_only_distributed()))
-    spec = load_spec(cfg.model, device=processes.state.device, dtype=torch_dtype(cfg.mixed_precision))
+    spec = load_spec(cfg.model, device=processes.state.device, dtype=torch_dtype(cfg.mixed_precision), task=cfg.task)
+    spec.image_noise = cfg.first_frame_noise
     frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+    fps = spec.run_defaults(cfg.fps).fps
     transformer, weights = None, "base"
     if cfg.lora is not None:
         from realdpo.generation.sampling import load_lora
@@ -291,10 +293,10 @@ def precompute(cfg) -> Summary:
         load_lora(spec, cfg.lora)
         transformer, weights = spec.transformer, lora_weights_id(cfg.lora)
     plan = NegativePlan.from_options(cfg, spec, round=cfg.round, weights=weights)
-    cache = LatentCache(cfg.cache_dir, spec.fingerprint(), frames, height, width, cfg.fps)
+    cache = LatentCache(cfg.cache_dir, spec.fingerprint(), frames, height, width, fps)
     samples = iter_shard_samples(urls, allow_blank_captions=cfg.allow_blank_captions, warn=processes.main)
     summary = ensure_cached(spec, samples, cache, plan, frames=frames, height=height, width=width,
-                            fps=cfg.fps, transformer=transformer, progress=processes.main,
+                            fps=fps, transformer=transformer, progress=processes.main,
                             batch_size=cfg.batch_size, processes=processes)
     if processes.main:
         console = Console(stderr=True)

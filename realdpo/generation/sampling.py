@@ -22,24 +22,31 @@ from realdpo.runtime import default_device
 
 
 def load_lora(spec: ModelSpec, lora: Path) -> None:
-    """Load a diffusers-format LoRA (e.g. `realdpo train`'s OUT/lora) into the spec's transformer."""
+    """Load a diffusers-format LoRA (e.g. `realdpo train`'s OUT/lora) into the spec's transformer. A two-expert
+    model's OUT/lora holds one folder per trained expert, `transformer/` and `transformer_2/`; the second loads with
+    diffusers' `load_into_transformer_2=True`."""
     lora = Path(lora)
-    if lora.is_dir() and not any(lora.glob("*.safetensors")) and not any(lora.glob("*.bin")):
-        raise UserError(f"--lora folder holds no LoRA weights (*.safetensors): {lora}")
+    parts = {name: lora / name for name in ("transformer", "transformer_2") if (lora / name).is_dir()}
+    if parts and not spec.expert_names:
+        raise UserError(f"--lora {lora} holds per-expert LoRAs (a Wan 2.2 A14B run); {spec.path} has one transformer")
     pipe = spec.pipeline()
-    try:
-        pipe.load_lora_weights(str(lora))
-    except (ValueError, KeyError, OSError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load LoRA {lora} into {spec.family} {spec.task}: {first}") from None
+    for name, folder in (parts or {"transformer": lora}).items():
+        if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise UserError(f"--lora folder holds no LoRA weights (*.safetensors): {folder}")
+        try:
+            pipe.load_lora_weights(str(folder), **({"load_into_transformer_2": True} if name == "transformer_2" else {}))
+        except (ValueError, KeyError, OSError, RuntimeError, AttributeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot load LoRA {folder} into {spec.family} {spec.task}: {first}") from None
 
 
 def _load(cfg, device):
-    """The model (+ LoRA) and the run's (frames, height, width), checked against the task."""
+    """The model (+ LoRA), the run's (frames, height, width) checked against the task, and its fps, guidance and
+    negative prompt (the model's where not given)."""
     from realdpo.configs.common import torch_dtype
     from realdpo.models import load_spec
 
-    spec = load_spec(cfg.model, device=device, dtype=torch_dtype(cfg.mixed_precision))
+    spec = load_spec(cfg.model, device=device, dtype=torch_dtype(cfg.mixed_precision), task=cfg.task)
     has_images = cfg.image is not None or cfg.images is not None
     if spec.task == "t2v" and has_images:
         raise UserError(f"{'--image' if cfg.image is not None else '--images'} is for image-to-video models; "
@@ -50,7 +57,7 @@ def _load(cfg, device):
     size = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
     if cfg.lora is not None:
         load_lora(spec, cfg.lora)
-    return spec, size
+    return spec, size, spec.run_defaults(cfg.fps, cfg.guidance, cfg.negative_prompt)
 
 
 def _video_bytes(spec: ModelSpec, latents, fps: float) -> list[bytes]:
@@ -68,19 +75,19 @@ def sample(cfg) -> Path:
     cfg.validate()
     if cfg.prompts is not None:
         return sample_prompts(cfg)
-    spec, (frames, height, width) = _load(cfg, default_device())
+    spec, (frames, height, width), run = _load(cfg, default_device())
     images = load_image(cfg.image, height, width)[None] if cfg.image is not None else None
     with Progress(TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("sampling", total=cfg.steps)
         latents = spec.generate_latents([cfg.prompt], {}, num_frames=frames, height=height, width=width,
-                                        steps=cfg.steps, guidance=cfg.guidance, seeds=[cfg.seed], images=images,
-                                        negative_prompt=cfg.negative_prompt,
+                                        steps=cfg.steps, guidance=run.guidance, seeds=[cfg.seed], images=images,
+                                        negative_prompt=run.negative_prompt,
                                         callback=lambda i, n: bar.update(task, completed=i))
-        data = _video_bytes(spec, latents, cfg.fps)[0]
+        data = _video_bytes(spec, latents, run.fps)[0]
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, data)
-    Console(stderr=True).print(f"wrote {out} ({frames} frames, {width}x{height}, {cfg.fps:g} fps)", markup=False)
+    Console(stderr=True).print(f"wrote {out} ({frames} frames, {width}x{height}, {run.fps:g} fps)", markup=False)
     return out
 
 
@@ -103,16 +110,16 @@ def sample_prompts(cfg) -> Path:
             job["image"] = str(cfg.image_of(job["line"]))
     out = Path(cfg.out)
     processes = Processes(PartialState(cpu=cpu_only_distributed()))
-    spec, (frames, height, width) = _load(cfg, processes.state.device)
+    spec, (frames, height, width), run = _load(cfg, processes.state.device)
     if processes.main:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "prompts.txt", "".join(j["prompt"] + "\n" for j in jobs))
         settings = {"model": str(spec.path), "lora": str(cfg.lora) if cfg.lora else None, "steps": cfg.steps,
-                    "guidance": cfg.guidance, "negative_prompt": cfg.negative_prompt, "fps": cfg.fps,
+                    "guidance": run.guidance, "negative_prompt": run.negative_prompt, "fps": run.fps,
                     "size": [frames, height, width]}
         write_atomic(out / "samples.jsonl", "".join(json.dumps({**j, **settings}) + "\n" for j in jobs))
     processes.barrier()
-    negative_cond = spec.encode_prompts([cfg.negative_prompt]) if cfg.guidance > 1 else None  # encoded once
+    negative_cond = spec.encode_prompts([run.negative_prompt]) if run.guidance > 1 else None  # encoded once
     units = [jobs[i:i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
     made = skipped = 0
     with SharedProgress(processes, out, enabled=processes.main, unit="videos") as bar:
@@ -128,10 +135,10 @@ def sample_prompts(cfg) -> Path:
                 images = torch.stack([load_image(j["image"], height, width) for j in todo])
             names = [j["prompt"] for j in todo]
             latents = spec.generate_latents(names, spec.encode_prompts(names), num_frames=frames, height=height,
-                                            width=width, steps=cfg.steps, guidance=cfg.guidance,
+                                            width=width, steps=cfg.steps, guidance=run.guidance,
                                             seeds=[j["seed"] for j in todo], images=images,
                                             negative_cond=negative_cond)
-            for job, data in zip(todo, _video_bytes(spec, latents, cfg.fps)):
+            for job, data in zip(todo, _video_bytes(spec, latents, run.fps)):
                 write_atomic(out / job["video"], data)
                 made += 1
                 bar.count(videos=1)
@@ -141,6 +148,6 @@ def sample_prompts(cfg) -> Path:
     made, skipped = (sum(x) for x in zip(*processes.gather((made, skipped))))
     if processes.main:
         Console(stderr=True).print(f"{out}: {made} videos written, {skipped} already there ({len(prompts)} prompts x "
-                                   f"{n} seeds; {frames} frames, {width}x{height}, {cfg.fps:g} fps)", markup=False,
+                                   f"{n} seeds; {frames} frames, {width}x{height}, {run.fps:g} fps)", markup=False,
                                    soft_wrap=True)
     return out

@@ -22,12 +22,14 @@ def spec_class(path: Path) -> type[ModelSpec]:
     for cls in SPECS:
         if cls.matches(path):
             return cls
-    raise UserError(f"unsupported pipeline {name!r} in {path}; realdpo supports CogVideoX (T2V, I2V) and Wan 2.1 (T2V)")
+    raise UserError(f"unsupported pipeline {name!r} in {path}; realdpo supports CogVideoX 1.0/1.5 (T2V, I2V) and "
+                    "Wan 2.1/2.2 (T2V, I2V, TI2V)")
 
 
 def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> ModelSpec:
-    """Load the model spec for a local diffusers folder; None loads the built-in tiny model."""
+              dtype: torch.dtype = torch.float32, task: str | None = None) -> ModelSpec:
+    """Load the model spec for a local diffusers folder; None loads the built-in tiny model. `task` ("t2v", "i2v")
+    chooses for a model that runs both (Wan2.2-TI2V-5B); default: its pipeline's."""
     if path is None:
         from realdpo.models.tiny import builtin_model_path
 
@@ -35,4 +37,4 @@ def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu"
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"model folder not found: {path}")
-    return spec_class(path).from_pretrained(path, device=device, dtype=dtype)
+    return spec_class(path).from_pretrained(path, device=device, dtype=dtype, task=task)

@@ -99,6 +99,21 @@ def folder_fingerprint(path: Path, components: Sequence[str] = REQUIRED_COMPONEN
     return h.hexdigest()[:16]
 
 
+def image_generator(image: torch.Tensor) -> torch.Generator:
+    """A CPU generator seeded by an image's content: the randomness drawn for a first frame (a posterior sample,
+    pixel noise) is the same every time that frame is encoded, and differs between frames."""
+    data = image.detach().float().cpu().contiguous().numpy().tobytes()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1)
+
+
+def add_pixel_noise(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The official CogVideoX image-to-video trainer's augmentation of the first frame: Gaussian pixel noise with
+    sigma = exp(N(-3, 0.5)) (about 0.05 on [-1, 1] pixels)."""
+    sigma = torch.exp(torch.normal(-3.0, 0.5, (1,), generator=generator))
+    noise = torch.randn(image.shape, generator=generator)
+    return image + (noise * sigma).to(image)
+
+
 @contextlib.contextmanager
 def quiet_progress():
     """No per-component progress bars while loading (the commands show their own)."""
@@ -127,6 +142,8 @@ class DiffusersSpec(ModelSpec):
     def __init__(self, path: Path, task: str, pipe, device: torch.device, dtype: torch.dtype):
         self.path, self.task, self.device, self.dtype = Path(path), task, torch.device(device), dtype
         self.components = dict(pipe.components)  # everything the pipeline class takes (incl. None entries)
+        # pipeline options that are not components (Wan 2.2: boundary_ratio, expand_timesteps)
+        self.pipeline_options = {k: pipe.config[k] for k in ("boundary_ratio", "expand_timesteps") if k in pipe.config}
         self.tokenizer = pipe.tokenizer
         self.text_encoder = pipe.text_encoder
         self.vae = pipe.vae
@@ -139,8 +156,31 @@ class DiffusersSpec(ModelSpec):
         self._fingerprint: str | None = None
 
     @classmethod
+    def from_pipeline(cls, pipe, task: str | None = None, path: Path | str = "<in memory>"):
+        """A spec over an already built pipeline (tests and benchmarks); `path` names it (fingerprints need a folder)."""
+        task = task or cls.known_pipelines()[type(pipe).__name__]
+        device = next(pipe.transformer.parameters()).device
+        return cls(Path(path), task, pipe, device, cls.model_dtype(pipe.transformer))
+
+    @classmethod
     def required_components(cls, task: str) -> tuple[str, ...]:
         return REQUIRED_COMPONENTS
+
+    @classmethod
+    def model_components(cls, path: Path, task: str) -> tuple[str, ...]:
+        """The components a folder must hold: the family's required ones, and every other model component its
+        model_index.json names (Wan 2.2's transformer_2, an image encoder)."""
+        index = read_model_index(path)
+        extra = tuple(k for k in ("transformer_2", "image_encoder", "image_processor")
+                      if isinstance(index.get(k), list) and index[k][0] is not None)
+        return tuple(dict.fromkeys(cls.required_components(task) + extra))
+
+    @classmethod
+    def tasks(cls, path: Path) -> tuple[str, ...]:
+        """The tasks the pipeline in `path` runs: its pipeline class's (none if unsupported; a model that does both
+        lists both, its pipeline class's first)."""
+        task = cls.known_pipelines().get(cls.pipeline_class_name(path))
+        return (task,) if task else ()
 
     @classmethod
     def pipeline_class_name(cls, path: Path) -> str | None:
@@ -160,23 +200,28 @@ class DiffusersSpec(ModelSpec):
         return {v: k for k, v in cls.pipeline_classes.items()}
 
     @classmethod
-    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                        task: str | None = None):
         import diffusers
 
         path = Path(path)
         name = cls.pipeline_class_name(path)
-        task = cls.known_pipelines().get(name)
-        if task is None:
+        tasks = cls.tasks(path)
+        if not tasks:
             raise UserError(f"{name} is not supported by realdpo's {cls.family} spec (supported: "
                             f"{', '.join(n for n, t in cls.known_pipelines().items() if t)})")
-        missing = missing_components(path, cls.required_components(task))
+        if task is not None and task not in tasks:
+            raise UserError(f"--task {task}: {path} is a {'/'.join(tasks)} model")
+        task = task or tasks[0]
+        missing = missing_components(path, cls.model_components(path, task))
         if missing:
             raise UserError(f"model folder {path} is missing components: {', '.join(missing)}")
         refuse_custom_code(path)
         pipe_cls = getattr(diffusers, cls.pipeline_classes[task])
+        dtypes = {"default": dtype, **{component: torch.float32 for component in cls.fp32_components}}
         try:
             with quiet_progress():
-                pipe = pipe_cls.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
+                pipe = pipe_cls.from_pretrained(path, dtype=dtypes, local_files_only=True, trust_remote_code=False)
         except MemoryError:
             raise
         except Exception as e:  # a damaged or hostile component file: any of the loaders' error types
@@ -185,9 +230,20 @@ class DiffusersSpec(ModelSpec):
         return cls(path, task, pipe, torch.device(device), dtype)
 
     def fingerprint(self) -> str:
+        """Over the folder's components; a model that runs several tasks (Wan2.2-TI2V-5B) adds the task, and
+        image-to-video with `image_noise` adds that, since the cached conditioning and negatives differ with each."""
         if self._fingerprint is None:
-            self._fingerprint = folder_fingerprint(self.path, self.required_components(self.task))
+            fp = folder_fingerprint(self.path, self.model_components(self.path, self.task))
+            if len(self.tasks(self.path)) > 1:
+                fp = hashlib.sha256(f"{fp}:{self.task}".encode()).hexdigest()[:16]
+            self._fingerprint = fp
+        if self.image_noise and self.task == "i2v":
+            return hashlib.sha256(f"{self._fingerprint}:image-noise".encode()).hexdigest()[:16]
         return self._fingerprint
+
+    def pipeline_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The pipeline components a (policy) transformer fills."""
+        return {"transformer": transformer}
 
     def pipeline(self, transformer: torch.nn.Module | None = None, scheduler=None):
         """A fresh pipeline over the loaded components, with its own scheduler (a copy of the model's unless
@@ -197,8 +253,8 @@ class DiffusersSpec(ModelSpec):
         pipe_cls = getattr(diffusers, self.pipeline_classes[self.task])
         if scheduler is None:
             scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        return pipe_cls(**{**self.components, "scheduler": scheduler,
-                           "transformer": transformer if transformer is not None else self.transformer})
+        modules = self.pipeline_modules(transformer if transformer is not None else self.transformer)
+        return pipe_cls(**{**self.components, "scheduler": scheduler, **modules}, **self.pipeline_options)
 
     def sampling_scheduler(self, sampler: str = "default", strength: float = 1.0):
         """A fresh scheduler for sampling: the model's own ("default") or the family's multistep solver

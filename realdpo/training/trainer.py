@@ -131,14 +131,29 @@ class Trainer:
         set_seed(cfg.seed)  # the same LoRA initialisation on every process
 
         weight_dtype = torch_dtype(cfg.mixed_precision) if cfg.lora else torch.float32
-        self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype)
-        self.frames, self.height, self.width = self.spec.resolve_size(cfg.frames, cfg.height, cfg.width)
-        size = (self.spec.fingerprint(), self.frames, self.height, self.width, cfg.fps)
+        spec = self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype, task=cfg.task)
+        spec.image_noise = cfg.first_frame_noise
+        self.frames, self.height, self.width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+        self.defaults = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt)  # the model's where not given
+        spec.set_experts(cfg.train_experts, cfg.expert_ranges(), default="both" if cfg.loss == "sft" else "low",
+                         t_range=(cfg.t_min, cfg.t_max))
+        if len(spec.trained_experts) > 1:  # a micro-batch whose timesteps all fall to one expert leaves the other idle
+            from accelerate.utils import DistributedDataParallelKwargs
+
+            acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+        size = (spec.fingerprint(), self.frames, self.height, self.width, self.defaults.fps)
         self.cache = LatentCache(cfg.cache_dir, *size)
         self.run_cache = LatentCache(out / "cache", *size)  # rounds >= 2: negatives of this run's policy
         self.samples = ShardSamples(self.urls, allow_blank_captions=cfg.allow_blank_captions, warn=self.main)
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
+
+    def resolved(self) -> dict[str, Any]:
+        """What the options left to the model became (train_config.json's "resolved")."""
+        run, spec = self.defaults, self.spec
+        return {"task": spec.task, "frames": self.frames, "height": self.height, "width": self.width, "fps": run.fps,
+                "neg_guidance": run.guidance, "neg_prompt": run.negative_prompt,
+                "trained_experts": list(spec.trained_experts)}
 
     # ---- the trained module, the reference, the optimizer ----------------------------------------------------
     def build_model(self) -> None:
@@ -166,7 +181,7 @@ class Trainer:
         self.trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
         self.reference = None if cfg.loss == "sft" else make_reference(
             transformer, ref=cfg.ref, lora=cfg.lora, ema_rate=cfg.ema_rate, ema_every=cfg.ema_every,
-            copy_dtype=torch_dtype(cfg.mixed_precision))
+            autocast_dtype=torch_dtype(cfg.mixed_precision), ema_rank=cfg.ema_rank)
 
         optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
@@ -207,7 +222,8 @@ class Trainer:
             truncate_jsonl(self.data_log, 0)
         self.data_log.parent.mkdir(parents=True, exist_ok=True)
         if self.main:  # only now: a refused --resume leaves the run's record as it was
-            (self.out / "train_config.json").write_text(json.dumps(_config_dict(cfg), indent=1))
+            (self.out / "train_config.json").write_text(json.dumps({**_config_dict(cfg), "resolved": self.resolved()},
+                                                                   indent=1))
             tracker_cfg = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                            for k, v in _config_dict(cfg).items()}
             acc.init_trackers("realdpo", config=tracker_cfg)
@@ -250,7 +266,7 @@ class Trainer:
         with adapters_disabled(self.transformer) if cfg.lora and r == 1 else contextlib.nullcontext():
             summary = ensure_cached(self.spec, samples, c, plan, transformer=None if r == 1 else self.transformer,
                                     progress=acc.is_local_main_process, frames=self.frames, height=self.height,
-                                    width=self.width, fps=cfg.fps, batch_size=cfg.neg_batch_size,
+                                    width=self.width, fps=self.defaults.fps, batch_size=cfg.neg_batch_size,
                                     processes=Processes(acc))
         acc.print(f"negatives round {r}: {summary.n_generated} generated, {summary.n_reused} reused, "
                   f"{len(summary.skipped)} clips skipped, {len(summary.failed)} failed")
@@ -258,7 +274,7 @@ class Trainer:
         counts = acc.gather(torch.tensor([len(refs)], device=acc.device))
         if int(counts.min()) == 0:  # every process raises, none is left waiting in a collective
             raise UserError(f"no usable clips for process {int(counts.argmin())} of {self.world}: "
-                            f"{len(samples.refs)} clips in --shards, {self.frames} frames at {cfg.fps:g} fps "
+                            f"{len(samples.refs)} clips in --shards, {self.frames} frames at {self.defaults.fps:g} fps "
                             "needed per clip")
         return refs
 
@@ -325,7 +341,7 @@ class Trainer:
                                "epoch": self.stream.stream.epoch_of(batch_index - 1),
                                "time_step": time.perf_counter() - t0, "time_data": t_data}
         if ema_updated:
-            row["ema_updated"] = 1
+            row.update(ema_updated=1, **self.reference.metrics())
         self.step_keys = used_keys
         return row
 
@@ -371,13 +387,14 @@ class Trainer:
         transformer.eval()
         try:
             latents = spec.generate_latents([prompt], spec.encode_prompts([prompt]), num_frames=frames, height=height,
-                                            width=width, steps=cfg.validation_steps, guidance=cfg.neg_guidance,
-                                            seeds=[cfg.seed], transformer=transformer, images=images)
+                                            width=width, steps=cfg.validation_steps, guidance=self.defaults.guidance,
+                                            seeds=[cfg.seed], transformer=transformer, images=images,
+                                            negative_prompt=self.defaults.negative_prompt)
             video = spec.decode_latents(latents)[0]
         finally:
             transformer.train(was_training)
         path.parent.mkdir(parents=True, exist_ok=True)
-        encode_mp4(to_uint8(video), cfg.fps, path=path)
+        encode_mp4(to_uint8(video), self.defaults.fps, path=path)
 
     # ---- the loop and the outputs ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -418,7 +435,7 @@ class Trainer:
             if cfg.lora:
                 lora_dir = save_lora(self.spec, self.transformer, out / "lora")
             else:
-                transformer_dir = _atomic_dir(out / "transformer", lambda d: self.transformer.save_pretrained(d))
+                transformer_dir = _atomic_dir(out / "transformer", lambda d: save_trained(self.spec, self.transformer, d))
             plot = plot_metrics(self.metrics_path, out / "training.png")
             rows = read_jsonl(self.metrics_path)  # a resumed run's rows too
             if rows:
@@ -453,15 +470,31 @@ def _atomic_dir(final: Path, write) -> Path:
     return final
 
 
+def save_trained(spec, transformer: torch.nn.Module, folder: Path) -> None:
+    """Fully fine-tuned weights with save_pretrained: into `folder`, or for a two-expert model one subfolder per
+    trained expert, named by its pipeline component."""
+    for name, module in spec.trained_modules(transformer).items():
+        module.save_pretrained(folder / name if spec.expert_names else folder)
+
+
 def save_lora(spec, transformer: torch.nn.Module, out: Path) -> Path:
-    """The trained adapter in the diffusers LoRA format: `pipe.load_lora_weights(out)` loads it."""
+    """The trained adapter in the diffusers LoRA format: `pipe.load_lora_weights(out)` loads it. A two-expert model
+    gets one folder per trained expert, named by its pipeline component: `out/transformer` (high noise) and
+    `out/transformer_2` (low noise, `pipe.load_lora_weights(out / "transformer_2", load_into_transformer_2=True)`)."""
     from peft.utils import get_peft_model_state_dict
 
-    layers = get_peft_model_state_dict(transformer, adapter_name="default")
-    metadata = transformer.peft_config["default"].to_dict()
     pipe_cls = type(spec.pipeline())
-    return _atomic_dir(Path(out), lambda d: pipe_cls.save_lora_weights(
-        str(d), transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata, safe_serialization=True))
+    modules = spec.trained_modules(transformer)
+
+    def write(folder: Path) -> None:
+        for name, module in modules.items():
+            target = folder / name if spec.expert_names else folder
+            target.mkdir(parents=True, exist_ok=True)
+            layers = get_peft_model_state_dict(module, adapter_name="default")
+            pipe_cls.save_lora_weights(str(target), transformer_lora_layers=layers, safe_serialization=True,
+                                       transformer_lora_adapter_metadata=module.peft_config["default"].to_dict())
+
+    return _atomic_dir(Path(out), write)
 
 
 
@@ -473,4 +506,4 @@ def steps_per_round(steps: int, rounds: int) -> list[int]:
     return counts
 
 
-__all__ = ["train", "Trainer", "TrainResult", "save_lora", "steps_per_round"]
+__all__ = ["train", "Trainer", "TrainResult", "save_lora", "save_trained", "steps_per_round"]
