@@ -169,3 +169,30 @@ def test_quality_and_motion_scores_separate_static_from_moving(tmp_path):
     assert scores["moving"]["camera_motion"] < 3.0  # the discs move, the camera does not
     assert scores["static"]["frozen_fraction"] < 0.5  # sensor noise: static, not frozen
     assert scores["moving"]["sharpness"] > 15.0
+
+
+def test_tar_writer_writes_what_webdataset_writes(tmp_path):
+    """Our standard-library ShardWriter (curation must not import webdataset: it imports torch) against
+    webdataset's own writer, member for member."""
+    import tarfile
+
+    import webdataset as wds
+
+    from realaction.tar_writer import ShardWriter
+
+    sample = {"__key__": "src-0001", "mp4": b"\x00video", "txt": "a caption \u00e9".encode(), "json": b"{}",
+              "jpg": b"\xff\xd8"}
+    ours = ShardWriter(str(tmp_path / "ours-%06d.tar"), maxcount=10)
+    theirs = wds.ShardWriter(str(tmp_path / "theirs-%06d.tar"), maxcount=10, verbose=0)
+    for w in (ours, theirs):
+        w.write(sample)
+        w.write({**sample, "__key__": "src-0002"})
+        w.close()
+
+    def members(path):
+        with tarfile.open(path) as t:
+            return [(m.name, m.size, m.mode, m.uname, m.gname, m.type, t.extractfile(m).read()) for m in t]
+
+    assert members(tmp_path / "ours-000000.tar") == members(tmp_path / "theirs-000000.tar")
+    read = list(wds.WebDataset(str(tmp_path / "ours-000000.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in read] == ["src-0001", "src-0002"] and read[0]["txt"] == sample["txt"]
