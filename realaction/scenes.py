@@ -32,6 +32,9 @@ DETECTORS = {
 }
 
 
+_MICROSECOND = Fraction(1, 1_000_000)
+
+
 def make_detector(name: str, threshold: float | None = None):
     import scenedetect
 
@@ -61,7 +64,7 @@ class CutDetector:
     A detector reports a cut up to `latency` frames after the cut frame (AdaptiveDetector looks ahead
     `window_width` frames, the flash filter may hold a cut back): after `feed(i, ...)` returns, every cut at
     a frame <= i - latency has been reported. `cuts` holds the decode indices, `cut_numbers` PySceneDetect's
-    frame numbers for them. `last_bgr` is the full-size BGR frame the last `feed` converted (the filters reuse it).
+    frame numbers for them.
     """
 
     def __init__(self, name: str, threshold: float | None, clock: StreamClock, rotation: int = 0):
@@ -74,7 +77,6 @@ class CutDetector:
         self.latency = int(self.detector.event_buffer_length) + 1
         self.cuts: list[int] = []
         self.cut_numbers: list[int] = []
-        self.last_bgr: np.ndarray | None = None
         self._size: tuple[int, int] | None = None
         self._last_tc = None
         self._last = -1
@@ -96,17 +98,16 @@ class CutDetector:
         from scenedetect.common import Timecode
 
         us = self.clock.microseconds(pts)
+        fps = self.clock.average_fps
         if us <= 0:
-            fps = self.clock.average_fps
             return self._tc(Timecode(pts=index * fps.denominator, time_base=Fraction(1, fps.numerator)), fps=fps)
-        return self._tc(Timecode(pts=us, time_base=Fraction(1, 1_000_000)), fps=self.clock.average_fps)
+        return self._tc(Timecode(pts=us, time_base=_MICROSECOND), fps=fps)
 
     def frame_input(self, frame) -> np.ndarray:
         """The BGR frame PySceneDetect's SceneManager would hand the detector."""
         import cv2
 
         bgr = to_bgr(frame)
-        self.last_bgr = bgr
         if self._size is None:
             self._size = pyscenedetect_size(bgr.shape[1], bgr.shape[0])
         if (bgr.shape[1], bgr.shape[0]) != self._size:

@@ -78,7 +78,6 @@ class TransNetCutDetector:
     `scene_starts` are the cuts where a new shot starts (the package's scene starts, what accuracy is measured
     on); `cuts` also hold the starts of long transitions."""
 
-    last_bgr = None  # no full-size BGR frame to share with the filters
 
     def __init__(self, threshold: float | None, clock: StreamClock, batch_windows: int = BATCH_WINDOWS):
         self.net = load_transnetv2()

@@ -92,7 +92,7 @@ def encode_video_frames(frames: Iterable, fps: float, width: int, height: int, c
 # -- the curator's single pass: frames with their timestamps, resized without swscale where it is slow ---------
 
 LIMITED_RANGE, FULL_RANGE = 1, 2  # AVColorRange: MPEG ("tv", 16-235) and JPEG ("pc", 0-255)
-_PLANAR_420 = ("yuv420p", "yuvj420p")
+_LUMA_FIRST = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray")
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,69 @@ def decode_packets(container, stream) -> Iterator:
             yield DecodeError(f"{type(e).__name__}: {lines[0] if lines else ''}"[:200])
             continue
         yield from frames
+
+
+class Prefetch:
+    """Iterate `items` in a background thread, up to `depth` ahead, as PySceneDetect's SceneManager runs its
+    decoder: FFmpeg decodes the next frames (outside the GIL) while the caller works on this one. An exception
+    in the thread is raised to the caller where the item would have been. Use it as a context manager: leaving
+    it stops and joins the thread (before the container it reads is closed)."""
+
+    def __init__(self, items: Iterator, depth: int = 8):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), name="decode", daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put((True, item)):
+                    return
+        except BaseException as e:  # handed to the consumer
+            self._put((False, e))
+            return
+        self._put((False, None))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        ok, item = self._queue.get()
+        if ok:
+            return item
+        self._queue.put((False, item))  # stay exhausted
+        if item is None:
+            raise StopIteration
+        raise item
+
+    def __enter__(self) -> "Prefetch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import queue
+
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
 
 
 @dataclass(frozen=True)
@@ -167,9 +230,9 @@ def frame_luma(frame) -> float:
     """Mean luma of a decoded frame on the 0-255 RGB scale (a black frame is below ~16), from a sparse grid of
     the Y plane: a few microseconds, so every frame can have one."""
     name = frame.format.name
-    if name in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"):
-        y = _plane(frame.planes[0])[::8, ::8]
-        mean = float(y.mean())
+    if name in _LUMA_FIRST:
+        y = _plane(frame.planes[0])
+        mean = float(y[:: max(1, y.shape[0] // 48), :: max(1, y.shape[1] // 64)].mean())  # about 48 x 64 samples
         if frame.color_range == FULL_RANGE or name.startswith("yuvj") or name == "gray":
             return mean
         return min(255.0, max(0.0, (mean - 16.0) * 255.0 / 219.0))
@@ -189,16 +252,24 @@ def resize_frame(frame, width: int, height: int):
     if frame.width == width and frame.height == height and frame.format.name == "yuv420p" and not is_full_range(frame):
         return frame
     if frame.format.name == "yuv420p" and not is_full_range(frame) and width % 2 == 0 and height % 2 == 0:
-        y, u, v = (_plane(p) for p in frame.planes)
-        data = np.concatenate([shrink_plane(y, width, height).ravel(), shrink_plane(u, width // 2, height // 2).ravel(),
-                               shrink_plane(v, width // 2, height // 2).ravel()])
-        out = av.VideoFrame.from_ndarray(data.reshape(height * 3 // 2, width), format="yuv420p")
+        out = av.VideoFrame.from_ndarray(_shrink_i420(frame, width, height), format="yuv420p")
         out.color_range = LIMITED_RANGE
         return out
     kwargs = {"src_color_range": FULL_RANGE, "dst_color_range": LIMITED_RANGE} if is_full_range(frame) else {}
     out = frame.reformat(width=width, height=height, format="yuv420p", **kwargs)
     out.color_range = LIMITED_RANGE
     return out
+
+
+def small_rgb(frame, width: int, height: int) -> np.ndarray:
+    """A decoded frame shrunk to uint8 RGB at (width, height), for the filters. Limited-range 8-bit 4:2:0 frames
+    are shrunk plane by plane with OpenCV and converted after (BT.601, several times cheaper than converting the
+    full frame first); other frames are converted by swscale at full size (honouring their range), then shrunk."""
+    import cv2
+
+    if frame.format.name == "yuv420p" and not is_full_range(frame) and width % 2 == 0 and height % 2 == 0:
+        return cv2.cvtColor(_shrink_i420(frame, width, height), cv2.COLOR_YUV2RGB_I420)
+    return shrink_plane(frame.to_ndarray(format="rgb24"), width, height)
 
 
 def to_bgr(frame) -> np.ndarray:
@@ -224,6 +295,14 @@ def shrink_plane(img: np.ndarray, width: int, height: int) -> np.ndarray:
     if img.shape[1] == width and img.shape[0] == height:
         return img
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _shrink_i420(frame, width: int, height: int) -> np.ndarray:
+    """A yuv420p frame's planes shrunk to (width, height), packed as OpenCV's I420 [height * 3 / 2, width]."""
+    y, u, v = (_plane(p) for p in frame.planes)
+    data = np.concatenate([shrink_plane(y, width, height).ravel(), shrink_plane(u, width // 2, height // 2).ravel(),
+                           shrink_plane(v, width // 2, height // 2).ravel()])
+    return data.reshape(height * 3 // 2, width)
 
 
 def _plane(plane) -> np.ndarray:

@@ -40,8 +40,8 @@ from realaction.probe import ProbeError, Source, VideoProbe, probe, sha256_file
 from realaction.quality import fade_trim, quality_reasons, quality_scores, to_gray
 from realaction.scenes import build_cut_detector, detect_size, rotate
 from realaction.segments import Segment, Segmenter
-from realaction.video_io import (DecodeError, StreamClock, decode_packets, encode_video_frames, frame_luma,
-                                 resize_frame, shrink_plane, to_bgr)
+from realaction.video_io import (DecodeError, Prefetch, StreamClock, decode_packets, encode_video_frames,
+                                 frame_luma, resize_frame, small_rgb)
 
 DECODE_THREADING = "AUTO"  # FFmpeg frame + slice threads
 MAX_CLIPS_IN_FLIGHT = 3  # candidate clips queued for the scoring/encoding thread (each holds its frames)
@@ -261,54 +261,53 @@ class SourceCurator:
                 self._in_flight.append(fut)
                 clips.append(fut)
 
-            decoded = decode_packets(container, stream)
             try:
-                while True:
-                    try:
-                        frame = next(decoded)
-                    except StopIteration:
-                        break
-                    except av.error.FFmpegError as e:  # truncated or damaged container: keep what decoded
-                        warning = f"decoding stopped at frame {n}: {_reason(e)}"
-                        break
-                    if isinstance(frame, DecodeError):
-                        decode_errors += 1
-                        gap = n > 0
-                        continue
-                    i = n
-                    n += 1
-                    p = frame.pts
-                    if p is None or (pts and p <= pts[-1]):  # missing or out of order: one nominal frame on
-                        p = pts[-1] + clock.frame_ticks if pts else 0
-                    pts.append(p)
-                    t = clock.seconds(p)
-                    last_duration = frame.duration or None
-                    corrupt = bool(frame.is_corrupt)
-                    corrupt_frames += corrupt
-                    new_cuts = cuts.feed(i, frame, p)
-                    luma.append(frame_luma(frame))
-                    if t >= next_sample - 1e-4:
-                        next_sample = max(next_sample + sample_step, t + sample_step / 2)
-                        bgr = cuts.last_bgr if cuts.last_bgr is not None else to_bgr(frame)
-                        analysis[i] = rotate(shrink_plane(bgr, *ana_size)[:, :, ::-1], info.rotation)
-                    if raw_bytes is None:
-                        raw_bytes = sum(pl.buffer_size for pl in frame.planes)
-                    if self._held.value + raw_bytes > HELD_FRAMES_BUDGET:  # hold it at the output size instead
-                        buffer.append((i, resize_frame(frame, *coded_out), 0))
-                    else:
-                        buffer.append((i, frame, raw_bytes))
-                        self._held.add(raw_bytes)
-                    for s in seg.push(i, t, new_cuts, cuts.hold_from, unusable=corrupt, gap_before=gap):
-                        emit(s)
-                    gap = False
-                    keep_from = seg.keep_from
-                    if buffer[0][0] < keep_from:
-                        while buffer and buffer[0][0] < keep_from:
-                            self._held.add(-buffer.popleft()[2])
-                        for j in [j for j in analysis if j < keep_from]:
-                            del analysis[j]
-                    if n % 32 == 0:
-                        self.progress(32, 0)
+                with Prefetch(decode_packets(container, stream)) as decoded:
+                    while True:
+                        try:
+                            frame = next(decoded)
+                        except StopIteration:
+                            break
+                        except av.error.FFmpegError as e:  # truncated or damaged container: keep what decoded
+                            warning = f"decoding stopped at frame {n}: {_reason(e)}"
+                            break
+                        if isinstance(frame, DecodeError):
+                            decode_errors += 1
+                            gap = n > 0
+                            continue
+                        i = n
+                        n += 1
+                        p = frame.pts
+                        if p is None or (pts and p <= pts[-1]):  # missing or out of order: one nominal frame on
+                            p = pts[-1] + clock.frame_ticks if pts else 0
+                        pts.append(p)
+                        t = clock.seconds(p)
+                        last_duration = frame.duration or None
+                        corrupt = bool(frame.is_corrupt)
+                        corrupt_frames += corrupt
+                        new_cuts = cuts.feed(i, frame, p)
+                        luma.append(frame_luma(frame))
+                        if t >= next_sample - 1e-4:
+                            next_sample = max(next_sample + sample_step, t + sample_step / 2)
+                            analysis[i] = rotate(small_rgb(frame, *ana_size), info.rotation)
+                        if raw_bytes is None:
+                            raw_bytes = sum(pl.buffer_size for pl in frame.planes)
+                        if self._held.value + raw_bytes > HELD_FRAMES_BUDGET:  # hold it at the output size instead
+                            buffer.append((i, resize_frame(frame, *coded_out), 0))
+                        else:
+                            buffer.append((i, frame, raw_bytes))
+                            self._held.add(raw_bytes)
+                        for s in seg.push(i, t, new_cuts, cuts.hold_from, unusable=corrupt, gap_before=gap):
+                            emit(s)
+                        gap = False
+                        keep_from = seg.keep_from
+                        if buffer[0][0] < keep_from:
+                            while buffer and buffer[0][0] < keep_from:
+                                self._held.add(-buffer.popleft()[2])
+                            for j in [j for j in analysis if j < keep_from]:
+                                del analysis[j]
+                        if n % 32 == 0:
+                            self.progress(32, 0)
                 if n == 0:
                     raise ProbeError("no decodable frames")
                 end_pts = pts[-1] + (last_duration or clock.frame_ticks)
