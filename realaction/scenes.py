@@ -165,9 +165,11 @@ def detect_size(width: int, height: int, side: int, multiple: int = 2) -> tuple[
 
 
 def detect_cuts(path: Path, detector: str = "adaptive", threshold: float | None = None,
-                numbers: bool = False) -> list[int]:
-    """Cut frames of one video: decode indices, or with `numbers` PySceneDetect's frame numbers (the same on
-    constant-frame-rate video). Scene detection only; the curator does this inside its single decode pass."""
+                numbers: bool = False, max_frames: int | None = None) -> list[int]:
+    """Cut frames of one video (of its first `max_frames`): decode indices, or with `numbers` PySceneDetect's
+    frame numbers (the same on constant-frame-rate video). For transnetv2, the shot starts only (not the
+    starts of long transitions the curator also cuts at). Scene detection only; the curator does this inside
+    its single decode pass."""
     import av
 
     with av.open(str(path)) as container:
@@ -189,8 +191,11 @@ def detect_cuts(path: Path, detector: str = "adaptive", threshold: float | None 
             cd.feed(i, frame, pts)
             pts_prev = pts
             i += 1
+            if max_frames is not None and i >= max_frames:
+                break
         if cd is None:
             return []
         cd.finish()
-    pairs = sorted(zip(cd.cuts, cd.cut_numbers))
+    starts = set(getattr(cd, "scene_starts", cd.cuts))
+    pairs = sorted((a, b) for a, b in zip(cd.cuts, cd.cut_numbers) if a in starts)
     return [b if numbers else a for a, b in pairs]

