@@ -13,8 +13,8 @@ decode index (what clips are cut at) and the timecode's frame number (what PySce
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
-from collections import deque
 from fractions import Fraction
 from pathlib import Path
 
@@ -80,8 +80,8 @@ class CutDetector:
         self._size: tuple[int, int] | None = None
         self._last_tc = None
         self._last = -1
-        # recent frames: (microseconds, decode index), to map a reported timecode back to the frame it names
-        self._recent: deque[tuple[int, int]] = deque(maxlen=max(64, 4 * self.latency))
+        # every frame's time (microseconds, PySceneDetect's clock), to map a reported timecode back to its frame
+        self._us = array("q")
 
     @property
     def hold_from(self) -> int | None:
@@ -117,7 +117,7 @@ class CutDetector:
     def feed(self, index: int, frame, pts: int) -> list[int]:
         tc = self.timecode(index, pts)
         self._last, self._last_tc = index, tc
-        self._recent.append((max(0, self.clock.microseconds(pts)), index))
+        self._us.append(max(self._us[-1] if self._us else 0, self.clock.microseconds(pts)))
         found = self.detector.process_frame(tc, self.frame_input(frame))
         return self._add(found)
 
@@ -127,13 +127,8 @@ class CutDetector:
         return self._add(self.detector.post_process(self._last_tc))
 
     def _index_of(self, tc) -> int:
-        """Decode index of the frame a timecode names: the first recent frame at or after its time."""
-        us = round(tc.seconds * 1e6)
-        times = [t for t, _ in self._recent]
-        k = bisect_left(times, us - 1)
-        if k < len(self._recent):
-            return self._recent[k][1]
-        return self._last + 1
+        """Decode index of the frame a timecode names: the first frame at or after its time."""
+        return bisect_left(self._us, round(tc.seconds * 1e6) - 1)
 
     def _add(self, found) -> list[int]:
         if not found:  # the usual case, once per frame

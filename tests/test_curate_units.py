@@ -196,3 +196,20 @@ def test_tar_writer_writes_what_webdataset_writes(tmp_path):
     assert members(tmp_path / "ours-000000.tar") == members(tmp_path / "theirs-000000.tar")
     read = list(wds.WebDataset(str(tmp_path / "ours-000000.tar"), shardshuffle=False))
     assert [s["__key__"] for s in read] == ["src-0001", "src-0002"] and read[0]["txt"] == sample["txt"]
+
+
+def test_fade_trim_on_exact_luma():
+    from realaction.quality import fade_trim
+
+    content = np.full(50, 120.0)
+    fade_in = np.linspace(0, 120, 12, endpoint=False)  # 0, 10, ..., 110: below 96 (80% of 120) up to index 9
+    fade_out = fade_in[::-1]
+    luma = np.concatenate([np.zeros(5), fade_in, content, fade_out, np.zeros(8)])
+    assert fade_trim(luma) == (5 + 10, 10 + 8)
+    assert fade_trim(content) == (0, 0)
+    assert fade_trim(np.zeros(30)) == (30, 0)  # black throughout
+    # a clip that gets darker without going (nearly) black is not a fade: nothing trimmed
+    assert fade_trim(np.concatenate([content, np.linspace(120, 40, 20)])) == (0, 0)
+    # a dark scene (level 30) keeps its frames; only its black end goes
+    dark = np.concatenate([np.full(40, 30.0), np.full(6, 3.0)])
+    assert fade_trim(dark) == (0, 6)
