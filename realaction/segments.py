@@ -50,9 +50,6 @@ class Segmenter:
         """Frames before this index will never be part of a clip again."""
         return self.win_start
 
-    def time(self, index: int) -> float:
-        return self._times[index]
-
     def push(self, index: int, time: float, cuts: Iterable[int] = (), hold_from: int | None = None,
              unusable: bool = False, gap_before: bool = False) -> list[Segment]:
         """Frame `index` was decoded at `time`; `cuts` are the newly reported cuts; `hold_from`: a cut may still
