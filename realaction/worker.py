@@ -377,7 +377,8 @@ class SourceCurator:
             scores["clip_person"] = float(self.models.clip.person_score(rgb))
             if scores["clip_person"] < cfg.min_clip_person:
                 reasons.append("no-person")
-        b = max(b, a)
+        if b <= a:  # black throughout: the row keeps the candidate's range
+            a, b = 0, s.length
         trimmed = Segment(s.start + a, s.start + b, s.scene, s.too_short)
         start_s, end_s = float(c.times[a]), float(c.times[b])
         caption = None
