@@ -299,3 +299,13 @@ def test_blank_captions_are_trained_on_only_with_allow_blank_captions(cache_dir,
     _reset_accelerate()
     result = train(_cfg([str(shard)], cache_dir, tmp_path / "text-free", steps=1, allow_blank_captions=True))
     assert result.steps == 1 and _rows(tmp_path / "text-free")[0]["loss"] > 0
+
+
+def test_sft_generates_no_negatives(shards, tmp_path, capsys):
+    cache = tmp_path / "latents"
+    train(_cfg(shards, cache, tmp_path / "run", loss="sft", steps=2))
+    assert "0 generated" in capsys.readouterr().out
+    assert not list(cache.rglob("neg/*")), "SFT trains on the real clips alone: nothing in neg/"
+    assert len(list(cache.rglob("real/*.safetensors"))) == 4
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 2 and all(r["loss"] > 0 for r in rows)

@@ -54,8 +54,10 @@ class LoserPlan:
         real = cache.get_real(ref)
         if real is None:
             return None
-        losers = []
+        losers = [real["latents"][:0]]  # [0, ...]: K = 0 gives an empty loser stack
         for s in self.sets:
+            if not s.count:
+                continue
             neg = cache.get_negatives(ref, s.tag, self.seeds(ref.key, s))
             if neg is None:
                 return None

@@ -203,15 +203,14 @@ def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentC
 
     Negative i of a recipe for clip `key` is seeded by `negative_seed(plan.seed, key, i, round, source)`, made with
     `transformer` (None: the loaded base model; later rounds pass the current policy), `batch_size` clips per
-    pipeline call. Clips too short for `frames` at `fps`, or undecodable, are skipped with a warning."""
+    pipeline call; a plan with no losers (`NegativePlan.without_losers`) caches the real clips only. Clips too short for `frames` at `fps`, or undecodable, are skipped with a warning."""
     processes = processes or Processes()
     spec.check_size(frames, height, width)
-    if plan.k < 1:
-        raise UserError("k (negatives per clip) must be at least 1")
     if processes.main:
         cache.sweep_temporaries()
-        for recipe, _ in plan.parts:
-            cache.write_recipe(recipe.tag, recipe.settings())
+        for recipe, count in plan.parts:
+            if count:
+                cache.write_recipe(recipe.tag, recipe.settings())
     run = _Run(spec, cache, plan, (frames, height, width, fps), transformer, processes, None, batch_size)
     was_training = transformer.training if transformer is not None else False
     if transformer is not None:

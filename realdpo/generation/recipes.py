@@ -70,6 +70,10 @@ class NegativePlan:
         """What the training stream needs to find the K losers in the cache."""
         return LoserPlan(tuple(LoserSet(r.tag, r.source, n) for r, n in self.parts), self.seed, self.round)
 
+    def without_losers(self) -> "NegativePlan":
+        """The same recipes with no losers: caching it encodes the real clips only (`--loss sft` trains on none)."""
+        return NegativePlan(tuple((recipe, 0) for recipe, _ in self.parts), self.seed)
+
     @classmethod
     def from_options(cls, opts: NegativeOptions, spec, *, round: int = 1, weights: str = "base") -> "NegativePlan":
         """The plan of --negatives/--negatives-from and the --neg-* options, for `spec`'s model at `round`."""

@@ -240,7 +240,8 @@ class Trainer:
         if r > 1:
             fixed = {k: v for k, v in _config_dict(self.cfg).items() if k not in RESUMABLE_CHANGES}
             weights = "run:" + hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
-        return NegativePlan.from_options(self.cfg, self.spec, round=r, weights=weights)
+        plan = NegativePlan.from_options(self.cfg, self.spec, round=r, weights=weights)
+        return plan.without_losers() if self.cfg.loss == "sft" else plan  # SFT trains on the real clips alone
 
     def prepare_round(self, r: int):
         """Cache real latents and round-`r` negatives (all processes together); returns this process's usable clips."""
