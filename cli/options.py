@@ -61,7 +61,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
         annotation = hints[f.name]
         if typing.get_origin(annotation) is list:
             list_options.add(option_name(f))
-        if annotation is bool:
+        if annotation in (bool, typing.Optional[bool]):  # Optional: None means "decide from the model"
             flag = option_name(f)
             names = [f"{flag}/--no-{flag[2:]}"]
         params.append(inspect.Parameter(

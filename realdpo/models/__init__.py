@@ -26,8 +26,11 @@ def spec_class(path: Path) -> type[ModelSpec]:
 
 
 def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> ModelSpec:
-    """Load the model spec for a local diffusers folder; None loads the built-in tiny model."""
+              dtype: torch.dtype = torch.float32, *, offload_encoders: bool = True,
+              group_offload: bool = False) -> ModelSpec:
+    """Load the model spec for a local diffusers folder; None loads the built-in tiny model. On an accelerator,
+    `offload_encoders` keeps the text/image encoders and the VAE in CPU memory until they run and `group_offload`
+    streams the transformer block by block (for generation on small cards); see `realdpo.models.placement`."""
     if path is None:
         from realdpo.models.tiny import builtin_model_path
 
@@ -35,4 +38,5 @@ def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu"
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"model folder not found: {path}")
-    return spec_class(path).from_pretrained(path, device=device, dtype=dtype)
+    return spec_class(path).from_pretrained(path, device=device, dtype=dtype, offload_encoders=offload_encoders,
+                                             group_offload=group_offload)

@@ -38,8 +38,12 @@ class ModelSpec(ABC):
 
     @classmethod
     @abstractmethod
-    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "ModelSpec":
-        """Load components from a local diffusers folder (raise UserError naming any missing component)."""
+    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+                        offload_encoders: bool = True, group_offload: bool = False) -> "ModelSpec":
+        """Load components from a local diffusers folder (raise UserError naming any missing component).
+        On an accelerator the transformer goes there and, with `offload_encoders`, the text/image encoders and the
+        VAE stay in CPU memory until they run; `group_offload` keeps the transformer there too, block by block
+        (`realdpo.models.placement`)."""
 
     @abstractmethod
     def fingerprint(self) -> str:

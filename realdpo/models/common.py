@@ -100,6 +100,7 @@ class DiffusersSpec(ModelSpec):
 
     pipeline_classes: ClassVar[dict[str, str]]  # task -> diffusers pipeline class name
     max_sequence_length: int
+    encoders = None  # realdpo.models.placement.EncoderGroup: components kept off the accelerator until they run
 
     def __init__(self, path: Path, task: str, pipe, device: torch.device, dtype: torch.dtype):
         self.path, self.task, self.device, self.dtype = Path(path), task, torch.device(device), dtype
@@ -136,8 +137,11 @@ class DiffusersSpec(ModelSpec):
         return {v: k for k, v in cls.pipeline_classes.items()}
 
     @classmethod
-    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+                        offload_encoders: bool = True, group_offload: bool = False):
         import diffusers
+
+        from realdpo.models.placement import place_pipeline
 
         path = Path(path)
         name = cls.pipeline_class_name(path)
@@ -151,8 +155,10 @@ class DiffusersSpec(ModelSpec):
         pipe_cls = getattr(diffusers, cls.pipeline_classes[task])
         with quiet_progress():
             pipe = pipe_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
-        pipe.to(device)
-        return cls(path, task, pipe, torch.device(device), dtype)
+        encoders = place_pipeline(pipe, device, offload_encoders=offload_encoders, group_offload=group_offload)
+        spec = cls(path, task, pipe, torch.device(device), dtype)
+        spec.encoders = encoders  # the on-demand components (None: all on `device`)
+        return spec
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

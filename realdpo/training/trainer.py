@@ -24,7 +24,9 @@ from realdpo.configs.train import TrainConfig
 
 # options that may change between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = {"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "validate_every",
-                     "validation_prompt", "validation_steps", "shards", "cache_dir", "out"}
+                     "validation_prompt", "validation_steps", "shards", "cache_dir", "out",
+                     # where memory goes, not what is computed
+                     "chunk_size", "keep_graph", "gradient_checkpointing", "offload_encoders"}
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Trainer:
         from realdpo.data.clips import expand_shards
         from realdpo.data.stream import ShardSamples
         from realdpo.models import load_spec
+        from realdpo.models.placement import is_real_model
         from realdpo.runtime import cpu_only_distributed
 
         cfg, out = self.cfg, self.out
@@ -130,7 +133,11 @@ class Trainer:
         set_seed(cfg.seed)  # the same LoRA initialisation on every process
 
         weight_dtype = torch_dtype(cfg.mixed_precision) if cfg.lora else torch.float32
-        self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype)
+        self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype, offload_encoders=cfg.offload_encoders)
+        if is_real_model(self.spec.transformer):  # defaults that only pay off at real sizes (README "Memory")
+            cfg.gradient_checkpointing = True if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+            cfg.chunk_size = cfg.chunk_size or 1
+        cfg.gradient_checkpointing = bool(cfg.gradient_checkpointing)
         self.frames, self.height, self.width = self.spec.resolve_size(cfg.frames, cfg.height, cfg.width)
         size = (self.spec.fingerprint(), self.frames, self.height, self.width, cfg.fps)
         self.cache = LatentCache(cfg.cache_dir, *size)
@@ -147,9 +154,14 @@ class Trainer:
         from realdpo.configs.common import torch_dtype
         from realdpo.method.reference import make_reference
         from realdpo.method.step import ErrorModel
+        from realdpo.training.optim import make_optimizer
 
         cfg, acc = self.cfg, self.accelerator
         transformer = self.transformer = self.spec.transformer
+        if cfg.fp8_base:
+            from realdpo.models.placement import enable_fp8_storage
+
+            enable_fp8_storage(transformer, torch_dtype(cfg.mixed_precision))
         if cfg.lora:
             from peft import LoraConfig
 
@@ -168,7 +180,7 @@ class Trainer:
             transformer, ref=cfg.ref, lora=cfg.lora, ema_rate=cfg.ema_rate, ema_every=cfg.ema_every,
             copy_dtype=torch_dtype(cfg.mixed_precision))
 
-        optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(cfg.optimizer, self.trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
         lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
         self.policy, self.optimizer, self.lr_scheduler = acc.prepare(ErrorModel(self.spec, transformer), optimizer,
@@ -273,7 +285,7 @@ class Trainer:
             with (contextlib.nullcontext() if sync else acc.no_sync(policy)), acc.autocast():
                 micro_rows.append(preference_step(
                     policy, self.reference, self.spec, inputs, kind=cfg.loss, beta=cfg.beta,
-                    sft_weight=cfg.sft_weight, chunk_size=cfg.chunk_size, keep_graph=cfg.gradient_checkpointing,
+                    sft_weight=cfg.sft_weight, chunk_size=cfg.chunk_size, keep_graph=cfg.keep_graph,
                     backward=acc.backward, no_sync=lambda: acc.no_sync(policy)))
         params = list(self.trainable.values())
         if cfg.max_grad_norm > 0:
