@@ -20,6 +20,9 @@ class SampleConfig(ModelOptions):
     steps: int = field(50, help="Sampler steps.")
     guidance: float = field(6.0, help="Classifier-free guidance scale.")
     out: Path = field(Path("sample.mp4"), help="Output video file (.mp4).")
+    group_offload: bool = field(False, help="Keep the transformer in CPU memory and copy it to the accelerator one block "
+                                "at a time as it runs (diffusers group offloading), for cards it does not fit; "
+                                "costs one host-to-device copy of its weights per sampler step. No effect on a CPU.")
 
     def validate(self) -> None:
         self.validate_model_options()

@@ -156,7 +156,8 @@ def precompute(cfg) -> int:
     cfg.validate()
     urls = expand_shards(cfg.shards)
     state = PartialState(cpu=cpu_only_distributed())
-    spec = load_spec(cfg.model, device=state.device, dtype=torch_dtype(cfg.mixed_precision))
+    spec = load_spec(cfg.model, device=state.device, dtype=torch_dtype(cfg.mixed_precision),
+                     group_offload=cfg.group_offload)
     frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
     transformer = None
     if cfg.lora is not None:

@@ -35,7 +35,8 @@ def sample(cfg) -> Path:
     from realdpo.models import load_spec
 
     cfg.validate()
-    spec = load_spec(cfg.model, device=default_device(), dtype=torch_dtype(cfg.mixed_precision))
+    spec = load_spec(cfg.model, device=default_device(), dtype=torch_dtype(cfg.mixed_precision),
+                     group_offload=cfg.group_offload)
     if spec.task == "t2v" and cfg.image is not None:
         raise UserError(f"--image is for image-to-video models; {spec.path} is a text-to-video {spec.family} model")
     if spec.task == "i2v" and cfg.image is None:
