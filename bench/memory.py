@@ -129,11 +129,11 @@ def flash_attention_memory():
 
     sdpa = F.scaled_dot_product_attention
 
-    def meta_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if q.device.type != "meta":
-            return sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+    def meta_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if query.device.type != "meta":
+            return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
                         enable_gqa=enable_gqa)
-        return _FlashMemory.apply(q, k, v)
+        return _FlashMemory.apply(query, key, value)
 
     F.scaled_dot_product_attention = meta_sdpa
     try:

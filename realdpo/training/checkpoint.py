@@ -2,7 +2,8 @@
 
 A checkpoint holds accelerate's state (optimizer, LR scheduler, every process's RNG; accelerate reads them with
 `torch.load(weights_only=True)`) plus our own files: `trainable.safetensors` (the trained parameters: the LoRA
-adapter, or the whole transformer with --no-lora), `reference.safetensors` (the EMA reference, when there is one)
+adapter, or the whole transformer with --no-lora; under FSDP accelerate's sharded model files hold them instead),
+`reference.safetensors` (the EMA reference, when there is one)
 and `state.json` (optimizer step, data position, round). It is written under a temporary name and renamed into
 place, so `latest_checkpoint` never sees a torn one.
 """
@@ -17,6 +18,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from realdpo.runtime import copy_into, full_tensor, is_sharded
 
 STATE_FILE = "state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -38,8 +41,15 @@ def latest_checkpoint(out: Path) -> Path | None:
     return dirs[-1][1] if dirs else None
 
 
-def _tensors(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in named.items()}
+def _tensors(named: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
+    """CPU copies of whole tensors; FSDP shards are gathered one at a time (every process must call this for
+    them) and kept only where `keep`."""
+    out = {}
+    for k, v in named.items():
+        whole = full_tensor(v)
+        if keep:
+            out[k] = whole.detach().to("cpu").contiguous().clone()
+    return out
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -63,10 +73,12 @@ def save_checkpoint(accelerator, out: Path, step: int, *, trainable: dict[str, t
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # each process adds its RNG state; optimizer and scheduler from the main one
-    if accelerator.is_main_process:
-        save_file(_tensors(trainable), str(tmp / "trainable.safetensors"))
-        if reference:
-            save_file(_tensors(reference), str(tmp / "reference.safetensors"))
+    main = accelerator.is_main_process
+    whole = {name: _tensors(named, keep=main) for name, named in (("trainable", trainable), ("reference", reference))
+             if named and (main or is_sharded(named))}  # shards: every process joins the gathering
+    if main:
+        for name, tensors in whole.items():
+            save_file(tensors, str(tmp / f"{name}.safetensors"))
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -83,13 +95,13 @@ def load_checkpoint(accelerator, path: Path, *, trainable: dict[str, torch.nn.Pa
     """Restore accelerate's state, the trained parameters and the reference; returns state.json."""
     path = Path(path)
     accelerator.load_state(str(path))
-    saved = load_file(str(path / "trainable.safetensors"))
+    saved = load_file(str(path / "trainable.safetensors")) if trainable else {}
     if set(saved) != set(trainable):
         raise ValueError(f"checkpoint {path} does not match this run's trainable parameters "
                          f"({len(saved)} saved, {len(trainable)} expected)")
     with torch.no_grad():
         for k, p in trainable.items():
-            p.copy_(saved[k])
+            copy_into(p, saved[k])
     ref_file = path / "reference.safetensors"
     reference.load_state_dict(load_file(str(ref_file)) if ref_file.is_file() else {})
     return json.loads((path / STATE_FILE).read_text())
