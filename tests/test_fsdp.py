@@ -49,16 +49,22 @@ def test_fsdp_full_fine_tuning_matches_data_parallel_and_resumes(tmp_path):
                               for i in range(4)])
     train = ["train", "--shards", str(shard), "--model", str(tiny_model("cogvideox", "t2v")), "--cache-dir",
              str(tmp_path / "latents"), "--steps", "2", "--negatives", "2", "--neg-steps", "2", "--no-lora",
-             "--beta", "500", "--lr", "1e-4", "--checkpoint-every", "1"]
+             "--beta", "500", "--lr", "1e-4", "--checkpoint-every", "1", "--ref", "ema", "--ema-every", "1",
+             "--ema-rate", "0.5"]  # the EMA reference: a second sharded model, updated and checkpointed
     fsdp = ["--config_file", str(ROOT / "realdpo" / "configs" / "fsdp.yaml"), str(ROOT / "tests" / "fsdp_on_cpu.py")]
     _launch(fsdp, [*train, "--out", str(tmp_path / "fsdp")])
     _launch(["--multi_gpu", "--dynamo_backend", "no", "-m", "cli.main"], [*train, "--out", str(tmp_path / "ddp")])
 
     sharded, plain = _weights(tmp_path / "fsdp"), _weights(tmp_path / "ddp")
     assert sharded.keys() == plain.keys() and len(sharded) > 10
-    for k in sharded:
-        torch.testing.assert_close(sharded[k], plain[k], rtol=1e-5, atol=1e-6)
+    # reduce-scatter and all-reduce sum in different orders: gradients agree to float rounding, and AdamW turns a
+    # rounding difference in a near-zero gradient into at most lr per step
+    diff = torch.cat([(sharded[k] - plain[k]).abs().flatten() for k in sharded])
+    assert (diff <= 1e-6).float().mean() > 0.999 and diff.max() <= 2 * 1e-4 * 2
     rows = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    ddp_rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, ddp_rows):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["err_ref_l"] == pytest.approx(b["err_ref_l"], rel=1e-5)
     assert rows[0]["reward_margin"] == 0 and rows[1]["reward_margin"] != 0  # the sharded reference is the base
     step1 = tmp_path / "fsdp" / "checkpoints" / "step-1"
     assert list(step1.glob("pytorch_model_fsdp*")) and not (step1 / "trainable.safetensors").exists()

@@ -148,9 +148,9 @@ def test_chunked_gradient_equals_unchunked(kind, tiny_spec):
 
 
 def test_streamed_chunks_hold_one_rows_activations(tiny_spec):
-    """Peak tensor memory of one step (allocator events, weights excluded): streamed chunks of one row hold one
-    row's activations, kept graphs all K+1 rows'; with checkpointing only checkpoints are kept."""
-    from realdpo.memory import peak_allocated
+    """Peak tensor memory of one step (every tensor made during it, weights excluded): streamed chunks of one row
+    hold one row's activations, kept graphs all K+1 rows'; with checkpointing only checkpoints are kept."""
+    from realdpo.memory import TensorTracker
 
     spec = tiny_spec("cogvideox")
     tr = _lora_transformer(spec)
@@ -167,7 +167,9 @@ def test_streamed_chunks_hold_one_rows_activations(tiny_spec):
             preference_step(policy, ref, spec, inputs, kind="dpo", beta=500.0, **kw)
             tr.zero_grad(set_to_none=True)
         step()  # warm-up: lazily built buffers (rotary tables) are not the step's
-        return peak_allocated(step)
+        with TensorTracker() as tracker:
+            step()
+        return tracker.peak
 
     kept, streamed = peak(chunk_size=1, keep_graph=True), peak(chunk_size=1)
     tr.enable_gradient_checkpointing()
