@@ -23,9 +23,27 @@ def _resolve(target: str | Callable) -> Callable:
 
 
 class _MultiValueCommand(TyperCommand):
-    """Rewrites `--opt a b c` to `--opt a --opt b --opt c` for list options before click parses the words."""
+    """Rewrites `--opt a b c` to `--opt a --opt b --opt c` for list options before click parses the words.
+
+    Its help marks the `required` fields' options as required (click does not enforce them: `validate` reports a
+    missing one in one line, and a --config file may supply it) and shows no type after a flag."""
 
     list_options: frozenset[str] = frozenset()
+    required_options: frozenset[str] = frozenset()
+
+    def format_help(self, ctx: typer.Context, formatter) -> None:
+        params = self.get_params(ctx)
+        marked = [p for p in params if p.name in self.required_options]
+        for p in params:
+            if getattr(p, "is_flag", False):
+                p.metavar = ""  # typer would show <bool>
+        for p in marked:
+            p.required = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            for p in marked:
+                p.required = False
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         rewritten, current = [], None
@@ -47,7 +65,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
     """
     hints = typing.get_type_hints(config_cls)
     params = []
-    list_options = set()
+    list_options, required_options = set(), set()
     own = set(config_cls.__dict__.get("__annotations__", {}))
     ordered = sorted(dataclasses.fields(config_cls), key=lambda f: f.name not in own)  # the command's own options first
     for f in ordered:
@@ -61,6 +79,8 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
         annotation = hints[f.name]
         if typing.get_origin(annotation) is list:
             list_options.add(option_name(f))
+        if f.metadata.get("required"):
+            required_options.add(f.name)
         if annotation in (bool, typing.Optional[bool]):  # Optional: None means "decide from the model"
             flag = option_name(f)
             names = [f"{flag}/--no-{flag[2:]}"]
@@ -76,7 +96,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
 
     params.append(inspect.Parameter(
         "config", inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[Path],
-        default=typer.Option(None, "--config", help="YAML or TOML file supplying any of these options "
+        default=typer.Option(None, "--config", help="YAML (.yaml, .yml) or TOML (.toml) file supplying any of these options "
                              "(command-line options win).", is_eager=True, callback=load_config),
     ))
     params.insert(0, inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context))
@@ -94,6 +114,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")
     command.__doc__ = help
-    command_cls = type(f"{command.__name__}_command", (_MultiValueCommand,), {"list_options": frozenset(list_options)})
+    command_cls = type(f"{command.__name__}_command", (_MultiValueCommand,),
+                       {"list_options": frozenset(list_options), "required_options": frozenset(required_options)})
     app.command(name, help=help, cls=command_cls)(command)
 

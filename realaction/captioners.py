@@ -15,6 +15,11 @@ Sidecar lookup for a video `DIR/name.mp4`, first match wins:
      {"<clip index>": caption} mapping: per-clip captions; a clip missing there falls back to
      the object's "caption"/"text" when present.
 Blank captions count as missing. An unreadable sidecar gives no caption (logged), not an error.
+
+Size limits: every caption, whatever its source, is capped at `MAX_CAPTION_BYTES` (4 KiB) of UTF-8, cut at the
+last word boundary before the cap, with a warning. A `.txt` sidecar is read only as far as the cap needs; a
+`.json` sidecar larger than `MAX_JSON_SIDECAR_BYTES` (16 MiB) is not read at all (warning; the clips get no
+caption from it).
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_CAPTION_BYTES = 4096
+MAX_JSON_SIDECAR_BYTES = 16 << 20
+_TXT_READ_BYTES = 4 * MAX_CAPTION_BYTES  # whitespace is collapsed after reading, so read a little more than the cap
+
 
 @dataclass
 class CaptionRequest:
@@ -58,7 +67,65 @@ class Captioner(Protocol):
     def caption(self, req: CaptionRequest) -> Caption | None: ...
 
 
+def cap_caption(text: str) -> str:
+    """`text` cut to at most MAX_CAPTION_BYTES of UTF-8, at the last word boundary before the cap."""
+    data = text.encode("utf-8")
+    if len(data) <= MAX_CAPTION_BYTES:
+        return text
+    cut = data[:MAX_CAPTION_BYTES].decode("utf-8", "ignore")
+    space = cut.rfind(" ")
+    return cut[:space] if space > MAX_CAPTION_BYTES // 2 else cut
+
+
+def _warn_cut(origin: object, n: int = 1) -> None:
+    what = "a caption" if n == 1 else f"{n} captions"
+    log.warning("%s from %s longer than %d bytes: cut to the cap", what, origin, MAX_CAPTION_BYTES)
+
+
+class _CapCounter:
+    """Caps captions read from one file and warns once for all that were cut."""
+
+    def __init__(self, origin: object):
+        self.origin, self.cut = origin, 0
+
+    def __call__(self, text: Any) -> Any:
+        text = _clean(text)
+        if text is None:
+            return None
+        capped = cap_caption(text)
+        self.cut += capped is not text
+        return capped
+
+    def warn(self) -> None:
+        if self.cut:
+            _warn_cut(self.origin, self.cut)
+
+
+class CappedCaptioner:
+    """Any captioner, with its captions capped at MAX_CAPTION_BYTES (its other attributes are the inner one's)."""
+
+    def __init__(self, inner: Captioner):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def caption(self, req: CaptionRequest) -> Caption | None:
+        got = self.inner.caption(req)
+        if got is None:
+            return None
+        text = cap_caption(got.text)
+        if text is not got.text:
+            _warn_cut(f"{got.source} for {req.source} clip {req.clip_index}")
+        return Caption(text, got.source)
+
+
 def build_captioner(cfg: CurateConfig, clip: ClipModel | None = None) -> Captioner:
+    """The captioner `cfg` asks for, its captions capped at MAX_CAPTION_BYTES."""
+    return CappedCaptioner(_build(cfg, clip))
+
+
+def _build(cfg: CurateConfig, clip: ClipModel | None) -> Captioner:
     if cfg.captioner == "sidecar":
         return SidecarCaptioner(cfg.captions_csv)
     if cfg.captioner == "clip":
@@ -108,7 +175,7 @@ class SidecarCaptioner:
 
     def _sidecar(self, source: Path) -> tuple[str, Any] | None:
         if source not in self._cache:
-            if len(self._cache) > 64:
+            if len(self._cache) > 8:
                 self._cache.clear()
             self._cache[source] = _read_sidecar(source)
         return self._cache[source]
@@ -126,6 +193,7 @@ def _read_csv(path: Path) -> dict[str, dict[int | None, str]]:
     if not path.is_file():
         raise UserError(f"--captions-csv not found: {path}")
     out: dict[str, dict[int | None, str]] = {}
+    cap = _CapCounter(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -133,7 +201,7 @@ def _read_csv(path: Path) -> dict[str, dict[int | None, str]]:
             if not {"path", "caption"} <= fields:
                 raise UserError(f"--captions-csv {path} needs a header with columns path,caption (found {sorted(fields)})")
             for n, row in enumerate(reader, start=2):
-                text = _clean(row.get("caption"))
+                text = cap(row.get("caption"))
                 if not row.get("path") or not text:
                     continue
                 clip = (row.get("clip") or "").strip()
@@ -144,6 +212,7 @@ def _read_csv(path: Path) -> dict[str, dict[int | None, str]]:
                 out.setdefault(key, {})[int(clip) if clip else None] = text
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"--captions-csv {path} is not a readable UTF-8 CSV: {e}") from None
+    cap.warn()
     return out
 
 
@@ -153,13 +222,51 @@ def _read_sidecar(source: Path) -> tuple[str, Any] | None:
             if candidate == source or not candidate.is_file():
                 continue
             try:
-                raw = candidate.read_text(encoding="utf-8-sig")
-                value = _clean(raw) if kind == "sidecar-txt" else json.loads(raw)
+                value = _read_txt(candidate) if kind == "sidecar-txt" else _read_json(candidate)
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 log.warning("unreadable caption sidecar %s: %s", candidate, e)
                 continue
+            if value is None:
+                continue
             return kind, value
     return None
+
+
+def _read_txt(path: Path) -> str | None:
+    """The caption in a .txt sidecar, reading no more of the file than the caption cap needs."""
+    with open(path, "rb") as f:
+        data = f.read(_TXT_READ_BYTES + 1)
+    text = data[:_TXT_READ_BYTES].decode("utf-8-sig", "ignore" if len(data) > _TXT_READ_BYTES else "strict")
+    cap = _CapCounter(path)
+    text = cap(text)
+    if len(data) > _TXT_READ_BYTES:
+        cap.cut = 1
+    cap.warn()
+    return text
+
+
+def _read_json(path: Path) -> Any:
+    """A .json sidecar with every caption in it capped; None (with a warning) when the file is too big to read."""
+    size = path.stat().st_size
+    if size > MAX_JSON_SIDECAR_BYTES:
+        log.warning("caption sidecar %s is %d MiB, over the %d MiB limit: not read", path, size >> 20,
+                    MAX_JSON_SIDECAR_BYTES >> 20)
+        return None
+    value = json.loads(path.read_text(encoding="utf-8-sig"))
+    cap = _CapCounter(path)  # applied where _json_caption looks, so the parsed file held in the cache is small
+    if isinstance(value, str):
+        value = cap(value)
+    elif isinstance(value, list):
+        value = [cap(v) for v in value]
+    elif isinstance(value, dict):
+        per_clip = value.get("captions")
+        if isinstance(per_clip, list):
+            per_clip = [cap(v) for v in per_clip]
+        elif isinstance(per_clip, dict):
+            per_clip = {k: cap(v) for k, v in per_clip.items()}
+        value = {"captions": per_clip, "caption": cap(value.get("caption")), "text": cap(value.get("text"))}
+    cap.warn()
+    return value
 
 
 def _json_caption(value: Any, clip_index: int) -> str | None:
@@ -246,16 +353,19 @@ class VlmCaptioner:
             raise UserError(f"--vlm-model is not a folder: {folder}")
         if not (folder / "config.json").is_file():
             raise UserError(f"--vlm-model {folder} has no config.json: give a folder written by save_pretrained")
+        _refuse_folder_code(folder)
         self.prompt, self.max_tokens, self.max_frames = prompt, int(max_tokens), max(1, int(max_frames))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
+            from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # its bars would break the curation progress display
-            self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+            local = {"local_files_only": True, "trust_remote_code": False}  # never the folder's own code
+            config = AutoConfig.from_pretrained(folder, **local)
+            self.processor = AutoProcessor.from_pretrained(folder, **local)
             self.model = AutoModelForImageTextToText.from_pretrained(
-                folder, local_files_only=True, dtype="auto" if self.device != "cpu" else torch.float32
+                folder, config=config, dtype="auto" if self.device != "cpu" else torch.float32, **local
             ).to(self.device).eval()
         except Exception as e:  # transformers raises many kinds for a folder that is not a VLM
             raise UserError(f"--vlm-model {folder} does not load as a vision-language model: {one_line(e)}") from None
@@ -295,3 +405,27 @@ class VlmCaptioner:
         answer = _clean(self.processor.batch_decode(new, skip_special_tokens=True)[0])
         return Caption(answer, "vlm") if answer else None
 
+
+
+# The files through which a model folder can ask transformers to import its own Python code (`auto_map`).
+_CODE_HOOK_FILES = ("config.json", "processor_config.json", "preprocessor_config.json",
+                    "video_preprocessor_config.json", "tokenizer_config.json", "feature_extractor_config.json")
+
+
+def _refuse_folder_code(folder: Path) -> None:
+    """A folder that maps transformers' classes to its own code is refused: realaction never runs a model's code."""
+    for name in _CODE_HOOK_FILES:
+        path = folder / name
+        if not path.is_file() or path.stat().st_size > MAX_JSON_SIDECAR_BYTES:
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # the loader reports a broken file
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if auto_map:
+            target = next(iter(auto_map.values())) if isinstance(auto_map, dict) else auto_map
+            raise UserError(
+                f"--vlm-model {folder} ships its own model code ({name} maps classes to {target}); realdpo never "
+                "runs code from a model folder (trust_remote_code=False): use a model that transformers supports natively"
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -12,11 +13,12 @@ from realaction.fields import field
 DETECTORS = ("adaptive", "content", "threshold", "hash", "histogram")
 CAPTIONERS = ("sidecar", "clip", "vlm")
 PERSON_DETECTORS = ("hog", "haar", "hog+haar", "none")
+ENGINES = ("local", "ray")
 
 
 @dataclass
 class CurateConfig:
-    src: Optional[Path] = field(None, help="Folder of raw videos, searched recursively (mp4, mov, mkv, avi, webm, ...).")
+    src: Optional[Path] = field(None, required=True, help="Folder of raw videos, searched recursively (mp4, mov, mkv, avi, webm, ...).")
     out: Path = field(Path("curated"), help="Output folder: shards/, manifest.jsonl, sources.jsonl, summary.json, data card.")
     max_side: int = field(640, help="Longest side of written clips in pixels (never upscaled).")
     fps: Optional[float] = field(None, help="Frame rate of written clips; default keeps the source's.")
@@ -37,7 +39,13 @@ class CurateConfig:
     min_motion: float = field(2.0, help="Reject clips ('static') whose subject motion is below this: 90th percentile of optical flow left after removing the camera's global motion, in pixels per second at analysis size.")
     max_camera_motion: float = field(60.0, help="Reject clips ('shaky') whose camera motion (a global similarity fit to the flow) is above this, in pixels per second at analysis size.")
     person_detector: str = field("hog+haar", help=f"Offline person detector: {', '.join(PERSON_DETECTORS)}.")
-    min_person: float = field(0.0, help="Reject clips ('no-person') where --person-detector finds a person in less than this fraction of the frames it checks; it checks 3 frames of each clip that passed the other filters (0 disables the filter and the detector is not run).")
+    person_model: Optional[Path] = field(None, help="Local ONNX person detector (e.g. an ultralytics YOLOv8/YOLO11 export: input [1,3,H,W] RGB in 0..1, output [1,4+C,N] with class 0 = person), run with onnxruntime instead of --person-detector. Its 'person' score is recorded for every clip that passed the cheaper filters; --min-person sets the threshold.")
+    person_confidence: float = field(0.4, help="Class score at which --person-model counts a detection as a person.")
+    min_person: float = field(0.0, help="Reject clips ('no-person') where the person detector (--person-model, else --person-detector) finds a person in less than this fraction of the frames it checks; it checks 3 frames of each clip that passed the other filters (0 disables the filter: then --person-detector is not run).")
+    max_text_area: float = field(0.03, help="Reject clips ('text') where detected text (subtitles, watermarks, captions burnt in) covers more than this fraction of the frame, averaged over 3 frames; rapidocr's offline text detection model, run only on clips that passed the quality and motion filters. 1 turns the filter off.")
+    text_side: int = field(480, help="Longest side, in pixels, the analysis frames are resized to for text detection.")
+    dedup: bool = field(True, help="Reject clips ('duplicate') that repeat an already-kept clip (of any source, this run or a resumed one): perceptual hashes of 4 frames each within --dup-distance bits of the kept clip's. The manifest row names the clip it duplicates.")
+    dup_distance: int = field(12, help="Largest Hamming distance (of 64 bits) between frame hashes that still counts as the same picture (re-encoded or rescaled copies measure 0-4, a 6% crop up to 12, different scenes 18 or more).")
     clip_checkpoint: Optional[Path] = field(None, help="Local open_clip checkpoint for the CLIP person score and the clip captioner.")
     clip_arch: str = field("ViT-B-32", help="open_clip architecture of --clip-checkpoint.")
     min_clip_person: float = field(0.0, help="Reject clips ('no-person') whose CLIP 'a person' score is below this (needs --clip-checkpoint; 0 disables).")
@@ -47,7 +55,9 @@ class CurateConfig:
     vlm_model: Optional[Path] = field(None, help="Local folder of a vision-language model (e.g. Qwen2-VL) for the vlm captioner.")
     vlm_prompt: str = field("Describe in detail what the person in this video is doing and how they move.", help="Prompt given to the vlm captioner.")
     vlm_max_tokens: int = field(96, help="Longest caption the vlm captioner writes, in tokens.")
-    workers: int = field(1, help="Sources processed in parallel.")
+    workers: int = field(1, help="Sources processed in parallel (worker processes; with --engine ray and no --ray-address, the CPUs of the local Ray instance).")
+    engine: str = field("local", help=f"Where per-source work runs: {', '.join(ENGINES)}. 'ray' runs each source as a Ray task, on a local Ray instance or the cluster at --ray-address; shards are written by this process either way.")
+    ray_address: Optional[str] = field(None, help="Address of an existing Ray cluster for --engine ray ('auto' or HEAD_IP:6379, run on a node of the cluster); default starts a local Ray instance.")
     shard_max_count: int = field(1000, help="Most samples per shard.")
     shard_max_mb: float = field(1024.0, help="Largest shard size in MiB.")
     commit_seconds: float = field(300.0, help="Close and commit the open shard at least this often, so a killed run redoes at most this much work.")
@@ -55,12 +65,21 @@ class CurateConfig:
     def validate(self) -> None:
         if self.src is None:
             raise UserError("--src is required: the folder of raw videos to curate")
-        if not Path(self.src).is_dir():
+        try:
+            src_is_dir = Path(self.src).is_dir()
+        except OSError as e:
+            raise UserError(f"--src {self.src} cannot be read: {e.strerror or e}") from None
+        if not src_is_dir:
             raise UserError(f"--src is not a folder: {self.src}")
+        check_writable_folder(Path(self.out), "--out")
         if self.detector not in DETECTORS:
             raise UserError(f"unknown --detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
         if self.captioner not in CAPTIONERS:
             raise UserError(f"unknown --captioner {self.captioner!r}; choose one of {', '.join(CAPTIONERS)}")
+        if self.engine not in ENGINES:
+            raise UserError(f"unknown --engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.ray_address and self.engine != "ray":
+            raise UserError("--ray-address needs --engine ray")
         if self.person_detector not in PERSON_DETECTORS:
             raise UserError(f"unknown --person-detector {self.person_detector!r}; choose one of {', '.join(PERSON_DETECTORS)}")
         if not 0 < self.min_seconds <= self.max_seconds:
@@ -80,12 +99,18 @@ class CurateConfig:
             raise UserError("--analysis-fps, --shard-max-mb and --commit-seconds must be positive")
         if not 0 <= self.min_brightness < self.max_brightness <= 255:
             raise UserError("--min-brightness and --max-brightness must satisfy 0 <= min < max <= 255")
-        for name in ("max_black_fraction", "max_frozen_fraction", "min_person"):
+        for name in ("max_black_fraction", "max_frozen_fraction", "min_person", "max_text_area"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1")
         if self.min_sharpness < 0 or self.min_motion < 0 or self.max_camera_motion <= 0:
             raise UserError("--min-sharpness and --min-motion must be >= 0, --max-camera-motion > 0")
-        for name in ("clip_checkpoint", "captions_csv", "action_vocab", "vlm_model"):
+        if not 0 < self.person_confidence <= 1:
+            raise UserError("--person-confidence must be in (0, 1]")
+        if self.text_side < 32:
+            raise UserError("--text-side must be at least 32")
+        if not 0 <= self.dup_distance < 64:
+            raise UserError("--dup-distance must be between 0 and 63 bits")
+        for name in ("clip_checkpoint", "captions_csv", "action_vocab", "vlm_model", "person_model"):
             p = getattr(self, name)
             if p is not None and not Path(p).exists():
                 raise UserError(f"--{name.replace('_', '-')} not found: {p}")
@@ -95,3 +120,18 @@ class CurateConfig:
             raise UserError("--min-clip-person needs --clip-checkpoint PATH")
         if self.captioner == "vlm" and self.vlm_model is None:
             raise UserError("--captioner vlm needs --vlm-model DIR (a local vision-language model folder)")
+
+
+def check_writable_folder(path: Path, option: str) -> None:
+    """Fail in one line unless `path` is a folder we can write in, or one we can create (nothing is created)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "an existing file" if existing == path else f"inside {existing}, which is a file"
+        raise UserError(f"{option} must be a folder, but {path} is {what}")
+    try:  # a real write: permissions, read-only mounts and pseudo file systems all answer here
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"{option} {path} is not writable: cannot create files in {existing} ({e.strerror or e})") from None

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
-from realaction.errors import UserError
+from realaction.errors import UserError, one_line
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
-          default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help text; `flag` names the option when it differs from the field's name.
+          default_factory: Any = dataclasses.MISSING, required: bool = False) -> Any:
+    """A config field with its help text; `flag` names the option when it differs from the field's name;
+    `required` marks the option so in `--help` (the config's `validate` says what is missing, in one line).
 
     A list field's option takes one or more values (`--shards a.tar b.tar`, so a shell-expanded glob works)
     and may also be repeated.
     """
-    meta = {"help": help, "flag": flag}
+    meta = {"help": help, "flag": flag, "required": required}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -32,27 +34,91 @@ def option_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+CONFIG_SUFFIXES = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
+
+
+def _expected(annotation: Any) -> str:
+    """How an option's type reads in an error message."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is list:
+        plural = {str: "strings", int: "integers", float: "numbers", Path: "paths (strings)"}
+        return f"a list of {plural.get(args[0], _expected(args[0]))}" if args else "a list"
+    if args:  # Optional[X]
+        return _expected(args[0])
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            Path: "a path (a string)"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _conform(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """(whether `value` fits the option's type, the value to use). A number written as a string ("1e-4", which
+    YAML 1.1 reads as a string) is taken as the number."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        items = [_conform(v, args[0]) if args else (True, v) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        return (True, None) if value is None else _conform(value, inner[0])
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation in (int, float):
+        if isinstance(value, str):
+            try:
+                value = annotation(value.strip())
+            except ValueError:
+                return False, value
+        number = (int, float) if annotation is float else int
+        return isinstance(value, number) and not isinstance(value, bool), value
+    if annotation in (str, Path):
+        return isinstance(value, str), value
+    return True, value  # other types: click converts and reports
+
+
+def _shown(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} ({text[:60] + '...' if len(text) > 60 else text})"
+
+
 def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
-    """Read a YAML or TOML file of option values; keys may use dashes or underscores."""
+    """Read a YAML (.yaml, .yml) or TOML (.toml) file of option values; keys may use dashes or underscores.
+
+    Every value is checked against its option's type: a mistake names the file and the option."""
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    kind = CONFIG_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"config file {path}: unknown format {path.suffix or '(no suffix)'}; name it .toml, .yaml "
+                        "or .yml")
     try:
-        if path.suffix.lower() == ".toml":
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {path}: {one_line(e, 160)}") from None
+    try:
+        if kind == "TOML":
             data = tomllib.loads(text)
         else:
             import yaml
 
             data = yaml.safe_load(text) or {}
     except Exception as e:  # parse errors of either format
-        raise UserError(f"cannot parse config file {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot parse config file {path} as {kind}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of option names to values")
-    known = {f.name for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    known = {f.name: f for f in dataclasses.fields(config_cls)}
     out = {}
     for key, value in data.items():
         name = str(key).lstrip("-").replace("-", "_")
         if name not in known:
             raise UserError(f"unknown option in config file {path}: {key}")
+        ok, value = _conform(value, hints[name])
+        if not ok:
+            raise UserError(f"config file {path}: option {key!r} ({option_name(known[name])}) must be "
+                            f"{_expected(hints[name])}, got {_shown(value)}")
         out[name] = value
     return out

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,17 +52,81 @@ def source_id(rel: str) -> str:
     return f"{slug}-{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:8]}"
 
 
-def discover(src: Path) -> list[Source]:
-    """Every file under `src` (recursive, hidden folders skipped) with a video extension, sorted by path."""
+@dataclass(frozen=True)
+class Skipped:
+    """Something under --src that could hold videos but cannot be scanned; listed in sources.jsonl as `skipped`."""
+
+    rel: str
+    reason: str
+
+
+def discover(src: Path, skipped: list[Skipped] | None = None) -> list[Source]:
+    """Every file under `src` with a video extension, sorted by path; hidden files and folders are left out.
+
+    Symlinked files and folders are followed, after everything reachable without links (so a folder found
+    both directly and through a link is curated once, under its real path). What cannot be scanned is appended
+    to `skipped` with the reason: a symlink loop, a dangling symlink, an unreadable folder, a link to a folder
+    or file already found by another path (curating it twice would duplicate its clips).
+    """
     src = Path(src)
-    found = []
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
-            r = rel.as_posix()
-            found.append(Source(path=path, rel=r, source_id=source_id(r)))
+    found: list[Source] = []
+    seen: dict[tuple[int, int], str] = {}  # (device, inode) -> the relative path it was first found at
+    notes = skipped if skipped is not None else []
+    links: list[tuple[str, str, frozenset]] = []  # followed once the tree without links is done
+
+    def visit(path: str, rel: str, ancestors: frozenset, is_link: bool) -> None:
+        if is_link and not following:
+            links.append((path, rel, ancestors))
+            return
+        try:
+            st = os.stat(path)  # follows links
+        except OSError as e:
+            if is_link:
+                if e.errno == errno.ELOOP:
+                    notes.append(Skipped(rel, "symlink loop"))
+                elif e.errno == errno.ENOENT:
+                    notes.append(Skipped(rel, f"dangling symlink (to {os.readlink(path)})"))
+                else:
+                    notes.append(Skipped(rel, f"unreadable symlink: {_first_line(e)}"))
+            elif Path(rel).suffix.lower() in VIDEO_EXTENSIONS:
+                notes.append(Skipped(rel, f"unreadable: {_first_line(e)}"))
+            return
+        ident = (st.st_dev, st.st_ino)
+        if stat.S_ISDIR(st.st_mode):
+            if ident in ancestors:
+                notes.append(Skipped(rel, "symlink loop: links to a folder that contains it"))
+            elif ident in seen:
+                notes.append(Skipped(rel, f"same folder as {seen[ident]}"))
+            else:
+                seen[ident] = rel
+                walk(path, rel + "/", ancestors | {ident})
+        elif stat.S_ISREG(st.st_mode) and Path(rel).suffix.lower() in VIDEO_EXTENSIONS:
+            if ident in seen:
+                notes.append(Skipped(rel, f"same file as {seen[ident]}"))
+            else:
+                seen[ident] = rel
+                found.append(Source(path=Path(path), rel=rel, source_id=source_id(rel)))
+
+    def walk(folder: str, prefix: str, ancestors: frozenset) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            notes.append(Skipped(prefix.rstrip("/") or ".", f"unreadable folder: {_first_line(e)}"))
+            return
+        for entry in entries:
+            if not entry.name.startswith("."):
+                visit(entry.path, prefix + entry.name, ancestors, entry.is_symlink())
+
+    root = os.stat(src)
+    seen[(root.st_dev, root.st_ino)] = "."
+    following = False  # links met in the first walk wait in `links`; those inside linked folders are followed at once
+    walk(str(src), "", frozenset({(root.st_dev, root.st_ino)}))
+    following = True
+    for path, rel, ancestors in links:
+        visit(path, rel, ancestors, is_link=True)
+    found.sort(key=lambda s: s.rel.split("/"))
+    notes.sort(key=lambda k: k.rel.split("/"))
     return found
 
 

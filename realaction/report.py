@@ -20,9 +20,10 @@ Curated by realaction $version on $date from `$src`.
 
 | | |
 | --- | --- |
-| sources | $sources_done done, $sources_error errors |
+| sources | $sources_done done, $sources_error errors, $sources_skipped paths skipped |
 | candidate clips | $candidates |
 | kept clips | $kept ($kept_seconds s) |
+| rejected clips | $rejected ($rejected_seconds s) |
 
 ## Rejected, by reason
 $rejected_table
@@ -34,12 +35,26 @@ $config
 """
 
 
+def _ranked(counts: Counter) -> dict:
+    """Most frequent first, ties by name: the same order whichever order sources finished in."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def _seconds(row: dict) -> float:
+    """Seconds of source footage a manifest row covers."""
+    return max(0.0, float(row.get("end_s", 0.0)) - float(row.get("start_s", 0.0)))
+
+
 def build_summary(out: Path) -> dict:
     out = Path(out)
     sources = read_jsonl(out / "sources.jsonl")
     manifest = read_jsonl(out / "manifest.jsonl")
     kept = [r for r in manifest if r.get("kept")]
     by_reason = Counter(r.get("reason") for r in manifest if not r.get("kept"))
+    seconds_by_reason = Counter()
+    for r in manifest:
+        if not r.get("kept"):
+            seconds_by_reason[r.get("reason")] += _seconds(r)
     any_reason = Counter(x for r in manifest for x in r.get("reasons", []))
     errors = Counter(r.get("reason") for r in sources if r.get("status") == "error")
     histograms = {}
@@ -57,15 +72,19 @@ def build_summary(out: Path) -> dict:
     shards = sorted({name for r in sources for name in r.get("shards", [])})
     return {
         "sources": {"total": len(sources), "done": sum(r.get("status") == "done" for r in sources),
-                    "error": sum(r.get("status") == "error" for r in sources)},
-        "source_errors": dict(errors),
+                    "error": sum(r.get("status") == "error" for r in sources),
+                    "skipped": sum(r.get("status") == "skipped" for r in sources)},
+        "source_errors": _ranked(errors),
+        "source_skipped": {r.get("source"): r.get("reason") for r in sources if r.get("status") == "skipped"},
         "candidates": len(manifest),
         "kept": len(kept),
         "rejected": len(manifest) - len(kept),
-        "kept_seconds": round(sum(r["end_s"] - r["start_s"] for r in kept), 3),
-        "rejected_by_reason": dict(by_reason.most_common()),
-        "rejected_by_any_reason": dict(any_reason.most_common()),
-        "caption_sources": dict(Counter(r.get("caption_source") for r in kept)),
+        "kept_seconds": round(sum(_seconds(r) for r in kept), 3),
+        "rejected_seconds": round(sum(seconds_by_reason.values()), 3),
+        "rejected_by_reason": _ranked(by_reason),
+        "rejected_seconds_by_reason": {k: round(seconds_by_reason[k], 3) for k in _ranked(by_reason)},
+        "rejected_by_any_reason": _ranked(any_reason),
+        "caption_sources": _ranked(Counter(r.get("caption_source") for r in kept)),
         "score_histograms": histograms,
         "shards": shards,
     }
@@ -80,8 +99,9 @@ def write_card(out: Path, summary: dict, config: dict) -> Path:
     out = Path(out)
     text = CARD_TEMPLATE.read_text(encoding="utf-8") if CARD_TEMPLATE.is_file() else _FALLBACK_CARD
     reasons = summary["rejected_by_reason"]
-    table = "| reason | clips |\n| --- | --- |\n" + "".join(f"| {k} | {v} |\n" for k, v in reasons.items()) \
-        if reasons else "(none)\n"
+    seconds = summary.get("rejected_seconds_by_reason", {})
+    table = "| reason | clips | seconds |\n| --- | --- | --- |\n" + "".join(
+        f"| {k} | {v} | {seconds.get(k, 0.0)} |\n" for k, v in reasons.items()) if reasons else "(none)\n"
     errors = summary["source_errors"]
     error_table = "| reason | sources |\n| --- | --- |\n" + "".join(
         f"| {k.replace('|', '/')} | {v} |\n" for k, v in errors.items()) if errors else "(none)\n"
@@ -90,8 +110,9 @@ def write_card(out: Path, summary: dict, config: dict) -> Path:
     card = Template(text).safe_substitute(
         name=out.name, version=__version__, date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         src=config.get("src"), sources_done=summary["sources"]["done"], sources_error=summary["sources"]["error"],
+        sources_skipped=summary["sources"]["skipped"],
         candidates=summary["candidates"], kept=summary["kept"], kept_seconds=summary["kept_seconds"],
-        rejected=summary["rejected"], rejected_table=table, error_table=error_table, score_table=scores,
+        rejected=summary["rejected"], rejected_seconds=summary["rejected_seconds"], rejected_table=table, error_table=error_table, score_table=scores,
         shards=len(summary["shards"]), caption_sources=", ".join(f"{k}: {v}" for k, v in summary["caption_sources"].items()) or "none",
         config=json.dumps(config, indent=2, sort_keys=True),
     )

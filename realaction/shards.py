@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from realaction.worker import SourceResult
 
@@ -42,17 +43,21 @@ def jsonl_text(rows) -> str:
 
 def read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSON-lines file; a torn or damaged line (from a kill) is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: Path) -> Iterator[dict]:
+    """The rows of `read_jsonl`, one at a time (a manifest can be big)."""
+    if not Path(path).is_file():
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                yield row
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -32,7 +32,6 @@ from realaction.video_io import encode_video_frames
 
 DECODE_THREADING = "AUTO"  # FFmpeg frame + slice threads
 MAX_CLIPS_IN_FLIGHT = 3  # candidate clips queued for the scoring/encoding thread (each holds its frames)
-PERSON_FRAMES = 3  # frames per clip the person detector looks at: it costs more than decoding the clip
 
 
 @dataclass
@@ -64,26 +63,23 @@ class SourceResult:
 
 def config_hash(cfg) -> str:
     """Hash of the options that shape the output (not where it is read from or written to)."""
-    items = {k: str(v) for k, v in sorted(asdict(cfg).items()) if k not in ("src", "out", "workers")}
+    items = {k: str(v) for k, v in sorted(asdict(cfg).items()) if k not in ("src", "out", "workers", "engine", "ray_address")}
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Models:
-    """Person detector, CLIP model and captioner: built once per worker process."""
+    """Model filters, CLIP model and captioner: built once per worker process."""
 
     def __init__(self, cfg):
-        self.person = None
         self.clip = None
-        if cfg.person_detector != "none" and cfg.min_person > 0:  # a disabled filter costs nothing
-            from realaction.people import PersonDetector
-
-            self.person = PersonDetector(cfg.person_detector, max_frames=PERSON_FRAMES)
         if cfg.clip_checkpoint is not None:
             from realaction.clip_model import ClipModel
 
             self.clip = ClipModel.load(cfg.clip_arch, Path(cfg.clip_checkpoint))
         from realaction.captioners import build_captioner
+        from realaction.filters import ModelFilters
 
+        self.filters = ModelFilters(cfg, self.clip)
         self.captioner = build_captioner(cfg, self.clip)
 
 
@@ -176,8 +172,10 @@ class SourceCurator:
         seg = Segmenter(min_len, max_len, cfg.cut_margin, cuts.latency)
         buffer: deque = deque()  # (index, av.VideoFrame) from the first frame a clip may still use
         analysis: dict[int, np.ndarray] = {}  # index -> RGB frame at analysis size, upright
-        cw, ch = job.coded_out
-        shrink = (cw, ch) if info.coded_width * info.coded_height > 2 * cw * ch else None
+        # Big frames are held at a smaller size (the buffer spans a whole clip), but never below what the
+        # detector and the filters look at: scores must not depend on --max-side.
+        hw, hh = detect_size(info.coded_width, info.coded_height, max(cfg.max_side, cfg.analysis_side, cfg.detect_side))
+        shrink = (hw, hh) if info.coded_width * info.coded_height > 2 * hw * hh else None
         step = fps / cfg.analysis_fps  # source frames between analysis samples
         next_sample = 0.0
         n = 0
@@ -210,7 +208,7 @@ class SourceCurator:
                     break
                 i = n
                 n += 1
-                if shrink:  # hold big frames at output size: the buffer spans a whole clip
+                if shrink:
                     frame = frame.reformat(width=shrink[0], height=shrink[1], format="yuv420p")
                 small = small_bgr(frame, *det_size)
                 new_cuts = cuts.feed(i, small)
@@ -257,15 +255,12 @@ class SourceCurator:
         scores = {**quality_scores(gray), **motion_scores(gray, idx.astype(np.float64) / fps)}
         reasons = ["too-short"] if s.too_short else []
         reasons += quality_reasons(scores, cfg) + motion_reasons(scores, cfg)
-        # The model scores cost more than the rest together: only for clips still in the running.
-        if not reasons and self.models.person is not None:
-            scores["person"] = float(self.models.person.score(rgb))
-            if scores["person"] < cfg.min_person:
-                reasons.append("no-person")
-        if not reasons and self.models.clip is not None:
-            scores["clip_person"] = float(self.models.clip.person_score(rgb))
-            if scores["clip_person"] < cfg.min_clip_person:
-                reasons.append("no-person")
+        hashes = []
+        if not reasons:  # the model filters cost more than the rest together: only for clips still in the running
+            verdict = self.models.filters.judge(rgb)
+            scores.update(verdict.scores)
+            reasons += verdict.reasons
+            hashes = verdict.hashes
         caption = None
         if not reasons:
             from realaction.captioners import CaptionRequest
@@ -277,6 +272,8 @@ class SourceCurator:
                 reasons.append("no-caption")
                 caption = None
         row = self._row(job, clip_index, s, scores, reasons)
+        if hashes and not reasons:
+            row["phash"] = hashes  # the driver's near-duplicate check (realaction.dedup)
         self.progress(0, 1)
         if reasons:
             return ClipResult(row)

@@ -15,6 +15,7 @@ from realaction.captioners import Caption, CaptionRequest, SidecarCaptioner, bui
 from realaction.clip_model import ClipModel
 from realaction.config import CurateConfig
 from realaction.errors import UserError
+from realaction.footage import make_synthetic
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tiny-model helpers beside this file
 from tiny_clip import TINY_CLIP_CONFIG, write_tiny_clip  # noqa: E402
@@ -95,6 +96,55 @@ def test_csv_without_header_is_a_user_error(tmp_path):
     table.write_text("a.mp4,caption\n")
     with pytest.raises(UserError, match="path,caption"):
         SidecarCaptioner(table)
+
+
+def _words(n_bytes: int, word: str = "wave ") -> str:
+    return (word * (n_bytes // len(word) + 1))[:n_bytes]
+
+
+def test_huge_txt_sidecar_is_capped_without_reading_it_whole(src, caplog):
+    import tracemalloc
+
+    from realaction.captioners import MAX_CAPTION_BYTES
+
+    (src / "a.txt").write_text(_words(40 << 20), encoding="utf-8")  # 40 MiB of caption
+    tracemalloc.start()
+    got = SidecarCaptioner().caption(request(src / "a.mp4", src))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert got.source == "sidecar-txt" and MAX_CAPTION_BYTES - 5 <= len(got.text.encode()) <= MAX_CAPTION_BYTES
+    assert got.text.startswith("wave wave") and got.text.endswith("wave")  # cut between words
+    assert peak < 1 << 20, f"read {peak >> 20} MiB for a caption of 4 KiB"
+    assert any("cut to the cap" in r.getMessage() for r in caplog.records)
+
+
+def test_long_json_and_csv_captions_are_capped_and_a_huge_json_sidecar_is_not_read(src, tmp_path, caplog):
+    from realaction.captioners import MAX_CAPTION_BYTES, MAX_JSON_SIDECAR_BYTES
+
+    multibyte = _words(3 * MAX_CAPTION_BYTES, "é ü ")  # 2-byte characters: the cut must not split one
+    (src / "b.json").write_text(json.dumps({"captions": [multibyte, "short"]}), encoding="utf-8")
+    (src / "e.json").write_text(json.dumps({"caption": _words(MAX_JSON_SIDECAR_BYTES + 10)}))
+    cap = SidecarCaptioner()
+    first = cap.caption(request(src / "b.mp4", src, 0)).text
+    assert len(first.encode()) <= MAX_CAPTION_BYTES and multibyte.startswith(first) and not first.endswith(" ")
+    assert cap.caption(request(src / "b.mp4", src, 1)).text == "short"
+    assert cap.caption(request(src / "e.mp4", src)) is None
+    assert any("not read" in r.getMessage() for r in caplog.records)
+    table = tmp_path / "captions.csv"
+    table.write_text(f"path,caption\na.mp4,{_words(10_000)}\n", encoding="utf-8")
+    got = build_captioner(CurateConfig(src=src, captions_csv=table)).caption(request(src / "a.mp4", src))
+    assert got.source == "csv" and len(got.text.encode()) <= MAX_CAPTION_BYTES
+
+
+def test_every_captioner_is_capped(src):
+    from realaction.captioners import MAX_CAPTION_BYTES, CappedCaptioner
+
+    class Chatty:
+        def caption(self, req):
+            return Caption(_words(100_000), "vlm")
+
+    got = CappedCaptioner(Chatty()).caption(request(src / "a.mp4", src))
+    assert got.source == "vlm" and len(got.text.encode()) <= MAX_CAPTION_BYTES
 
 
 def test_real_clip_with_its_authors_caption(shared_data, tmp_path):
@@ -275,3 +325,53 @@ def test_vlm_folder_errors_are_one_line_user_errors(tmp_path, tiny_clip):
         with pytest.raises(UserError, match=message) as err:
             VlmCaptioner(folder, "Describe.")
         assert "\n" not in str(err.value)
+
+
+def _with_custom_code(tiny_vlm: Path, folder: Path, model_type: str | None) -> Path:
+    """A copy of the tiny VLM whose config maps transformers' auto classes to a Python file in the folder."""
+    shutil.copytree(tiny_vlm, folder)
+    marker = folder / "code-was-run"
+    (folder / "evil.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForImageTextToText": "evil.EvilModel"}
+    if model_type:
+        config["model_type"] = model_type
+    (folder / "config.json").write_text(json.dumps(config))
+    return marker
+
+
+@pytest.mark.parametrize("model_type", [None, "evil_vl"])  # a type transformers knows, and one it does not
+def test_vlm_folder_with_its_own_code_is_refused(tiny_vlm, tmp_path, model_type, capsys):
+    from cli.main import run
+
+    folder = tmp_path / "custom"
+    marker = _with_custom_code(tiny_vlm, folder, model_type)
+    (tmp_path / "src").mkdir()
+    make_synthetic(tmp_path / "src" / "a.mp4", "moving", seconds=2.0)
+    code = run(["curate", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--captioner", "vlm",
+                "--vlm-model", str(folder)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "ships its own model code" in err, err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_vlm_loaders_are_told_not_to_trust_folder_code(tiny_vlm, monkeypatch):
+    """Every transformers loader that reads the folder gets trust_remote_code=False explicitly."""
+    import transformers
+
+    from realaction.captioners import VlmCaptioner
+
+    calls = []
+    for cls in (transformers.AutoConfig, transformers.AutoProcessor, transformers.AutoModelForImageTextToText,
+                transformers.AutoTokenizer):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, _name=cls.__name__, **kwargs):
+            calls.append((_name, kwargs.get("trust_remote_code", "absent")))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    VlmCaptioner(tiny_vlm, "Describe.", max_tokens=2)
+    names = {name for name, _ in calls}
+    assert {"AutoConfig", "AutoProcessor", "AutoModelForImageTextToText"} <= names
+    assert all(trust is False for _, trust in calls), calls

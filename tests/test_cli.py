@@ -104,3 +104,53 @@ def test_a_stray_word_after_a_scalar_option_is_rejected():
     app = _app()
     with pytest.raises(typer.TyperException, match="unexpected extra argument"):
         _invoke(app, ["go", "--count", "2", "stray"])
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("c.toml", 'paths = "x.tar"\n', "option 'paths' (--paths) must be a list of strings, got a string ('x.tar')"),
+    ("c.toml", "count = 2.5\n", "option 'count' (--count) must be an integer, got a number (2.5)"),
+    ("c.toml", "count = true\n", "option 'count' (--count) must be an integer, got a boolean (True)"),
+    ("c.yaml", "flag: maybe\n", "option 'flag' (--flag) must be true or false, got a string ('maybe')"),
+    ("c.yaml", "name: no\n", "option 'name' (--name) must be a string, got a boolean (False)"),  # YAML 1.1's "no"
+    ("c.yaml", "paths: [a.tar, 3]\n", "option 'paths' (--paths) must be a list of strings, got a list"),
+    ("c.yaml", "ratio: {a: 1}\n", "option 'ratio' (--ratio) must be a number, got a table"),
+    ("c.json", '{"count": 2}', "unknown format .json; name it .toml, .yaml or .yml"),
+    ("config", "count: 2\n", "unknown format (no suffix)"),
+    ("c.toml", "count = \n", "cannot parse config file"),
+    ("c.yaml", "- a\n- b\n", "must hold a mapping"),
+])
+def test_config_file_mistakes_name_the_file_and_the_option(tmp_path, name, text, message):
+    cfg_file = tmp_path / name
+    cfg_file.write_text(text)
+    error = _invoke(_app(), ["go", "--config", str(cfg_file)])
+    assert error is not None and message in error and str(cfg_file) in error and "\n" not in error
+    assert _SEEN == []
+
+
+def test_config_file_numbers_written_as_strings_are_numbers(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("ratio: 1e-4\ncount: '3'\n")  # PyYAML reads 1e-4 (no dot) as a string
+    assert _invoke(_app(), ["go", "--config", str(cfg_file)]) is None
+    assert (_SEEN[-1].ratio, _SEEN[-1].count) == (1e-4, 3)
+    (tmp_path / "bad.yaml").write_bytes(b"name: caf\xe9\n")  # not UTF-8
+    assert "cannot read config file" in _invoke(_app(), ["go", "--config", str(tmp_path / "bad.yaml")])
+
+
+@pytest.mark.parametrize("command, required", [("train", "--shards"), ("negatives", "--shards"), ("curate", "--src"),
+                                               ("sample", "--prompt"), ("eval", "--videos")])
+def test_help_marks_required_options_and_shows_no_type_after_flags(command, required, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "<bool>" not in out
+    line = next(line for line in out.splitlines() if f" {required} " in line)
+    assert line.lstrip("│ ").startswith("*") and "[required]" in out
+    assert run([command]) == 2  # still validate's one line, not click's usage error
+    assert f"{required}" in capsys.readouterr().err
+
+
+def test_a_required_option_may_come_from_the_config_file(tmp_path, capsys):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(f'shards = ["{tmp_path}/none-*.tar"]\n')
+    assert run(["train", "--config", str(cfg_file)]) == 2
+    assert "no shard files match" in capsys.readouterr().err

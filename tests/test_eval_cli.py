@@ -42,7 +42,7 @@ def test_eval_writes_the_report_pngs_and_table(folders, tmp_path, capsys):
     out = tmp_path / "report"
     i3d = save_tiny_i3d(tmp_path / "i3d_torchscript.pt")
     code = run(["eval", "--videos", f"still={folders / 'still'}", "--videos", f"moving={folders / 'moving'}",
-                "--out", str(out), "--workers", "2", "--i3d", str(i3d), "--real", str(folders / "real"),
+                "--out", str(out), "--workers", "2", "--i3d", str(i3d), "--trust-i3d", "--real", str(folders / "real"),
                 "--prompts", str(folders / "prompts.txt")])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -119,7 +119,7 @@ def test_shared_real_and_generated_clips_all_decode_and_score(shared_data, tmp_p
     out = tmp_path / "report"
     i3d = save_tiny_i3d(tmp_path / "i3d_torchscript.pt")
     assert run(["eval", "--videos", f"real={shared_data / 'real'}", "--videos", f"generated={shared_data / 'generated'}",
-                "--out", str(out), "--workers", "1", "--flow-side", "128", "--i3d", str(i3d),
+                "--out", str(out), "--workers", "1", "--flow-side", "128", "--i3d", str(i3d), "--trust-i3d",
                 "--real", str(shared_data / "real" / "4873105.mp4"),
                 str(shared_data / "generated" / "4873105_neg0.mp4")]) == 0
     report = json.loads((out / "report.json").read_text())

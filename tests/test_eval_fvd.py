@@ -31,7 +31,7 @@ def test_input_is_bcthw_in_minus_one_to_one():
 
 
 def test_features_come_from_the_scripted_detector_with_the_common_fvd_call(i3d_path):
-    detector = load_i3d(i3d_path)
+    detector = load_i3d(i3d_path, trust=True)  # the tiny stand-in is no known detector
     assert isinstance(detector, torch.jit.ScriptModule)
     clips = _clips(3, 0, 128)
     feats = i3d_features(detector, clips, batch_size=2)
@@ -42,7 +42,7 @@ def test_features_come_from_the_scripted_detector_with_the_common_fvd_call(i3d_p
 
 
 def test_fvd_is_small_for_the_same_distribution_and_larger_for_a_different_one(i3d_path):
-    detector = load_i3d(i3d_path)
+    detector = load_i3d(i3d_path, trust=True)  # the tiny stand-in is no known detector
     a = i3d_features(detector, _clips(6, 1, 100))
     b = i3d_features(detector, _clips(6, 2, 100))
     c = i3d_features(detector, _clips(6, 3, 200))
@@ -54,7 +54,23 @@ def test_a_file_that_is_not_torchscript_is_a_user_error(tmp_path):
     bad = tmp_path / "i3d.pt"
     torch.save({"w": torch.zeros(2)}, bad)
     with pytest.raises(UserError, match="not a TorchScript file"):
-        load_i3d(bad)
+        load_i3d(bad, trust=True)
+
+
+def test_only_a_known_detector_file_loads_without_trust_i3d(i3d_path, tmp_path, monkeypatch):
+    import subprocess
+
+    import realdpo.evaluation.fvd as fvd
+
+    with pytest.raises(UserError, match=r"not a known FVD detector file \(sha256:[0-9a-f]{64}\).*--trust-i3d"):
+        load_i3d(i3d_path)
+    sha256, blob = fvd.file_digests(i3d_path)
+    git = subprocess.run(["git", "hash-object", str(i3d_path)], capture_output=True, text=True, check=True)
+    assert blob == "git:" + git.stdout.strip()  # the same id git gives, which is how KNOWN_I3D's entry was read
+    monkeypatch.setattr(fvd, "KNOWN_I3D", {blob: "the tiny stand-in"})
+    assert isinstance(load_i3d(i3d_path), torch.jit.ScriptModule)
+    monkeypatch.setattr(fvd, "KNOWN_I3D", {sha256: "the tiny stand-in"})
+    assert isinstance(load_i3d(i3d_path), torch.jit.ScriptModule)
 
 
 def test_real_clips_come_from_curated_shards_files_and_folders(tmp_path):

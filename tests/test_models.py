@@ -61,6 +61,63 @@ def test_missing_components_and_unknown_pipeline(tiny_wan_t2v, tmp_path):
         load_spec(tmp_path)
 
 
+class _Touch:
+    """A pickle that, when unpickled without restrictions, creates a file (standing in for any code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_damaged_or_hostile_model_folders_fail_in_one_line_and_run_nothing(tiny_cogvideox_t2v, tmp_path):
+    import pickle
+
+    def copy(name):
+        folder = tmp_path / name
+        shutil.copytree(tiny_cogvideox_t2v, folder)
+        return folder
+
+    marker = tmp_path / "code-ran"
+    not_object = copy("not-object")
+    (not_object / "model_index.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="holds a list, not an object"):
+        load_spec(not_object)
+
+    custom_pipeline = copy("custom-pipeline")  # [module, class]: diffusers would import module.py from the folder
+    index = json.loads((custom_pipeline / "model_index.json").read_text())
+    (custom_pipeline / "model_index.json").write_text(json.dumps({**index, "_class_name": ["evil", "EvilPipeline"]}))
+    (custom_pipeline / "evil.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    with pytest.raises(UserError, match="unsupported pipeline"):
+        load_spec(custom_pipeline)
+
+    custom_component = copy("custom-component")  # a component class in the folder's own code
+    (custom_component / "model_index.json").write_text(json.dumps({**index, "vae": ["evil_vae", "EvilVAE"]}))
+    (custom_component / "vae" / "evil_vae.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    with pytest.raises(UserError, match=r"component vae is code in the folder \(vae/evil_vae.py\)"):
+        load_spec(custom_component)
+
+    auto_map = copy("auto-map")  # transformers would ask in a terminal whether to run it
+    tok = auto_map / "tokenizer" / "tokenizer_config.json"
+    tok.write_text(json.dumps({**json.loads(tok.read_text()), "auto_map": {"AutoTokenizer": ["evil.Tok", None]}}))
+    with pytest.raises(UserError, match=r"tokenizer/tokenizer_config.json maps classes to code .*auto_map"):
+        load_spec(auto_map)
+
+    damaged = copy("damaged")
+    weights = damaged / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"cannot load the model in .*damaged"):
+        load_spec(damaged)
+
+    pickled = copy("pickled")  # a .bin whose unpickling would run code: read with weights_only=True, refused
+    (pickled / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    (pickled / "transformer" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(_Touch(marker)))
+    with pytest.raises(UserError, match="cannot load the model in"):
+        load_spec(pickled)
+    assert not marker.exists()
+
+
 def test_check_size(specs):
     for spec in specs.values():
         spec.check_size(*SIZE)

@@ -35,6 +35,7 @@ def test_real_checkpoints_default_to_checkpointing_one_row_at_a_time(monkeypatch
     t = Trainer(_cfg(shards, tmp_path / "latents", tmp_path / "real", steps=1))
     t.setup()
     t.build_model()
+    t.restore()
     assert t.cfg.gradient_checkpointing is True and t.cfg.chunk_size == 1 and t.transformer.is_gradient_checkpointing
     saved = json.loads((tmp_path / "real" / "train_config.json").read_text())
     assert saved["gradient_checkpointing"] is True and saved["chunk_size"] == 1 and saved["keep_graph"] is False

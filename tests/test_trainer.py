@@ -224,3 +224,78 @@ def test_cli_routes_train(shards, cache_dir, tmp_path):
                 "--lora-rank", "4", "--checkpoint-every", "0"])
     assert code == 0 and (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert run(["train", "--shards", *shards, "--out", str(out), "--steps", "1"]) == 2  # exists, no --resume
+
+
+def test_resume_passes_over_a_corrupt_checkpoint(shards, cache_dir, tmp_path, caplog):
+    """A damaged newest checkpoint: the run resumes from the one before (with a warning) and ends where an
+    uninterrupted run ends; with every checkpoint damaged, --resume is refused in one line."""
+    kw = dict(checkpoint_every=1, keep_checkpoints=0)
+    straight = tmp_path / "straight"
+    train(_cfg(shards, cache_dir, straight, steps=3, **kw))
+    run = tmp_path / "run"
+    train(_cfg(shards, cache_dir, run, steps=2, **kw))
+    damaged = run / "checkpoints" / "step-2" / "trainable.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with caplog.at_level("WARNING", logger="realdpo.training.checkpoint"):
+        result = train(_cfg(shards, cache_dir, run, steps=3, resume=True, **kw))
+    assert result.steps == 3 and [r["step"] for r in _rows(run)] == [1, 2, 3]
+    assert [r.getMessage().split(" is unreadable")[0] for r in caplog.records
+            if r.name == "realdpo.training.checkpoint"] == [f"checkpoint {run / 'checkpoints' / 'step-2'}"]
+    a = load_file(str(straight / "lora" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(run / "lora" / "pytorch_lora_weights.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    for ckpt in (run / "checkpoints").iterdir():
+        (ckpt / "trainable.safetensors").write_bytes(b"not safetensors")
+    _reset_accelerate()
+    with pytest.raises(UserError, match=r"no readable checkpoint in .*step-3: trainable.safetensors: .*step-1"):
+        train(_cfg(shards, cache_dir, run, steps=4, resume=True, **kw))
+
+
+def test_resume_checks_the_options_without_train_config_json(shards, cache_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(_cfg(shards, cache_dir, run, steps=2))
+    own = run / "checkpoints" / "step-2" / "train_config.json"  # each checkpoint keeps the options that wrote it
+    assert json.loads(own.read_text())["lora_rank"] == 4
+    (run / "train_config.json").unlink()
+    with pytest.raises(UserError, match="different options .*lora_rank"):
+        train(_cfg(shards, cache_dir, run, steps=3, resume=True, lora_rank=8))
+    # a checkpoint with no copy of the options (older runs): the tensors' shapes tell, before anything is loaded
+    kept = own.read_text()
+    own.unlink()
+    _reset_accelerate()
+    with pytest.raises(UserError, match=r"\[4, \d+\] there, \[8, \d+\] here.*--lora-rank"):
+        train(_cfg(shards, cache_dir, run, steps=3, resume=True, lora_rank=8))
+    # ... and an unreadable train_config.json is the only record: refused in one line
+    (run / "train_config.json").write_text('{"lora_rank": 4,')
+    _reset_accelerate()
+    with pytest.raises(UserError, match=r"cannot read .*train_config.json.*delete it"):
+        train(_cfg(shards, cache_dir, run, steps=3, resume=True))
+    # with the checkpoint's own copy the damaged file is not needed (and is written afresh)
+    own.write_text(kept)
+    _reset_accelerate()
+    assert train(_cfg(shards, cache_dir, run, steps=3, resume=True)).steps == 3
+    assert json.loads((run / "train_config.json").read_text())["steps"] == 3
+
+
+def test_resume_of_a_complete_run(shards, cache_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(_cfg(shards, cache_dir, run, steps=2))
+    with pytest.raises(UserError, match=r"already complete: 2 steps done, more than --steps 1"):
+        train(_cfg(shards, cache_dir, run, steps=1, resume=True))
+    assert json.loads((run / "train_config.json").read_text())["steps"] == 2  # a refused resume rewrites nothing
+    _reset_accelerate()
+    capsys.readouterr()
+    assert train(_cfg(shards, cache_dir, run, steps=2, resume=True)).steps == 2
+    assert "already complete (2 steps)" in capsys.readouterr().out
+    assert [r["step"] for r in _rows(run)] == [1, 2]
+
+
+def test_blank_captions_are_trained_on_only_with_allow_blank_captions(cache_dir, tmp_path):
+    shard = write_tiny_shard(tmp_path / "blank" / "realaction-000000.tar",
+                             [(f"blank-{i:04d}", " ", synthetic_clip(frames=20, seed=20 + i)) for i in range(2)])
+    with pytest.raises(UserError, match=r"no usable samples in 1 shard\(s\).*2 blank caption"):
+        train(_cfg([str(shard)], cache_dir, tmp_path / "refused", steps=1))
+    _reset_accelerate()
+    result = train(_cfg([str(shard)], cache_dir, tmp_path / "text-free", steps=1, allow_blank_captions=True))
+    assert result.steps == 1 and _rows(tmp_path / "text-free")[0]["loss"] > 0

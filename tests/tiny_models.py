@@ -82,3 +82,26 @@ def write_tiny_shard(path: Path, samples: list[tuple[str, str, bytes]]) -> Path:
             w.write({"__key__": key, "mp4": mp4, "txt": caption.encode(), "jpg": _jpg_of_first_frame(mp4),
                      "json": json.dumps(meta).encode()})
     return path
+
+
+def write_raw_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar of exactly these (member name, bytes): for shards a curator would never write (bad members)."""
+    import tarfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def curated_members(key: str, caption: str | bytes, mp4: bytes, meta: bytes | None = b"{}",
+                    jpg: bytes | None = None) -> list[tuple[str, bytes]]:
+    """The members of one curated-shard sample (txt as given: str is UTF-8 encoded; meta None: no json member;
+    jpg None: the mp4's first frame, which must then decode)."""
+    txt = caption.encode() if isinstance(caption, str) else caption
+    members = [(f"{key}.mp4", mp4), (f"{key}.txt", txt), (f"{key}.jpg", jpg or _jpg_of_first_frame(mp4))]
+    return members + ([(f"{key}.json", meta)] if meta is not None else [])

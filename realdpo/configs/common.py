@@ -56,3 +56,9 @@ class NegativeOptions:
             raise UserError("--neg-steps must be at least 1")
         if self.neg_guidance < 0:
             raise UserError("--neg-guidance must not be negative")
+
+
+@dataclass
+class ShardOptions:
+    allow_blank_captions: bool = field(False, help="Keep samples whose caption is blank and train on them with an "
+                                       "empty prompt (text-free training); by default each is skipped with a warning.")

@@ -16,7 +16,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 @dataclass
 class EvalConfig(ModelOptions):
-    videos: list[str] = field(default_factory=list, help="NAME=DIR of generated videos, one per method (repeatable).")
+    videos: list[str] = field(default_factory=list, required=True, help="NAME=DIR of generated videos, one per method (repeatable).")
     prompts: Optional[Path] = field(None, help="Text file, one prompt per line, in the numeric order of the video file names (default: a <stem>.txt beside each video).")
     real: list[str] = field(default_factory=list, help="Real clips for FVD: curated shards (paths or globs), video files or folders.")
     out: Path = field(Path("report"), help="Report folder: report.json, metrics.png, <name>_strip.png.")
@@ -26,7 +26,11 @@ class EvalConfig(ModelOptions):
     clip_checkpoint: Optional[Path] = field(None, help="Local open_clip checkpoint for clipsim (skipped when absent).")
     clip_arch: str = field("ViT-B-32", help="open_clip architecture of --clip-checkpoint.")
     clip_frames: int = field(0, help="Frames per video embedded for clipsim, evenly spaced (0 = every frame).")
-    i3d: Optional[Path] = field(None, help="I3D TorchScript file (i3d_torchscript.pt of StyleGAN-V) for FVD (skipped when absent).")
+    i3d: Optional[Path] = field(None, help="I3D TorchScript file (i3d_torchscript.pt of StyleGAN-V) for FVD (skipped when absent). "
+                                "torch.jit.load runs the program in it: accepted when its hash is a known FVD detector's, "
+                                "else only with --trust-i3d.")
+    trust_i3d: bool = field(False, help="Load an --i3d file that is not a known FVD detector file (it runs as a program: "
+                            "only for a file you trust).")
     strip_videos: int = field(4, help="Videos per method shown in <name>_strip.png.")
     pairs: list[str] = field(default_factory=list, help="Held-out curated shards whose negatives are cached, for pref_accuracy (repeatable; quote globs; with --lora, and --model, --frames, --height, --width, --fps, --cache-dir as in train).")
     lora: Optional[Path] = field(None, help="LoRA folder of the trained policy (train's OUT/lora), for pref_accuracy; the reference is the model without it.")

@@ -8,12 +8,12 @@ from typing import Optional
 
 from realaction.errors import UserError
 from realaction.fields import field
-from realdpo.configs.common import ModelOptions, NegativeOptions
+from realdpo.configs.common import ModelOptions, NegativeOptions, ShardOptions
 
 
 @dataclass
-class NegativesConfig(ModelOptions, NegativeOptions):
-    shards: list[str] = field(default_factory=list, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
+class NegativesConfig(ModelOptions, NegativeOptions, ShardOptions):
+    shards: list[str] = field(default_factory=list, required=True, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
     round: int = field(1, help="Negative round the cache entries belong to (1 = the base model's).")
     batch_size: int = field(1, help="Prompts generated together.")
     lora: Optional[Path] = field(None, help="LoRA folder (OUT/lora of `realdpo train`) of the policy that generates round >= 2 negatives.")

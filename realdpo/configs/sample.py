@@ -13,7 +13,7 @@ from realdpo.configs.common import ModelOptions
 
 @dataclass
 class SampleConfig(ModelOptions):
-    prompt: Optional[str] = field(None, help="What the video shows.")
+    prompt: Optional[str] = field(None, required=True, help="What the video shows.")
     negative_prompt: str = field("", help="What to steer away from (classifier-free guidance).")
     image: Optional[Path] = field(None, help="First frame (PNG/JPG) for image-to-video models.")
     lora: Optional[Path] = field(None, help="LoRA folder written by `realdpo train` (OUT/lora).")

@@ -8,7 +8,7 @@ from typing import Optional
 
 from realaction.errors import UserError
 from realaction.fields import field
-from realdpo.configs.common import ModelOptions, NegativeOptions
+from realdpo.configs.common import ModelOptions, NegativeOptions, ShardOptions
 
 LOSSES = ("dpo", "sft", "dpo+sft", "ipo", "hinge")
 REFERENCES = ("base", "ema")
@@ -17,8 +17,8 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 @dataclass
-class TrainConfig(ModelOptions, NegativeOptions):
-    shards: list[str] = field(default_factory=list, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
+class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
+    shards: list[str] = field(default_factory=list, required=True, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
     out: Path = field(Path("runs/realdpo"), help="Run folder: lora/, checkpoints/, logs, train_config.json, plot.")
     steps: int = field(100, help="Optimizer steps.")
     batch_size: int = field(1, help="Real clips per micro-batch (each with its K negatives).")

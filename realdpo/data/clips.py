@@ -1,7 +1,8 @@
 """Turn curated shard samples into model-ready tensors: frames at the training fps, resized, centre-cropped, in [-1, 1].
 
-Also a plain sequential shard reader for preparation passes (negatives, eval); the trainer streams with its own
-shuffled, split-by-node loader.
+Also the plain sequential shard reader every command uses to read curated shards (train's preparation pass,
+negatives, eval): a bad sample is skipped with one warning line and counted, never stops a pass. The trainer then
+streams the cached tensors with its own shuffled, split-by-node loader.
 """
 
 from __future__ import annotations
@@ -9,19 +10,25 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from realaction.errors import UserError
+from realaction.captioners import MAX_CAPTION_BYTES, cap_caption  # the cap curation applies too
+from realaction.errors import UserError, one_line
 from realaction.video_io import decode_frames, video_info
 from realdpo.models.frames import to_tensor
 
 VideoSource = bytes | bytearray | str | Path
+
+
+logger = logging.getLogger(__name__)
 
 
 class BadClip(ValueError):
@@ -121,8 +128,9 @@ def load_image(src: bytes | str | Path, height: int, width: int) -> torch.Tensor
     return to_tensor(_resize_crop(np.asarray(img)[None], height, width))[0]
 
 
-def expand_shards(patterns: Iterable[str | Path]) -> list[str]:
-    """Paths or globs -> sorted, de-duplicated shard files; UserError if nothing matches."""
+def expand_shards(patterns: Iterable[str | Path], option: str = "--shards") -> list[str]:
+    """Paths or globs -> sorted, de-duplicated shard files. A pattern that matches nothing is warned about when
+    others match; UserError if nothing matches at all."""
     files: set[str] = set()
     missing = []
     for pat in patterns:
@@ -134,27 +142,119 @@ def expand_shards(patterns: Iterable[str | Path]) -> list[str]:
     if not files:
         shown = ", ".join(missing) or "(none given)"
         raise UserError(f"no shard files match {shown}")
+    for pat in missing:
+        logger.warning("%s %s matches no file (reading the %d shard(s) the other patterns match)", option, pat,
+                       len(files))
     return sorted(files)
 
 
-def iter_shard_samples(urls: Iterable[str | Path]) -> Iterator[ClipSample]:
-    """Every sample of the shards, in order, once (no shuffling, no node/worker splitting). A truncated or
-    corrupt shard is reported (logging warning) and reading goes on with the next one."""
+@dataclass
+class ShardReport:
+    """What one pass over the shards kept and skipped: `kept` samples, `skipped` by reason, and the usable
+    samples whose caption was cut to MAX_CAPTION_BYTES or is blank (kept only with allow_blank_captions)."""
+
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    cut_captions: int = 0
+    blank_captions: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.kept} usable sample(s)"]
+        if self.skipped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+            parts.append(f"skipped {sum(self.skipped.values())} ({reasons})")
+        if self.cut_captions:
+            parts.append(f"{self.cut_captions} caption(s) cut to {MAX_CAPTION_BYTES} bytes")
+        if self.blank_captions:
+            parts.append(f"{self.blank_captions} with a blank caption (kept: --allow-blank-captions)")
+        return "; ".join(parts)
+
+
+
+def _shard_handler(urls: Sequence[str], report: ShardReport, warn: bool):
+    """webdataset's handler for a shard it cannot read on (not a tar, truncated, unreadable): one warning and one
+    count per shard, and reading goes on with the next shard."""
+    failed: set[str] = set()
+
+    def handle(exn: Exception) -> bool:
+        text = " ".join(str(a) for a in exn.args)  # webdataset appends the url, or the stream's repr, to the args
+        url = max((u for u in urls if u in text), key=len, default="a shard")
+        if url not in failed:
+            failed.add(url)
+            report.skipped["unreadable or truncated shard"] += 1
+            if warn:
+                reason = one_line(Exception(str(exn.args[0]).split(" @ ")[0]) if exn.args else exn, 160)
+                logger.warning("skipping the rest of %s: %s (%s)", url, reason, type(exn).__name__)
+        return True
+
+    return handle
+
+
+def _check_sample(s: dict[str, Any], seen: dict[str, str], allow_blank: bool) -> tuple[ClipSample | None, str, str]:
+    """(the sample, "", "") or (None, reason counted in the summary, detail for the warning line)."""
+    key, url = s["__key__"], s.get("__url__", "?")
+    if "mp4" not in s:
+        return None, "no mp4 member", f"members: {', '.join(sorted(k for k in s if not k.startswith('__')))}"
+    if key in seen:
+        return None, "duplicate key", f"the same key is in {seen[key]} (kept the first)"
+    raw = s.get("json")
+    if raw is None:
+        return None, "no json member", "a curated sample has mp4, txt, jpg and json members"
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        return None, "json member not valid JSON", one_line(e, 120)
+    if not isinstance(meta, dict):
+        return None, "json member not an object", f"it holds a {type(meta).__name__}"
+    try:
+        caption = (s.get("txt") or b"").decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        return None, "caption not UTF-8", one_line(e, 120)
+    if not caption and not allow_blank:
+        return None, "blank caption", "pass --allow-blank-captions to train on it without text"
+    seen[key] = url
+    return ClipSample(key=key, caption=caption, mp4=s["mp4"], jpg=s.get("jpg"), meta=meta), "", ""
+
+
+def iter_shard_samples(urls: Iterable[str | Path], *, allow_blank_captions: bool = False,
+                       report: ShardReport | None = None, warn: bool = True) -> Iterator[ClipSample]:
+    """Every usable sample of the shards, in order, once (no shuffling, no node/worker splitting).
+
+    One bad sample never stops the pass: a truncated or corrupt shard, a sample without an mp4 or json member, a
+    json member that is not a JSON object, a caption that is not UTF-8, a blank caption (unless
+    `allow_blank_captions`), and the second sample with a key already read are each skipped with one warning line
+    and counted in `report`; a caption over MAX_CAPTION_BYTES is cut, with a warning. A summary line ends a pass
+    that skipped or cut anything (`warn=False` silences the lines: other processes reading the same shards). A pass
+    that finds no usable sample raises UserError.
+    """
     import webdataset as wds
 
     urls = [str(u) for u in urls]
     if not urls:
         return
+    report = report if report is not None else ShardReport()
     ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False,
-                        handler=wds.warn_and_continue)
+                        handler=_shard_handler(urls, report, warn))
+    seen: dict[str, str] = {}
     for s in ds:
-        if "mp4" not in s:
+        sample, reason, detail = _check_sample(s, seen, allow_blank_captions)
+        if sample is None:
+            report.skipped[reason] += 1
+            if warn:
+                logger.warning("skipping sample %s of %s: %s (%s)", s["__key__"], s.get("__url__", "?"), reason,
+                               detail)
             continue
-        meta = s.get("json")
-        yield ClipSample(
-            key=s["__key__"],
-            caption=(s.get("txt") or b"").decode("utf-8").strip(),
-            mp4=s["mp4"],
-            jpg=s.get("jpg"),
-            meta=json.loads(meta) if meta else {},
-        )
+        capped = cap_caption(sample.caption)
+        if capped is not sample.caption:
+            report.cut_captions += 1
+            if warn:
+                logger.warning("caption of %s in %s is %d bytes: cut to %d", sample.key, seen[sample.key],
+                               len(sample.caption.encode("utf-8")), len(capped.encode("utf-8")))
+            sample.caption = capped
+        report.blank_captions += not sample.caption  # allowed: counted in the summary line, not warned one by one
+        report.kept += 1
+        yield sample
+    if report.kept == 0:
+        raise UserError(f"no usable samples in {len(urls)} shard(s): {report.summary()}")
+    if warn and (report.skipped or report.cut_captions or report.blank_captions):
+        logger.warning("shards read: %s", report.summary())

@@ -19,7 +19,7 @@ import torch
 
 from realaction.errors import UserError
 from realdpo.data.cache import LatentCache
-from realdpo.data.clips import ClipSample
+from realdpo.data.clips import ClipSample, ShardReport
 
 
 @dataclass
@@ -48,22 +48,30 @@ def collate(items: Sequence[tuple[str, dict[str, torch.Tensor], torch.Tensor]]) 
 
 class ShardSamples:
     """The shards read in order with webdataset, re-readable; remembers the keys of the last pass (the order
-    ensure_cached's `shard=` split uses) and the first clip (validation prompt and first frame)."""
+    ensure_cached's `shard=` split uses), the first clip (validation prompt and first frame) and the first pass's
+    ShardReport. Bad samples are warned about on the first pass only, and only when `warn` (the main process)."""
 
-    def __init__(self, urls: Sequence[str]):
+    def __init__(self, urls: Sequence[str], *, allow_blank_captions: bool = False, warn: bool = True):
         self.urls = list(urls)
+        self.allow_blank_captions, self.warn = allow_blank_captions, warn
         self.keys: list[str] = []
         self.first: ClipSample | None = None
+        self.report: ShardReport | None = None
 
     def __iter__(self) -> Iterator[ClipSample]:
         from realdpo.data.clips import iter_shard_samples
 
+        first_pass = self.report is None
+        report = ShardReport()
         self.keys = []
-        for s in iter_shard_samples(self.urls):
+        for s in iter_shard_samples(self.urls, allow_blank_captions=self.allow_blank_captions, report=report,
+                                    warn=self.warn and first_pass):
             if self.first is None:
                 self.first = s
             self.keys.append(s.key)
             yield s
+        if first_pass:
+            self.report = report
 
 
 def process_share(keys: Sequence[str], rank: int, world: int) -> list[str]:

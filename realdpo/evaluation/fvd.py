@@ -8,11 +8,13 @@ returns the 400-d logits before the softmax ("features before the classifier"). 
 network — we resize on the CPU ourselves (aspect-preserving, centre crop) and pass [-1, 1].
 
 Loading uses `torch.jit.load`: the file is a TorchScript archive, not a state dict, so `weights_only=True` does not
-apply (TorchScript deserialises its own restricted format, not arbitrary pickled Python objects).
+apply, and the archive is a program that runs when called. So a file is loaded only when its hash is on
+`KNOWN_I3D` (the published detector) or the user passes `--trust-i3d`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -21,8 +23,41 @@ import torch
 
 from realaction.errors import UserError
 
+# Hashes of FVD detector files known to be the published ones; a file is accepted when its sha256 or its git blob
+# id (`git hash-object FILE`) is here. Provenance: StyleGAN-V's i3d_torchscript.pt (Dropbox link ge9e5ujwgetktms
+# in its code) is committed to github.com/JunyaoHu/common_metrics_on_video_quality as fvd/styleganv/
+# i3d_torchscript.pt; the blob id below is read from that repository's git tree (commits 7098471..5f75173, the same
+# blob throughout). The file itself could not be downloaded while writing this, so its sha256 is not listed and the
+# blob id is not checked against the Dropbox copy: add the sha256 of a copy you verified.
+KNOWN_I3D = {
+    "git:93daef59c7ae0e9e8f76225521407e60cbafa6aa": "StyleGAN-V i3d_torchscript.pt (common_metrics_on_video_quality)",
+}
 
-def load_i3d(path: Path) -> torch.jit.ScriptModule:
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """("sha256:<hex>", "git:<hex>") of a file: its sha256 and its git blob id (sha1 of b"blob <size>\\0" + bytes)."""
+    sha256, blob = hashlib.sha256(), hashlib.sha1()
+    blob.update(b"blob %d\0" % Path(path).stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha256.update(chunk)
+            blob.update(chunk)
+    return f"sha256:{sha256.hexdigest()}", f"git:{blob.hexdigest()}"
+
+
+def check_i3d(path: Path, trust: bool = False) -> None:
+    """UserError unless `path` is a known FVD detector file or `trust` (--trust-i3d) is given."""
+    if trust:
+        return
+    sha256, blob = file_digests(path)
+    if sha256 not in KNOWN_I3D and blob not in KNOWN_I3D:
+        raise UserError(f"--i3d {path} is not a known FVD detector file ({sha256}); loading it runs the TorchScript "
+                        "program inside: pass --trust-i3d if you trust it")
+
+
+def load_i3d(path: Path, trust: bool = False) -> torch.jit.ScriptModule:
+    """The detector in `path`, after check_i3d."""
+    check_i3d(path, trust)
     try:
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; the published I3D file is TorchScript
             warnings.simplefilter("ignore", FutureWarning)

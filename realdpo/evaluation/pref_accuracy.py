@@ -63,7 +63,7 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
     from realdpo.models import load_spec
 
     console = console or Console()
-    shards = expand_shards(cfg.pairs)
+    shards = expand_shards(cfg.pairs, option="--pairs")
     spec = load_spec(cfg.model, dtype=torch_dtype(cfg.mixed_precision))
     frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
     # the cache is keyed by the base model's fingerprint: take it before the LoRA goes in
@@ -76,7 +76,7 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("preference pairs", total=None)
-        for sample in iter_shard_samples(shards):
+        for sample in iter_shard_samples(shards, allow_blank_captions=True):  # looked up by key: the text is unused
             seen += 1
             pair = cache.get_pair(sample.key, cfg.round, cfg.negatives)
             if pair is None:

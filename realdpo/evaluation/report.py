@@ -92,7 +92,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     else:
         from realdpo.evaluation.fvd import i3d_features, load_i3d
 
-        detector = load_i3d(cfg.i3d)
+        detector = load_i3d(cfg.i3d, trust=cfg.trust_i3d)
     pref = None
     if not cfg.pairs:
         skipped["pref_accuracy"] = skipped["pref_margin"] = "no --pairs given"

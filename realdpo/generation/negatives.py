@@ -166,7 +166,8 @@ def precompute(cfg) -> int:
         load_lora(spec, cfg.lora)
         transformer = spec.transformer
     cache = LatentCache(cfg.cache_dir, spec.fingerprint(), frames, height, width, cfg.fps)
-    n = ensure_cached(spec, iter_shard_samples(urls), cache, frames=frames, height=height, width=width, fps=cfg.fps,
+    samples = iter_shard_samples(urls, allow_blank_captions=cfg.allow_blank_captions, warn=state.is_main_process)
+    n = ensure_cached(spec, samples, cache, frames=frames, height=height, width=width, fps=cfg.fps,
                       k=cfg.negatives, steps=cfg.neg_steps, guidance=cfg.neg_guidance, seed=cfg.seed,
                       round=cfg.round, transformer=transformer, progress=state.is_local_main_process,
                       batch_size=cfg.batch_size, shard=(state.process_index, state.num_processes))

@@ -11,7 +11,7 @@ from typing import Callable, ClassVar, Sequence
 
 import torch
 
-from realaction.errors import UserError
+from realaction.errors import UserError, one_line
 from realdpo.models.base import Cond, ModelSpec
 
 REQUIRED_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
@@ -24,9 +24,12 @@ def read_model_index(path: Path) -> dict:
     if not index.is_file():
         raise UserError(f"not a diffusers pipeline folder (no model_index.json): {path}")
     try:
-        return json.loads(index.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"unreadable model_index.json in {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"model_index.json in {path} holds a {type(data).__name__}, not an object of components")
+    return data
 
 
 def missing_components(path: Path, required: Sequence[str] = REQUIRED_COMPONENTS) -> list[str]:
@@ -37,7 +40,7 @@ def missing_components(path: Path, required: Sequence[str] = REQUIRED_COMPONENTS
     for name in required:
         entry = index.get(name)
         folder = path / name
-        if not isinstance(entry, list) or entry[0] is None or not folder.is_dir():
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None or not folder.is_dir():
             missing.append(name)
         elif name == "scheduler":
             if not (folder / "scheduler_config.json").is_file():
@@ -49,6 +52,24 @@ def missing_components(path: Path, required: Sequence[str] = REQUIRED_COMPONENTS
                 p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json") for p in folder.iterdir()):
             missing.append(name)
     return missing
+
+
+def refuse_custom_code(path: Path) -> None:
+    """UserError when loading the folder would run code shipped in it: a component whose class comes from a .py file
+    in its folder (diffusers refuses it too), or a config mapping classes to such code (transformers' `auto_map`,
+    which transformers asks about in a terminal instead of refusing)."""
+    for name, entry in read_model_index(path).items():
+        folder = Path(path) / name
+        if name.startswith("_") or not folder.is_dir():
+            continue
+        if isinstance(entry, list) and entry and isinstance(entry[0], str) and (folder / f"{entry[0]}.py").is_file():
+            raise UserError(f"model folder {path}: component {name} is code in the folder ({name}/{entry[0]}.py); "
+                            "realdpo does not run a model folder's own code")
+        for p in sorted(folder.glob("*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                if "auto_map" in json.loads(p.read_text(encoding="utf-8")):
+                    raise UserError(f"model folder {path}: {name}/{p.name} maps classes to code in the folder "
+                                    "(auto_map); realdpo does not run a model folder's own code")
 
 
 def _file_digest(p: Path, h) -> None:
@@ -123,9 +144,10 @@ class DiffusersSpec(ModelSpec):
     @classmethod
     def pipeline_class_name(cls, path: Path) -> str | None:
         try:
-            return read_model_index(path).get("_class_name")
+            name = read_model_index(path).get("_class_name")
         except UserError:
             return None
+        return name if isinstance(name, str) else None  # a [module, class] pair names custom code: unsupported
 
     @classmethod
     def matches(cls, path: Path) -> bool:
@@ -152,9 +174,15 @@ class DiffusersSpec(ModelSpec):
         missing = missing_components(path, cls.required_components(task))
         if missing:
             raise UserError(f"model folder {path} is missing components: {', '.join(missing)}")
+        refuse_custom_code(path)
         pipe_cls = getattr(diffusers, cls.pipeline_classes[task])
-        with quiet_progress():
-            pipe = pipe_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
+        try:
+            with quiet_progress():
+                pipe = pipe_cls.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
+        except MemoryError:
+            raise
+        except Exception as e:  # a damaged or hostile component file: any of the loaders' error types
+            raise UserError(f"cannot load the model in {path}: {type(e).__name__}: {one_line(e, 240)}") from None
         encoders = place_pipeline(pipe, device, offload_encoders=offload_encoders, group_offload=group_offload)
         spec = cls(path, task, pipe, torch.device(device), dtype)
         spec.encoders = encoders  # the on-demand components (None: all on `device`)

@@ -70,8 +70,13 @@ def build_tiny_pipeline(family: str, task: str = "t2v", seed: int = 0, variant: 
     torch.manual_seed(seed)
     tokenizer = ByT5Tokenizer()
     if family == "cogvideox":
-        from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
-                               CogVideoXPipeline, CogVideoXTransformer3DModel)
+        from diffusers import (
+            AutoencoderKLCogVideoX,
+            CogVideoXDDIMScheduler,
+            CogVideoXImageToVideoPipeline,
+            CogVideoXPipeline,
+            CogVideoXTransformer3DModel,
+        )
         from transformers import T5Config, T5EncoderModel
 
         cfg, vae_cfg = dict(COGVIDEOX_TRANSFORMER), dict(COGVIDEOX_VAE)
@@ -88,8 +93,13 @@ def build_tiny_pipeline(family: str, task: str = "t2v", seed: int = 0, variant: 
         scheduler = CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER)
         cls = CogVideoXImageToVideoPipeline if task == "i2v" else CogVideoXPipeline
         return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
-    from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline,
-                           WanTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import UMT5Config, UMT5EncoderModel
 
     cfg = dict(WAN_TRANSFORMER)

@@ -24,7 +24,7 @@ from realdpo.configs.train import TrainConfig
 
 # options that may change between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = {"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "validate_every",
-                     "validation_prompt", "validation_steps", "shards", "cache_dir", "out",
+                     "validation_prompt", "validation_steps", "shards", "cache_dir", "out", "allow_blank_captions",
                      # where memory goes, not what is computed
                      "chunk_size", "keep_graph", "gradient_checkpointing", "offload_encoders"}
 
@@ -53,16 +53,16 @@ def _round_of(step: int, steps: int, rounds: int) -> int:
 
 def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
     """The checkpoint to resume from (None: a fresh run); refuses to overwrite a run or resume a different one."""
-    from realdpo.training.checkpoint import latest_checkpoint
+    from realdpo.training.checkpoint import latest_checkpoint, saved_config
 
     ckpt = latest_checkpoint(out)
     if not cfg.resume:
         if ckpt is not None or (out / "metrics.jsonl").is_file():
             raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
         return None
-    saved = out / "train_config.json"
-    if ckpt is not None and saved.is_file():
-        old, new = json.loads(saved.read_text()), _config_dict(cfg)
+    old = saved_config(ckpt, out) if ckpt is not None else None
+    if old is not None:
+        new = _config_dict(cfg)
         changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
         if changed:
             raise UserError(f"--resume with different options than the run in {out}: {', '.join(changed)}")
@@ -143,10 +143,9 @@ class Trainer:
         size = (self.spec.fingerprint(), self.frames, self.height, self.width, cfg.fps)
         self.cache = LatentCache(cfg.cache_dir, *size)
         self.run_cache = LatentCache(out / "cache", *size)  # rounds >= 2: negatives of this run's policy
-        self.samples = ShardSamples(self.urls)
+        self.samples = ShardSamples(self.urls, allow_blank_captions=cfg.allow_blank_captions, warn=self.main)
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "train_config.json").write_text(json.dumps(_config_dict(cfg), indent=1))
 
     # ---- the trained module, the reference, the optimizer ----------------------------------------------------
     def build_model(self) -> None:
@@ -209,24 +208,33 @@ class Trainer:
     def restore(self) -> None:
         """Continue from the checkpoint `setup` found (or start the logs afresh), and open the trackers."""
         from realdpo.method.reference import Reference
-        from realdpo.training.checkpoint import load_checkpoint, truncate_jsonl
+        from realdpo.training.checkpoint import restore_latest, truncate_jsonl
 
         cfg, acc = self.cfg, self.accelerator
         self.data_log = self.out / "logs" / f"data-rank{self.rank}.jsonl"
-        if self.resume_from is not None:
-            self.state = load_checkpoint(acc, self.resume_from, trainable=self.own_weights(),
-                                         reference=self.reference or Reference())
+        if self.resume_from is not None:  # the newest readable checkpoint (a damaged one is passed over)
+            self.resume_from, self.state = restore_latest(acc, self.out, trainable=self.own_weights(),
+                                                          reference=self.reference or Reference(), warn=self.main)
+            done = int(self.state["step"])
+            if done > cfg.steps:
+                raise UserError(f"--resume: the run in {self.out} is already complete: {done} steps done, more than "
+                                f"--steps {cfg.steps}; its outputs are in {self.out} (give --steps above {done} to "
+                                "train on)")
             if self.main:
                 truncate_jsonl(self.metrics_path, self.state["step"])
             truncate_jsonl(self.data_log, self.state["step"])
-            acc.print(f"resuming from {self.resume_from} (step {self.state['step']})")
+            if done == cfg.steps:
+                acc.print(f"the run in {self.out} is already complete ({done} steps); writing its outputs again")
+            else:
+                acc.print(f"resuming from {self.resume_from} (step {done})")
         elif cfg.resume:
             acc.print(f"no checkpoint in {self.out / 'checkpoints'}; starting a new run")
             if self.main:
                 truncate_jsonl(self.metrics_path, 0)
             truncate_jsonl(self.data_log, 0)
         self.data_log.parent.mkdir(parents=True, exist_ok=True)
-        if self.main:
+        if self.main:  # only now: a refused --resume leaves the run's record as it was
+            (self.out / "train_config.json").write_text(json.dumps(_config_dict(cfg), indent=1))
             tracker_cfg = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                            for k, v in _config_dict(cfg).items()}
             acc.init_trackers("realdpo", config=tracker_cfg)
@@ -352,7 +360,7 @@ class Trainer:
                                reference=self.reference.state_dict() if self.reference is not None else {},
                                state={"batch": self.state["batch"],
                                       "round": _round_of(max(step - 1, 0), cfg.steps, cfg.rounds)},
-                               keep=cfg.keep_checkpoints)
+                               keep=cfg.keep_checkpoints, config=_config_dict(cfg))
 
     @torch.no_grad()
     def validate(self, step: int) -> None:

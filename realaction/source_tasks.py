@@ -1,0 +1,49 @@
+"""What a worker process does with sources, for either engine: the local pool's init and work functions, the
+Ray task, the error row of a source whose worker died, and the test hook that kills a worker mid-source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from realaction.probe import Source
+from realaction.worker import Models, SourceCurator, SourceResult, config_hash
+
+TEST_EXIT_ENV = "REALACTION_TEST_EXIT_ON"  # tests: a worker given the source with this relative path dies at once
+
+
+def exit_if_asked(source: Source) -> None:
+    """Test hook for a worker dying mid-source (as under the OOM killer); only ever called in worker processes."""
+    if os.environ.get(TEST_EXIT_ENV) == source.rel:
+        os._exit(70)
+
+
+def worker_died_row(source: Source, why: str) -> SourceResult:
+    return SourceResult({"source": source.rel, "source_id": source.source_id, "status": "error",
+                         "reason": f"worker died: {why}"})
+
+
+# -- the local engine's pool (realaction.process_pool) --------------------------------------------------------
+
+def init_pool_worker(cfg, emit) -> SourceCurator:
+    return SourceCurator(cfg, Models(cfg), Path(cfg.src), emit)
+
+
+def run_in_pool_worker(curator: SourceCurator, source: Source) -> SourceResult:
+    exit_if_asked(source)
+    return curator.run(source).resolve()
+
+
+# -- the Ray engine's task (realaction.ray_engine) ------------------------------------------------------------
+
+_CURATOR: tuple | None = None  # (config key, SourceCurator), kept by a Ray worker process for its next source
+
+
+def curate_source_task(cfg, source: Source) -> SourceResult:
+    """One source, start to end, in a Ray worker process (which builds its models once per config)."""
+    global _CURATOR
+    key = (config_hash(cfg), str(cfg.src))
+    if _CURATOR is None or _CURATOR[0] != key:
+        _CURATOR = (key, SourceCurator(cfg, Models(cfg), Path(cfg.src)))
+    exit_if_asked(source)
+    return _CURATOR[1].run(source).resolve()
