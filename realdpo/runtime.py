@@ -52,4 +52,6 @@ def shard_like(model: torch.nn.Module, sharded: torch.nn.Module, units: list[str
     for module in model.modules():
         if module is not model and type(module).__name__ in units:
             fully_shard(module, mesh=mesh)
-    return fully_shard(model, mesh=mesh)
+    # the root too gives its gathered weights back after each forward: it has no backward to do it, and an EMA
+    # update writes the shards
+    return fully_shard(model, mesh=mesh, reshard_after_forward=True)
