@@ -10,13 +10,13 @@ same timesteps and noise:
   reference each run on the winner and on that loser (4 passes), then one backward per negative.
 
 Peak memory: the high-water mark of tensor memory allocated while a side builds its model (weights, LoRA, reference
-copy) and runs its first step (`realdpo.memory.peak_allocated`: torch.cuda.max_memory_allocated on CUDA, the CPU
-profiler's allocation and free events on the CPU), so it counts weights, the reference copy, activations and
-gradients exactly, whatever else runs on the machine. That first step is also the warm-up; time is then the median
+copy) and runs its first step: torch.cuda.max_memory_allocated on CUDA; on the CPU the live bytes of every tensor
+made (`realdpo.memory.TensorTracker`, which bench/memory.py's check finds equal to the allocator's own events on
+these models), so it counts weights, the reference copy, activations and gradients, whatever else runs on the machine. That first step is also the warm-up; time is then the median
 of --repeat further steps per side, the sides alternating. The last line printed is `time_ratio=<x> mem_ratio=<y>`
 for the last size.
 
-Sizes: `small` and `medium` are toy widths (192 tokens per row at most), where the weights decide the memory ratio;
+Sizes: `small` and `medium` are toy widths (224 and 256 tokens per row), where the weights decide the memory ratio;
 `4k-tokens` runs 4,516 tokens per row (13x30x44 latents + 226 text tokens, CogVideoX's layout: head dim 64, T5 text
 width 4096, rotary positions) at width 1024 with 2 layers, where activations decide it. CogVideoX-5B's own width (3072)
 at this token count takes over a minute per row-pass on a CPU core; bench/memory.py predicts the real models.
@@ -179,7 +179,7 @@ def make(side: str, args, device, dtype):
 
 def measure(args, device, dtype) -> tuple[float, float, int, int, float]:
     """Peak memory of each side's setup + first step, then the median time of `repeat` alternating steps."""
-    from realdpo.memory import peak_allocated
+    from realdpo.memory import TensorTracker, peak_allocated
 
     runners, peaks, losses = {}, {}, {}
     for side in ("realdpo", "official"):
@@ -189,7 +189,12 @@ def measure(args, device, dtype) -> tuple[float, float, int, int, float]:
             for p in params:
                 p.grad = None
             runners[side] = (runner, params)
-        peaks[side] = peak_allocated(first_step, device)
+        if device.type == "cuda":
+            peaks[side] = peak_allocated(first_step, device)
+        else:
+            with TensorTracker() as tracker:
+                first_step()
+            peaks[side] = tracker.peak
     times = {"realdpo": [], "official": []}
     for _ in range(args.repeat):
         for side, (runner, params) in runners.items():
@@ -223,7 +228,7 @@ def main() -> None:
     ap.add_argument("--keep-graph", action="store_true", help="realdpo's --keep-graph (instead of streamed chunks).")
     ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                     help="Gradient checkpointing on both sides (the official training scripts enable it).")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default; 1 is steadier on shared cores).")
     args = ap.parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.chunk_size = args.chunk_size or None

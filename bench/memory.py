@@ -21,7 +21,7 @@ encoder and VAE off the accelerator during steps; "+ fp8 base" adds --fp8-base. 
 with a separate frozen bf16 copy of the transformer as reference, 4 passes and one backward per negative, gradient
 checkpointing, text encoder and VAE resident (as its training script keeps them).
 
-    python bench/memory.py                         # everything (~15 min on 2 CPU cores)
+    python bench/memory.py                         # everything (~50 min on 2 shared CPU cores)
     python bench/memory.py --skip-cpu              # only the predictions (steps 1 and 3)
 """
 
@@ -152,14 +152,9 @@ def build_transformer(m: dict, device, dtype, num_layers: int | None = None) -> 
     cls = diffusers.CogVideoXTransformer3DModel if m["family"] == "cogvideox" else diffusers.WanTransformer3DModel
     with torch.device(device), default_dtype(dtype):
         tr = cls(**cfg)
-    for name in getattr(cls, "_keep_in_fp32_modules", None) or ():  # from_pretrained(torch_dtype=bf16) keeps these
-        for mod_name, mod in tr.named_modules():
-            if mod_name.split(".")[-1] == name:
-                mod.float()
-        if hasattr(tr, name) and isinstance(getattr(tr, name), torch.nn.Parameter):
-            getattr(tr, name).data = getattr(tr, name).data.float()
-    for n, p in tr.named_parameters():
-        if n.endswith("scale_shift_table"):
+    keep = getattr(cls, "_keep_in_fp32_modules", None) or ()
+    for n, p in tr.named_parameters():  # what from_pretrained(torch_dtype=bf16) keeps in fp32 (diffusers' rule)
+        if any(m in n.split(".") for m in keep):
             p.data = p.data.float()
     return tr.requires_grad_(False)
 
