@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/curate.py
 	$(PY) bench/dpo_step.py
+	$(PY) bench/negatives.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -55,3 +55,36 @@ def shard_like(model: torch.nn.Module, sharded: torch.nn.Module, units: list[str
     # the root too gives its gathered weights back after each forward: it has no backward to do it, and an EMA
     # update writes the shards
     return fully_shard(model, mesh=mesh, reshard_after_forward=True)
+class Processes:
+    """The processes of one launch, as work sharing needs them: rank, world size, a barrier, gathering and
+    broadcasting small Python objects. `state` is accelerate's PartialState or Accelerator (None: this process
+    alone)."""
+
+    def __init__(self, state=None):
+        self.state = state
+        self.rank = int(state.process_index) if state is not None else 0
+        self.world = int(state.num_processes) if state is not None else 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+    def gather(self, obj) -> list:
+        """Every process's `obj`, in rank order, on every process."""
+        if self.world == 1:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return gather_object([obj])
+
+    def broadcast(self, obj):
+        """The main process's `obj`, on every process."""
+        if self.world == 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj], from_process=0)[0]

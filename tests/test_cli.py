@@ -137,7 +137,7 @@ def test_config_file_numbers_written_as_strings_are_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("command, required", [("train", "--shards"), ("negatives", "--shards"), ("curate", "--src"),
-                                               ("sample", "--prompt"), ("eval", "--videos")])
+                                               ("eval", "--videos")])  # sample takes --prompt or --prompts
 def test_help_marks_required_options_and_shows_no_type_after_flags(command, required, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     assert run([command, "--help"]) == 0

@@ -7,23 +7,34 @@ import time
 import pytest
 import torch
 
-from realdpo.data.cache import LatentCache
-from realdpo.data.stream import KeyStream, PairStream, collate, pair_loader, process_share, usable_keys
+from realdpo.data.cache import ClipRef, LatentCache
+from realdpo.data.losers import LoserPlan, LoserSet
+from realdpo.data.stream import KeyStream, PairStream, collate, pair_loader, process_share, usable
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 LATENT = (3, 8, 8, 8)
+SET = LoserSet("r1-generated-test", "generated", 3)
+
+
+def losers(k: int = 3, round: int = 1) -> LoserPlan:
+    return LoserPlan((LoserSet(SET.tag, SET.source, k),), seed=0, round=round)
+
+
+def put_negatives(cache, ref, latents):
+    for seed, lat in zip(losers(len(latents)).seeds(ref.key, SET), latents):
+        cache.put_negative(ref, SET.tag, seed, lat)
 
 
 @pytest.fixture(scope="module")
 def filled_cache(tmp_path_factory):
     """A cache with 10 clips: real latents + prompt embeddings, and 3 negatives each (round 1)."""
     cache = LatentCache(tmp_path_factory.mktemp("cache"), "fp", 9, 64, 64, 8.0)
-    keys = [f"src{i % 3}-{i:04d}" for i in range(10)]
+    keys = [ClipRef(f"src{i % 3}-{i:04d}", f"{i:04x}") for i in range(10)]
     for i, key in enumerate(keys):
         cache.put_real(key, {"latents": torch.full((1, *LATENT), float(i)), "prompt_embeds": torch.full((1, 5, 4), float(i))})
-        cache.put_negatives(key, 1, torch.full((3, *LATENT), -float(i)) - torch.arange(3.0).view(3, 1, 1, 1, 1), [1, 2, 3])
+        put_negatives(cache, key, torch.full((3, *LATENT), -float(i)) - torch.arange(3.0).view(3, 1, 1, 1, 1))
     return cache, keys
 
 
@@ -40,20 +51,21 @@ def test_key_stream_epochs_are_shuffled_permutations():
 
 
 def test_process_share_splits_samples_not_shards():
-    keys = [f"k{i}" for i in range(11)]  # one shard's worth: a shard-level split would starve a process
+    keys = [ClipRef(f"k{i}", "0") for i in range(11)]  # one shard's worth: a shard-level split would starve a process
     shares = [process_share(keys, r, 3) for r in range(3)]
-    assert sorted(sum(shares, [])) == sorted(keys)
+    assert sorted(k.key for k in sum(shares, [])) == sorted(k.key for k in keys)
     assert all(shares) and not set(shares[0]) & set(shares[1])
-    assert shares[1] == keys[1::3]  # the samples ensure_cached(shard=(1, 3)) caches
+    assert shares[1] == keys[1::3]  # the clips whose real entries process 1 of 3 encodes in ensure_cached
+    assert process_share(keys[:2] + [ClipRef("k0", "1")], 0, 1) == keys[:2]  # a key seen before is dropped
 
 
 def test_collate_stacks_winners_losers_and_cond(filled_cache):
     cache, keys = filled_cache
-    batch = PairStream(cache, keys, round=1, k=2, batch_size=4, seed=0, rank=0)._load((0, keys[:4]))
+    batch = PairStream(cache, keys, losers=losers(2), batch_size=4, seed=0, rank=0)._load((0, keys[:4]))
     assert batch.winners.shape == (4, *LATENT) and batch.losers.shape == (4, 2, *LATENT)
-    assert batch.cond["prompt_embeds"].shape == (4, 5, 4) and batch.keys == keys[:4]
+    assert batch.cond["prompt_embeds"].shape == (4, 5, 4) and batch.keys == [k.key for k in keys[:4]]
     assert batch.winners[2].eq(2).all() and batch.losers[2, 1].eq(-3).all()
-    assert set(collate([(k, cache.get_real(k), cache.get_negatives(k, 1, 3)) for k in keys[:2]]).cond) == {"prompt_embeds"}
+    assert set(collate([(k.key, *losers().load(cache, k)) for k in keys[:2]]).cond) == {"prompt_embeds"}
 
 
 def _take(loader, n):
@@ -63,7 +75,7 @@ def _take(loader, n):
 
 def test_workers_and_restart_give_the_same_sequence(filled_cache):
     cache, keys = filled_cache
-    mk = lambda start=0: PairStream(cache, keys, round=1, k=3, batch_size=2, seed=5, rank=1, start=start)  # noqa: E731
+    mk = lambda start=0: PairStream(cache, keys, losers=losers(), batch_size=2, seed=5, rank=1, start=start)  # noqa: E731
     ref = _take(pair_loader(mk(), 0), 8)
     two = _take(pair_loader(mk(), 2), 8)
     assert [b.keys for b in two] == [b.keys for b in ref]
@@ -71,23 +83,23 @@ def test_workers_and_restart_give_the_same_sequence(filled_cache):
     resumed = _take(pair_loader(mk(start=5), 2), 3)
     assert [b.keys for b in resumed] == [b.keys for b in ref[5:8]]
     # ranks see different orders of their own shares
-    other = _take(pair_loader(PairStream(cache, keys, round=1, k=3, batch_size=2, seed=5, rank=0), 0), 5)
+    other = _take(pair_loader(PairStream(cache, keys, losers=losers(), batch_size=2, seed=5, rank=0), 0), 5)
     assert [b.keys for b in other] != [b.keys for b in ref[:5]]
 
 
-def test_usable_keys_and_missing_entries(filled_cache):
+def test_usable_clips_and_missing_entries(filled_cache):
     cache, keys = filled_cache
-    assert usable_keys(cache, keys + ["absent"], 1, 3) == keys
-    assert usable_keys(cache, keys, 1, 4) == [] and usable_keys(cache, keys, 2, 1) == []
+    assert usable(cache, keys + [ClipRef("absent", "0"), ClipRef(keys[0].key, "other")], losers()) == keys
+    assert usable(cache, keys, losers(4)) == [] and usable(cache, keys, losers(1, round=2)) == []
     from realaction.errors import UserError
 
     with pytest.raises(UserError):
-        PairStream(cache, [], round=1, k=3, batch_size=2, seed=0, rank=0)
+        PairStream(cache, [], losers=losers(), batch_size=2, seed=0, rank=0)
 
 
 def test_stream_from_real_footage(shared_data, tmp_path):
     """A real clip through the shard reader, ensure_cached and the stream: the winner is the clip's latents."""
-    from tiny_models import tiny_model, write_tiny_shard
+    from tiny_models import negative_plan, tiny_model, write_tiny_shard
 
     from realdpo.data.clips import decode_clip, iter_shard_samples
     from realdpo.generation.negatives import ensure_cached
@@ -99,10 +111,10 @@ def test_stream_from_real_footage(shared_data, tmp_path):
     spec = load_spec(tiny_model("cogvideox", "t2v"))
     cache = LatentCache(tmp_path / "cache", spec.fingerprint(), 9, 64, 64, 8.0)
     samples = list(iter_shard_samples([str(shard)]))
-    ensure_cached(spec, samples, cache, frames=9, height=64, width=64, fps=8.0, k=2, steps=2, guidance=6.0, seed=0,
-                  progress=False)
-    keys = usable_keys(cache, process_share([s.key for s in samples], 0, 1), 1, 2)
-    batch = next(iter(pair_loader(PairStream(cache, keys, round=1, k=2, batch_size=1, seed=0, rank=0))))
+    plan = negative_plan(negatives=2, neg_steps=2)
+    ensure_cached(spec, samples, cache, plan, frames=9, height=64, width=64, fps=8.0, progress=False)
+    keys = usable(cache, process_share([s.ref for s in samples], 0, 1), plan.losers)
+    batch = next(iter(pair_loader(PairStream(cache, keys, losers=plan.losers, batch_size=1, seed=0, rank=0))))
     expect = spec.encode_videos(decode_clip(mp4, 9, 64, 64, 8.0)[None])
     torch.testing.assert_close(batch.winners, expect)
     assert batch.losers.shape == (1, 2, *expect.shape[1:])
@@ -123,12 +135,12 @@ def test_loader_outpaces_the_training_step(filled_cache, tmp_path, record_proper
     spec.transformer.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=spec.lora_target_modules))
     shape = spec.encode_videos(torch.zeros(1, 9, 3, 64, 64)).shape[1:]
     cache = LatentCache(tmp_path / "c", "fp", 9, 64, 64, 8.0)
-    keys = [f"k{i}" for i in range(16)]
+    keys = [ClipRef(f"k{i}", "0") for i in range(16)]
     cond = spec.encode_prompts(["a person walking"])
     for key in keys:
         cache.put_real(key, {"latents": torch.randn(1, *shape), **cond})
-        cache.put_negatives(key, 1, torch.randn(3, *shape), [1, 2, 3])
-    it = iter(pair_loader(PairStream(cache, keys, round=1, k=3, batch_size=1, seed=0, rank=0), 0))
+        put_negatives(cache, key, torch.randn(3, *shape))
+    it = iter(pair_loader(PairStream(cache, keys, losers=losers(), batch_size=1, seed=0, rank=0), 0))
     next(it)
     t0 = time.perf_counter()
     batches = [next(it) for _ in range(20)]

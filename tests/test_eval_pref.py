@@ -10,7 +10,7 @@ import torch
 from cli.main import run
 from realdpo.configs.eval import EvalConfig
 from realdpo.evaluation.pref_accuracy import preference_accuracy
-from tests.tiny_models import synthetic_clip, tiny_model, write_tiny_shard
+from tests.tiny_models import negative_plan, synthetic_clip, tiny_model, write_tiny_shard
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def setup(tmp_path_factory):
     spec = load_spec(model)
     frames, height, width = spec.default_size()
     cache = LatentCache(root / "cache", spec.fingerprint(), frames, height, width, 8.0)
-    ensure_cached(spec, iter_shard_samples([str(shard)]), cache, frames=frames, height=height, width=width, fps=8.0,
-                  k=2, steps=2, guidance=6.0, seed=0, progress=False)
+    ensure_cached(spec, iter_shard_samples([str(shard)]), cache, negative_plan(negatives=2, neg_steps=2),
+                  frames=frames, height=height, width=width, fps=8.0, progress=False)
 
     def save_lora(out, zero: bool):
         torch.manual_seed(1)
@@ -51,7 +51,7 @@ def setup(tmp_path_factory):
 
 def _cfg(setup, lora, **kw):
     cfg = EvalConfig(videos=["x=."], pairs=[str(setup["shard"])], model=setup["model"], lora=lora,
-                     cache_dir=setup["cache"], negatives=2, pref_timesteps=2, **kw)
+                     cache_dir=setup["cache"], negatives=2, neg_steps=2, pref_timesteps=2, **kw)
     cfg.validate()
     return cfg
 
@@ -71,8 +71,11 @@ def test_an_identity_lora_prefers_nothing(setup):
 
 
 def test_uncached_round_is_skipped_with_a_note(setup):
-    res = preference_accuracy(_cfg(setup, setup["lora"], round=2))
+    res = preference_accuracy(_cfg(setup, setup["lora"], round=2, neg_lora=setup["lora"]))
     assert res["metrics"] == {} and "realdpo negatives" in res["skipped"]
+    # negatives made with other settings are not these
+    res = preference_accuracy(_cfg(setup, setup["lora"], neg_guidance=4.0))
+    assert res["metrics"] == {} and res["settings"]["samples_not_cached"] == 2
 
 
 def test_cli_reports_pref_accuracy_in_the_named_row(setup, tmp_path):
@@ -82,7 +85,7 @@ def test_cli_reports_pref_accuracy_in_the_named_row(setup, tmp_path):
     out = tmp_path / "report"
     assert run(["eval", "--videos", f"dpo={vids}", "--out", str(out), "--workers", "1", "--pairs", str(setup["shard"]),
                 "--model", str(setup["model"]), "--lora", str(setup["lora"]), "--cache-dir", str(setup["cache"]),
-                "--negatives", "2", "--pref-timesteps", "2", "--pref-name", "dpo"]) == 0
+                "--negatives", "2", "--neg-steps", "2", "--pref-timesteps", "2", "--pref-name", "dpo"]) == 0
     report = json.loads((out / "report.json").read_text())
     row = report["methods"]["dpo"]
     assert {"pref_accuracy", "pref_margin", "motion_smoothness"} <= set(row) and row["n_videos"] == 1

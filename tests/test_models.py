@@ -253,7 +253,7 @@ def test_generated_latents_live_in_the_training_latent_space(specs, name):
     # the pipeline's own decode of its latents == spec.decode_latents: same scaling on the way out ...
     pipe = spec.pipeline()
     pipe.set_progress_bar_config(disable=True)
-    extra = spec.pipeline_image_inputs(images)
+    extra = spec.pipeline_image_inputs(pipe, images, {}, 32, 32)
     frames = pipe(prompt=["a person jumps"], **extra, num_frames=9, height=32, width=32, num_inference_steps=2,
                   guidance_scale=3.0, generator=spec.generators([7]), output_type="np",
                   max_sequence_length=spec.max_sequence_length).frames

@@ -91,3 +91,69 @@ def test_sample_command(tiny_cogvideox_t2v, tmp_path, capsys):
     assert run(["sample", "--prompt", "a jump", "--model", str(tiny_cogvideox_t2v), "--steps", "2",
                 "--out", str(out)]) == 0
     assert video_info(out)[0] == 9
+
+
+def test_sample_prompts_writes_the_eval_folder(tiny_cogvideox_t2v, lora_dir, tmp_path, monkeypatch):
+    import json
+
+    import realdpo.generation.sampling
+
+    written = {}
+
+    def encode(frames, fps, path):
+        written.setdefault(len(written), frames)
+        return encode_mp4(frames, fps=fps, path=path)
+
+    monkeypatch.setattr(realdpo.generation.sampling, "encode_mp4", encode)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a person waves both arms\na person jumps\n\n")
+    out = tmp_path / "gen" / "base"
+    cfg = SampleConfig(prompts=prompts, model=tiny_cogvideox_t2v, steps=3, out=out, seeds_per_prompt=2, seed=10,
+                       batch_size=3)
+    assert sample(cfg) == out
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["0.mp4", "1.mp4", "2.mp4", "3.mp4"]
+    assert (out / "prompts.txt").read_text().splitlines() == ["a person waves both arms"] * 2 + ["a person jumps"] * 2
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [(r["video"], r["line"], r["seed"]) for r in rows] == [("0.mp4", 0, 10), ("1.mp4", 0, 11), ("2.mp4", 1, 10),
+                                                                  ("3.mp4", 1, 11)]
+    assert video_info(out / "3.mp4")[0] == 9
+    batch = [written[i].astype(float) for i in range(4)]
+
+    # video p*N+s is what one `--prompt P --seed S+s` gives: the same seeds for the base model and a LoRA
+    written.clear()
+    sample(_cfg(tiny_cogvideox_t2v, tmp_path / "one.mp4", seed=11))
+    assert np.abs(written[0].astype(float) - batch[1]).mean() < 0.5
+    assert np.abs(batch[0] - batch[1]).mean() > 1.0  # another seed, another video
+
+    # a rerun skips what is there; a missing video is made again
+    written.clear()
+    (out / "2.mp4").unlink()
+    sample(SampleConfig(**{**cfg.__dict__, "out": out}))
+    assert len(written) == 1 and (out / "2.mp4").is_file()
+    tuned = tmp_path / "gen" / "dpo"
+    sample(SampleConfig(**{**cfg.__dict__, "out": tuned, "lora": lora_dir}))
+    assert (tuned / "prompts.txt").read_text() == (out / "prompts.txt").read_text()
+
+    from cli.main import run
+
+    assert run(["sample", "--prompts", str(prompts), "--model", str(tiny_cogvideox_t2v), "--out", "x.mp4"]) == 2
+    prompts.write_text("one\n\nthree\n")
+    assert run(["sample", "--prompts", str(prompts), "--model", str(tiny_cogvideox_t2v), "--out", str(out)]) == 2
+
+
+def test_sample_prompts_image_to_video(tiny_cogvideox_i2v, tmp_path):
+    from PIL import Image
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square\na blue square\n")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (80, 60), (200, 40, 40)).save(frames / "0.png")
+    with pytest.raises(UserError, match="no first frame for prompt line 1"):
+        sample(SampleConfig(prompts=prompts, images=frames, model=tiny_cogvideox_i2v, steps=2, out=tmp_path / "o"))
+    Image.new("RGB", (80, 60), (40, 40, 200)).save(frames / "1.jpg")
+    out = sample(SampleConfig(prompts=prompts, images=frames, model=tiny_cogvideox_i2v, steps=2, out=tmp_path / "o",
+                              batch_size=2))
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["0.mp4", "1.mp4"]
+    with pytest.raises(UserError, match="image-to-video model"):
+        sample(SampleConfig(prompts=prompts, model=tiny_cogvideox_i2v, steps=2, out=tmp_path / "p"))

@@ -189,7 +189,7 @@ def test_rounds_sft_chunks_and_full_fine_tuning(shards, cache_dir, tmp_path):
     train(_cfg(shards, cache_dir, out, steps=2, rounds=2, chunk_size=2, loss="dpo+sft"))
     rows = _rows(out)
     assert [r["round"] for r in rows] == [1, 2] and "loss_sft" in rows[0]
-    assert list((out / "cache").rglob("neg-r2/*.safetensors"))  # round 2's negatives: this run's policy, in OUT
+    assert list((out / "cache").rglob("neg/r2-generated-*/*.safetensors"))  # round 2's: this run's policy, in OUT
 
     sft = tmp_path / "sft"
     train(_cfg(shards, cache_dir, sft, steps=2, loss="sft"))

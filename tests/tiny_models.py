@@ -84,6 +84,16 @@ def write_tiny_shard(path: Path, samples: list[tuple[str, str, bytes]]) -> Path:
     return path
 
 
+def negative_plan(spec=None, round: int = 1, weights: str = "base", **options):
+    """The NegativePlan of `realdpo negatives` options (e.g. negatives=2, neg_steps=2, negatives_from="...")."""
+    from realdpo.configs.negatives import NegativesConfig
+    from realdpo.generation.recipes import NegativePlan
+
+    cfg = NegativesConfig(shards=["unused"], **options)
+    cfg.validate_negative_options()
+    return NegativePlan.from_options(cfg, spec, round=round, weights=weights)
+
+
 def write_raw_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
     """A tar of exactly these (member name, bytes): for shards a curator would never write (bad members)."""
     import tarfile

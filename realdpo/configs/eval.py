@@ -9,13 +9,13 @@ from typing import Optional
 
 from realaction.errors import UserError
 from realaction.fields import field
-from realdpo.configs.common import ModelOptions
+from realdpo.configs.common import ModelOptions, NegativeOptions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 @dataclass
-class EvalConfig(ModelOptions):
+class EvalConfig(ModelOptions, NegativeOptions):
     videos: list[str] = field(default_factory=list, required=True, help="NAME=DIR of generated videos, one per method (repeatable).")
     prompts: Optional[Path] = field(None, help="Text file, one prompt per line, in the numeric order of the video file names (default: a <stem>.txt beside each video).")
     real: list[str] = field(default_factory=list, help="Real clips for FVD: curated shards (paths or globs), video files or folders.")
@@ -32,12 +32,11 @@ class EvalConfig(ModelOptions):
     trust_i3d: bool = field(False, help="Load an --i3d file that is not a known FVD detector file (it runs as a program: "
                             "only for a file you trust).")
     strip_videos: int = field(4, help="Videos per method shown in <name>_strip.png.")
-    pairs: list[str] = field(default_factory=list, help="Held-out curated shards whose negatives are cached, for pref_accuracy (repeatable; quote globs; with --lora, and --model, --frames, --height, --width, --fps, --cache-dir as in train).")
+    pairs: list[str] = field(default_factory=list, help="Held-out curated shards whose negatives are cached, for pref_accuracy (repeatable; quote globs; with --lora, and --model, --frames, --height, --width, --fps, --cache-dir, --seed and the --negatives-from/--neg-* options as in train).")
     lora: Optional[Path] = field(None, help="LoRA folder of the trained policy (train's OUT/lora), for pref_accuracy; the reference is the model without it.")
     pref_name: str = field("policy", help="Table row pref_accuracy is reported under; name a --videos method to join its row.")
-    negatives: int = field(3, help="Cached negatives per real clip used by pref_accuracy (K).")
-    round: int = field(1, help="Negative round of the cached negatives used by pref_accuracy.")
-    cache_dir: Optional[Path] = field(None, help="Latent/negative cache, as in train; default $REALDPO_CACHE or ~/.cache/realdpo/latents.")
+    round: int = field(1, help="Negative round of the cached negatives used by pref_accuracy (their --negatives-from and --neg-* options as in train or negatives).")
+    neg_lora: Optional[Path] = field(None, help="LoRA that generated the round >= 2 negatives of --pairs (`realdpo negatives --round R --lora DIR`).")
     pref_timesteps: int = field(4, help="Fixed timesteps (with fixed noise, from --seed) per pair for pref_accuracy.")
     t_min: float = field(0.0, help="Lowest pref_accuracy timestep, as a fraction of the schedule (as in train).")
     t_max: float = field(0.5, help="Highest pref_accuracy timestep, as a fraction of the schedule (as in train).")
@@ -60,7 +59,7 @@ class EvalConfig(ModelOptions):
                 raise UserError(f"--videos {name}: not a folder: {folder}")
         if self.prompts is not None and not Path(self.prompts).is_file():
             raise UserError(f"--prompts not found: {self.prompts}")
-        for name in ("clip_checkpoint", "i3d", "lora"):
+        for name in ("clip_checkpoint", "i3d", "lora", "neg_lora"):
             p = getattr(self, name)
             if p is not None and not Path(p).exists():
                 raise UserError(f"--{name.replace('_', '-')} not found: {p}")
@@ -86,5 +85,8 @@ class EvalConfig(ModelOptions):
                 raise UserError("--negatives, --round and --pref-timesteps must be at least 1")
             if not 0 <= self.t_min < self.t_max <= 1:
                 raise UserError("--t-min and --t-max must satisfy 0 <= t-min < t-max <= 1")
+            if self.round > 1 and self.neg_lora is None:
+                raise UserError("--round 2 or later: give --neg-lora, the LoRA that generated those negatives")
+            self.validate_negative_options()
         elif self.lora is not None or self.model is not None:
             raise UserError("--model and --lora are used by pref_accuracy, which needs --pairs")

@@ -15,7 +15,8 @@ from realdpo.configs.common import ModelOptions, NegativeOptions, ShardOptions
 class NegativesConfig(ModelOptions, NegativeOptions, ShardOptions):
     shards: list[str] = field(default_factory=list, required=True, help="Curated shards: paths or globs (repeatable; a shell-expanded list works).")
     round: int = field(1, help="Negative round the cache entries belong to (1 = the base model's).")
-    batch_size: int = field(1, help="Prompts generated together.")
+    batch_size: int = field(1, help="Clips whose i-th negatives are generated together in one pipeline call (the unit "
+                            "of work processes share).")
     lora: Optional[Path] = field(None, help="LoRA folder (OUT/lora of `realdpo train`) of the policy that generates round >= 2 negatives.")
     out: Optional[Path] = field(None, help="Same as --cache-dir.")
     group_offload: bool = field(False, help="Keep the transformer in CPU memory and copy it to the accelerator one block "

@@ -14,6 +14,7 @@ LOSSES = ("dpo", "sft", "dpo+sft", "ipo", "hinge")
 REFERENCES = ("base", "ema")
 SCHEDULERS = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
+EXPERTS = ("low", "high", "both")
 
 
 @dataclass
@@ -32,14 +33,18 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     loss: str = field("dpo", help=f"Objective: {', '.join(LOSSES)} (sft: plain MSE on the real clips, the paper's "
                       "baseline; ipo/hinge: DPO variants on the same margin).")
     sft_weight: float = field(1.0, help="Weight of the SFT term in --loss dpo+sft.")
-    t_min: float = field(0.0, help="Lowest timestep drawn, as a fraction of the schedule (sigma for flow matching).")
-    t_max: float = field(0.5, help="Highest timestep drawn, as a fraction of the schedule (paper: the less-noisy half).")
+    t_min: Optional[float] = field(None, help="Lowest timestep drawn, as a fraction of the schedule (sigma for flow matching); default 0.")
+    t_max: Optional[float] = field(None, help="Highest timestep drawn, as a fraction of the schedule; default 0.5 for the DPO losses (the paper's less-noisy half), 1 for --loss sft (the official SFT trainer draws over the whole schedule).")
+    train_experts: Optional[str] = field(None, help=f"Two-expert models (Wan 2.2 A14B): which expert gets a LoRA and trains, {', '.join(EXPERTS)} (low = transformer_2, the low-noise expert); default low for the DPO losses, both for --loss sft.")
+    low_noise_range: list[float] = field(default_factory=list, help="Two-expert models: sigma range MIN MAX the low-noise expert trains on, within its own timesteps (default --t-min --t-max).")
+    high_noise_range: list[float] = field(default_factory=list, help="Two-expert models: sigma range MIN MAX the high-noise expert trains on, within its own timesteps (default --t-min --t-max).")
     lora: bool = field(True, help="Train LoRA adapters on the transformer (--no-lora: full fine-tuning with a frozen reference copy).")
     lora_rank: int = field(16, help="LoRA rank.")
     lora_alpha: Optional[float] = field(None, help="LoRA alpha; default equals the rank.")
     ref: str = field("base", help=f"Reference model: {', '.join(REFERENCES)} (base = adapters disabled; ema = EMA of the policy, kept in fp32).")
     ema_rate: float = field(0.999, help="EMA rate w in ref <- w*ref + (1-w)*policy.")
     ema_every: int = field(100, help="Optimizer steps between EMA reference updates.")
+    ema_rank: Optional[int] = field(None, help="Rank of the EMA reference adapter, which averages the LoRA update B@A itself (exact while the average fits this rank; beyond, a bound on the error is logged as ema_error_bound); default 2 x --lora-rank.")
     rounds: int = field(1, help="Rounds of fresh negatives; rounds after the first regenerate them with the current policy.")
     chunk_size: Optional[int] = field(None, help="Rows (winners and losers) one forward pass runs on, same gradient. "
                                       "Each chunk is backpropagated before the next runs, so activations of one chunk "
@@ -61,7 +66,7 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     optimizer: str = field("adamw", help=f"Optimizer: {', '.join(OPTIMIZERS)} (adamw8bit: bitsandbytes' 8-bit AdamW, "
                            "2 bytes of state per trained weight instead of 8; for --no-lora).")
     num_workers: int = field(0, help="Data-loader worker processes.")
-    neg_batch_size: int = field(4, help="Negatives generated together in one pipeline call.")
+    neg_batch_size: int = field(4, help="Clips whose i-th negatives are generated together in one pipeline call.")
     checkpoint_every: int = field(50, help="Optimizer steps between checkpoints (0: only at the end).")
     keep_checkpoints: int = field(3, help="Newest checkpoints kept in OUT/checkpoints (0 keeps all).")
     validate_every: int = field(0, help="Optimizer steps between validation samples (0 disables).")
@@ -88,12 +93,24 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
             raise UserError(f"unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.fp8_base and not self.lora:
             raise UserError("--fp8-base stores the frozen base in fp8; full fine-tuning (--no-lora) trains those weights")
+        if self.ema_rank is not None and self.ema_rank < 1:
+            raise UserError("--ema-rank must be at least 1")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise UserError("--chunk-size must be at least 1")
         if self.lr <= 0 or self.beta <= 0:
             raise UserError("--lr and --beta must be positive")
+        if self.t_min is None:
+            self.t_min = 0.0
+        if self.t_max is None:
+            self.t_max = 1.0 if self.loss == "sft" else 0.5
         if not 0 <= self.t_min < self.t_max <= 1:
             raise UserError("--t-min and --t-max must satisfy 0 <= t-min < t-max <= 1")
+        if self.train_experts is not None and self.train_experts not in EXPERTS:
+            raise UserError(f"unknown --train-experts {self.train_experts!r}; choose one of {', '.join(EXPERTS)}")
+        for name in ("low_noise_range", "high_noise_range"):
+            r = getattr(self, name)
+            if r and (len(r) != 2 or not 0 <= r[0] < r[1] <= 1):
+                raise UserError(f"--{name.replace('_', '-')} takes two values MIN MAX with 0 <= MIN < MAX <= 1")
         if not 0 < self.ema_rate < 1:
             raise UserError("--ema-rate must be between 0 and 1")
         if min(self.warmup_steps, self.checkpoint_every, self.validate_every, self.num_workers, self.keep_checkpoints,
@@ -104,3 +121,7 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
             raise UserError("--lora-alpha must be positive")
         if self.rounds > self.steps:
             raise UserError("--rounds cannot exceed --steps (each round trains at least one step)")
+
+    def expert_ranges(self) -> dict[str, tuple[float, float]]:
+        """The per-expert sigma ranges given (two-expert models)."""
+        return {name: (r[0], r[1]) for name, r in (("low", self.low_noise_range), ("high", self.high_noise_range)) if r}

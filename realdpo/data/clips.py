@@ -7,7 +7,9 @@ streams the cached tensors with its own shuffled, split-by-node loader.
 
 from __future__ import annotations
 
+import functools
 import glob
+import hashlib
 import io
 import json
 import logging
@@ -23,6 +25,7 @@ import torch
 from realaction.captioners import MAX_CAPTION_BYTES, cap_caption  # the cap curation applies too
 from realaction.errors import UserError, one_line
 from realaction.video_io import decode_frames, video_info
+from realdpo.data.cache import ClipRef
 from realdpo.models.frames import to_tensor
 
 VideoSource = bytes | bytearray | str | Path
@@ -47,6 +50,23 @@ class ClipSample:
     jpg: bytes | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @functools.cached_property
+    def content_id(self) -> str:
+        """16 hex chars over what the clip's cache entries are made from: key, caption, mp4 bytes, and the shard
+        json's source_sha256, start_frame/end_frame and curator config hash. Hashed once per sample read."""
+        curator = self.meta.get("curator")
+        origin = {"source_sha256": self.meta.get("source_sha256"), "start_frame": self.meta.get("start_frame"),
+                  "end_frame": self.meta.get("end_frame"),
+                  "config_hash": curator.get("config_hash") if isinstance(curator, dict) else None}
+        h = hashlib.sha256()
+        for part in (self.key.encode(), self.caption.encode("utf-8"), json.dumps(origin, sort_keys=True).encode()):
+            h.update(len(part).to_bytes(8, "little") + part)
+        h.update(self.mp4)
+        return h.hexdigest()[:16]
+
+    @property
+    def ref(self) -> ClipRef:
+        return ClipRef(self.key, self.content_id)
 
 
 def _cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:

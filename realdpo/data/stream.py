@@ -1,10 +1,10 @@
 """The training stream: cached (winner, K losers, cond) batches, shuffled, split by node and by worker, epoch after
 epoch, resumable at any batch.
 
-Before training every process reads the shards once with webdataset (`iter_shard_samples`) and caches its share of
-real latents, prompt embeddings and negatives (`ensure_cached`). The share is every N-th sample, which is what each
-process generated negatives for, and works for any number of shards (a single shard included). The stream then
-only reads the small cached tensors: a `wds.DataPipeline` of key batches (a fresh permutation each epoch, seeded
+Before training every process reads the shards once with webdataset (`iter_shard_samples`) and the processes
+together cache real latents, prompt embeddings and negatives (`ensure_cached`). Each then trains on its share,
+every N-th sample, which works for any number of shards (a single shard included). The stream only reads the small
+cached tensors: a `wds.DataPipeline` of key batches (a fresh permutation each epoch, seeded
 by run seed, rank and epoch), split across loader workers batch by batch, then loaded and collated. Batch `j` of a
 process is a pure function of (seed, rank, j), so `--resume` restarts the stream exactly at the saved batch.
 """
@@ -18,8 +18,9 @@ from typing import Iterator, Sequence
 import torch
 
 from realaction.errors import UserError
-from realdpo.data.cache import LatentCache
+from realdpo.data.cache import ClipRef, LatentCache
 from realdpo.data.clips import ClipSample, ShardReport
+from realdpo.data.losers import LoserPlan
 
 
 @dataclass
@@ -47,14 +48,14 @@ def collate(items: Sequence[tuple[str, dict[str, torch.Tensor], torch.Tensor]]) 
 
 
 class ShardSamples:
-    """The shards read in order with webdataset, re-readable; remembers the keys of the last pass (the order
-    ensure_cached's `shard=` split uses), the first clip (validation prompt and first frame) and the first pass's
-    ShardReport. Bad samples are warned about on the first pass only, and only when `warn` (the main process)."""
+    """The shards read in order with webdataset, re-readable; remembers the clips of the last pass (`refs`, in
+    reading order, the order process_share splits), the first clip (validation prompt and first frame) and the first
+    pass's ShardReport. Bad samples are warned about on the first pass only, and only when `warn` (the main process)."""
 
     def __init__(self, urls: Sequence[str], *, allow_blank_captions: bool = False, warn: bool = True):
         self.urls = list(urls)
         self.allow_blank_captions, self.warn = allow_blank_captions, warn
-        self.keys: list[str] = []
+        self.refs: list[ClipRef] = []
         self.first: ClipSample | None = None
         self.report: ShardReport | None = None
 
@@ -63,30 +64,33 @@ class ShardSamples:
 
         first_pass = self.report is None
         report = ShardReport()
-        self.keys = []
+        self.refs = []
         for s in iter_shard_samples(self.urls, allow_blank_captions=self.allow_blank_captions, report=report,
                                     warn=self.warn and first_pass):
             if self.first is None:
                 self.first = s
-            self.keys.append(s.key)
+            self.refs.append(s.ref)
             yield s
         if first_pass:
             self.report = report
 
 
-def process_share(keys: Sequence[str], rank: int, world: int) -> list[str]:
-    """This process's samples: every `world`-th in reading order starting at `rank` (as ensure_cached's shard=)."""
+def process_share(refs: Sequence[ClipRef], rank: int, world: int) -> list[ClipRef]:
+    """This process's clips: every `world`-th in reading order starting at `rank` (a key seen before is dropped,
+    as ensure_cached drops it)."""
     out, seen = [], set()
-    for n, key in enumerate(keys):
-        if n % world == rank and key not in seen:
-            seen.add(key)
-            out.append(key)
+    for n, ref in enumerate(refs):
+        if ref.key in seen:
+            continue
+        seen.add(ref.key)
+        if n % world == rank:
+            out.append(ref)
     return out
 
 
-def usable_keys(cache: LatentCache, keys: Sequence[str], round: int, k: int) -> list[str]:
-    """Keys whose real entry and k negatives of `round` are cached (clips too short for the run were skipped)."""
-    return [key for key in keys if cache.has_real(key) and len(cache.negative_seeds(key, round)) >= k]
+def usable(cache: LatentCache, refs: Sequence[ClipRef], losers: LoserPlan) -> list[ClipRef]:
+    """Clips whose real entry and K losers are cached (clips too short for the run were skipped)."""
+    return [ref for ref in refs if losers.complete(cache, ref)]
 
 
 def derive_seed(tag: str, *parts: int) -> int:
@@ -98,7 +102,7 @@ def derive_seed(tag: str, *parts: int) -> int:
 class KeyStream:
     """Batch j of keys: samples j*B .. j*B+B-1 of an endless sequence of shuffled epochs over `keys`."""
 
-    def __init__(self, keys: Sequence[str], batch_size: int, seed: int, rank: int):
+    def __init__(self, keys: Sequence, batch_size: int, seed: int, rank: int):
         if not keys:
             raise UserError("no usable clips for this process (too few clips in --shards for the number of "
                             "processes, or every clip is shorter than --frames at --fps)")
@@ -111,7 +115,7 @@ class KeyStream:
             self._perm = (epoch, torch.randperm(len(self.keys), generator=g).tolist())
         return self._perm[1]
 
-    def batch(self, j: int) -> list[str]:
+    def batch(self, j: int) -> list:
         n = len(self.keys)
         out = []
         for i in range(j * self.batch_size, (j + 1) * self.batch_size):
@@ -132,20 +136,20 @@ class PairStream(torch.utils.data.IterableDataset):
     """Endless PairBatches from batch `start` on; every DataLoader worker loads every num_workers-th batch, so the
     loader's round-robin returns them in order."""
 
-    def __init__(self, cache: LatentCache, keys: Sequence[str], *, round: int, k: int, batch_size: int, seed: int,
+    def __init__(self, cache: LatentCache, refs: Sequence[ClipRef], *, losers: LoserPlan, batch_size: int, seed: int,
                  rank: int, start: int = 0):
         super().__init__()
-        self.cache, self.round, self.k, self.start = cache, round, k, start
-        self.stream = KeyStream(keys, batch_size, seed, rank)
+        self.cache, self.losers, self.start = cache, losers, start
+        self.stream = KeyStream(refs, batch_size, seed, rank)
 
-    def _load(self, item: tuple[int, list[str]]) -> PairBatch:
-        _, keys = item
+    def _load(self, item: tuple[int, list[ClipRef]]) -> PairBatch:
+        _, refs = item
         items = []
-        for key in keys:
-            pair = self.cache.get_pair(key, self.round, self.k)
-            if pair is None:  # the cache was filled for these keys before training; losing an entry is an error
-                raise RuntimeError(f"cache entry of {key!r} (round {self.round}) vanished from {self.cache.dir}")
-            items.append((key, *pair))
+        for ref in refs:
+            pair = self.losers.load(self.cache, ref)
+            if pair is None:  # the cache was filled for these clips before training; losing an entry is an error
+                raise RuntimeError(f"cache entry of {ref.key!r} (round {self.losers.round}) vanished from {self.cache.dir}")
+            items.append((ref.key, *pair))
         return collate(items)
 
     def __iter__(self) -> Iterator[PairBatch]:

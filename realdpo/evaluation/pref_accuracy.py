@@ -59,16 +59,20 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
     from realdpo.configs.common import torch_dtype
     from realdpo.data.cache import LatentCache
     from realdpo.data.clips import expand_shards, iter_shard_samples
+    from realdpo.generation.recipes import NegativePlan, lora_weights_id
     from realdpo.generation.sampling import load_lora
     from realdpo.models import load_spec
 
     console = console or Console()
     shards = expand_shards(cfg.pairs, option="--pairs")
-    spec = load_spec(cfg.model, dtype=torch_dtype(cfg.mixed_precision))
+    spec = load_spec(cfg.model, dtype=torch_dtype(cfg.mixed_precision), task=cfg.task)
     frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+    fps = spec.run_defaults(cfg.fps).fps
     # the cache is keyed by the base model's fingerprint: take it before the LoRA goes in
     fingerprint = spec.fingerprint()
-    cache = LatentCache(cfg.cache_dir, fingerprint, frames, height, width, cfg.fps)
+    cache = LatentCache(cfg.cache_dir, fingerprint, frames, height, width, fps)
+    weights = lora_weights_id(cfg.neg_lora) if cfg.neg_lora is not None else "base"
+    loser_plan = NegativePlan.from_options(cfg, spec, round=cfg.round, weights=weights).losers
     load_lora(spec, Path(cfg.lora))
 
     diffs: list[torch.Tensor] = []
@@ -78,7 +82,7 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
         task = progress.add_task("preference pairs", total=None)
         for sample in iter_shard_samples(shards, allow_blank_captions=True):  # looked up by key: the text is unused
             seen += 1
-            pair = cache.get_pair(sample.key, cfg.round, cfg.negatives)
+            pair = loser_plan.load(cache, sample.ref)
             if pair is None:
                 missing += 1
             else:
@@ -88,13 +92,15 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
                                         cfg.pref_timesteps, cfg.t_min, cfg.t_max))
             progress.update(task, advance=1)
     settings = {"lora": str(cfg.lora), "model": str(spec.path), "fingerprint": fingerprint,
-                "size": [frames, height, width], "fps": cfg.fps, "round": cfg.round, "negatives": cfg.negatives,
+                "size": [frames, height, width], "fps": fps, "round": cfg.round, "negatives": cfg.negatives,
                 "timesteps_per_pair": cfg.pref_timesteps, "t_range": [cfg.t_min, cfg.t_max], "seed": cfg.seed,
-                "beta": cfg.beta, "samples_seen": seen, "samples_not_cached": missing}
+                "beta": cfg.beta, "negatives_from": cfg.negatives_from,
+                "samples_seen": seen, "samples_not_cached": missing}
     if not diffs:
         return {"metrics": {}, "settings": settings,
                 "skipped": f"none of the {seen} --pairs samples has its latents and {cfg.negatives} negatives of round "
-                           f"{cfg.round} for this model and size in {cache.dir} (run `realdpo negatives` first)"}
+                           f"{cfg.round} ({cfg.negatives_from}, with these --neg-* options) for this model and size in "
+                           f"{cache.dir} (run `realdpo negatives` with the same options first)"}
     d = torch.cat(diffs).double()
     metrics = {"pref_accuracy": float((d < 0).double().mean() * 100.0),
                "pref_margin": float((-0.5 * cfg.beta * d).mean()), "n_pairs": int(d.numel())}

@@ -1,10 +1,20 @@
-"""`realdpo sample`: generate one video from a prompt (and a first frame), optionally with a trained LoRA."""
+"""`realdpo sample`: one video from a prompt (and a first frame), or a folder of them from a prompt file, optionally
+with a trained LoRA.
+
+With `--prompts` the model loads once; video v = p*N + s is prompt line p at seed --seed+s (N = --seeds-per-prompt),
+written as v.mp4, the order `realdpo eval` reads, beside prompts.txt (one line per video) and samples.jsonl. Under
+`accelerate launch` the processes share the videos in units of --batch-size consecutive ones (the same units for
+any number of processes); videos already there are skipped, and each is written atomically, so a killed run starts
+again where it stopped.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from realaction.errors import UserError
+from realaction.shards import write_atomic
 from realaction.video_io import encode_mp4
 from realdpo.models.base import ModelSpec
 from realdpo.models.frames import to_uint8
@@ -12,49 +22,132 @@ from realdpo.runtime import default_device
 
 
 def load_lora(spec: ModelSpec, lora: Path) -> None:
-    """Load a diffusers-format LoRA (e.g. `realdpo train`'s OUT/lora) into the spec's transformer."""
+    """Load a diffusers-format LoRA (e.g. `realdpo train`'s OUT/lora) into the spec's transformer. A two-expert
+    model's OUT/lora holds one folder per trained expert, `transformer/` and `transformer_2/`; the second loads with
+    diffusers' `load_into_transformer_2=True`."""
     lora = Path(lora)
-    if lora.is_dir() and not any(lora.glob("*.safetensors")) and not any(lora.glob("*.bin")):
-        raise UserError(f"--lora folder holds no LoRA weights (*.safetensors): {lora}")
+    parts = {name: lora / name for name in ("transformer", "transformer_2") if (lora / name).is_dir()}
+    if parts and not spec.expert_names:
+        raise UserError(f"--lora {lora} holds per-expert LoRAs (a Wan 2.2 A14B run); {spec.path} has one transformer")
     pipe = spec.pipeline()
-    try:
-        pipe.load_lora_weights(str(lora))
-    except (ValueError, KeyError, OSError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load LoRA {lora} into {spec.family} {spec.task}: {first}") from None
+    for name, folder in (parts or {"transformer": lora}).items():
+        if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise UserError(f"--lora folder holds no LoRA weights (*.safetensors): {folder}")
+        try:
+            pipe.load_lora_weights(str(folder), **({"load_into_transformer_2": True} if name == "transformer_2" else {}))
+        except (ValueError, KeyError, OSError, RuntimeError, AttributeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot load LoRA {folder} into {spec.family} {spec.task}: {first}") from None
 
+
+def _load(cfg, device):
+    """The model (+ LoRA), the run's (frames, height, width) checked against the task, and its fps, guidance and
+    negative prompt (the model's where not given)."""
+    from realdpo.configs.common import torch_dtype
+    from realdpo.models import load_spec
+
+    spec = load_spec(cfg.model, device=device, dtype=torch_dtype(cfg.mixed_precision), task=cfg.task)
+    has_images = cfg.image is not None or cfg.images is not None
+    if spec.task == "t2v" and has_images:
+        raise UserError(f"{'--image' if cfg.image is not None else '--images'} is for image-to-video models; "
+                        f"{spec.path} is a text-to-video {spec.family} model")
+    if spec.task == "i2v" and not has_images:
+        raise UserError(f"{spec.path} is an image-to-video model: give its first frame with --image "
+                        "(or --images DIR with --prompts)")
+    size = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+    if cfg.lora is not None:
+        load_lora(spec, cfg.lora)
+    return spec, size, spec.run_defaults(cfg.fps, cfg.guidance, cfg.negative_prompt)
+
+
+def _video_bytes(spec: ModelSpec, latents, fps: float) -> list[bytes]:
+    return [encode_mp4(to_uint8(v), fps=fps, path=None) for v in spec.decode_latents(latents)]
 
 
 def sample(cfg) -> Path:
-    """Generate `cfg.prompt` with the model (+ LoRA) and write `cfg.out` (.mp4). Returns the written path."""
+    """Generate `cfg.prompt` and write `cfg.out` (.mp4), or with `cfg.prompts` a folder of videos (see the module
+    docstring). Returns the written file or folder."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from realdpo.configs.common import torch_dtype
     from realdpo.data.clips import load_image
-    from realdpo.models import load_spec
 
     cfg.validate()
-    spec = load_spec(cfg.model, device=default_device(), dtype=torch_dtype(cfg.mixed_precision),
-                     group_offload=cfg.group_offload)
-    if spec.task == "t2v" and cfg.image is not None:
-        raise UserError(f"--image is for image-to-video models; {spec.path} is a text-to-video {spec.family} model")
-    if spec.task == "i2v" and cfg.image is None:
-        raise UserError(f"{spec.path} is an image-to-video model: give its first frame with --image")
-    frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+    if cfg.prompts is not None:
+        return sample_prompts(cfg)
+    spec, (frames, height, width), run = _load(cfg, default_device())
     images = load_image(cfg.image, height, width)[None] if cfg.image is not None else None
-    if cfg.lora is not None:
-        load_lora(spec, cfg.lora)
-
     with Progress(TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("sampling", total=cfg.steps)
         latents = spec.generate_latents([cfg.prompt], {}, num_frames=frames, height=height, width=width,
-                                        steps=cfg.steps, guidance=cfg.guidance, seeds=[cfg.seed], images=images,
-                                        negative_prompt=cfg.negative_prompt,
+                                        steps=cfg.steps, guidance=run.guidance, seeds=[cfg.seed], images=images,
+                                        negative_prompt=run.negative_prompt,
                                         callback=lambda i, n: bar.update(task, completed=i))
-        video = spec.decode_latents(latents)[0]
+        data = _video_bytes(spec, latents, run.fps)[0]
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    encode_mp4(to_uint8(video), fps=cfg.fps, path=out)
-    Console(stderr=True).print(f"wrote {out} ({frames} frames, {width}x{height}, {cfg.fps:g} fps)", markup=False)
+    write_atomic(out, data)
+    Console(stderr=True).print(f"wrote {out} ({frames} frames, {width}x{height}, {run.fps:g} fps)", markup=False)
+    return out
+
+
+def sample_prompts(cfg) -> Path:
+    """`realdpo sample --prompts FILE --out DIR`: every prompt line x --seeds-per-prompt seeds, model loaded once."""
+    import torch
+    from accelerate import PartialState
+    from rich.console import Console
+
+    from realdpo.data.clips import load_image
+    from realdpo.generation.progress import SharedProgress
+    from realdpo.runtime import Processes, cpu_only_distributed
+
+    prompts = cfg.read_prompts()
+    n = cfg.seeds_per_prompt
+    jobs = [{"video": f"{p * n + s}.mp4", "prompt": prompt, "line": p, "seed": cfg.seed + s}
+            for p, prompt in enumerate(prompts) for s in range(n)]
+    if cfg.images is not None:
+        for job in jobs:
+            job["image"] = str(cfg.image_of(job["line"]))
+    out = Path(cfg.out)
+    processes = Processes(PartialState(cpu=cpu_only_distributed()))
+    spec, (frames, height, width), run = _load(cfg, processes.state.device)
+    if processes.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "prompts.txt", "".join(j["prompt"] + "\n" for j in jobs))
+        settings = {"model": str(spec.path), "lora": str(cfg.lora) if cfg.lora else None, "steps": cfg.steps,
+                    "guidance": run.guidance, "negative_prompt": run.negative_prompt, "fps": run.fps,
+                    "size": [frames, height, width]}
+        write_atomic(out / "samples.jsonl", "".join(json.dumps({**j, **settings}) + "\n" for j in jobs))
+    processes.barrier()
+    negative_cond = spec.encode_prompts([run.negative_prompt]) if run.guidance > 1 else None  # encoded once
+    units = [jobs[i:i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
+    made = skipped = 0
+    with SharedProgress(processes, out, enabled=processes.main, unit="videos") as bar:
+        bar.phase("sampling", len(jobs), "videos", videos_per_clip=1)
+        for unit in units[processes.rank::processes.world]:
+            todo = [j for j in unit if not (out / j["video"]).is_file()]
+            bar.count(reused=len(unit) - len(todo))
+            skipped += len(unit) - len(todo)
+            if not todo:
+                continue
+            images = None
+            if cfg.images is not None:
+                images = torch.stack([load_image(j["image"], height, width) for j in todo])
+            names = [j["prompt"] for j in todo]
+            latents = spec.generate_latents(names, spec.encode_prompts(names), num_frames=frames, height=height,
+                                            width=width, steps=cfg.steps, guidance=run.guidance,
+                                            seeds=[j["seed"] for j in todo], images=images,
+                                            negative_cond=negative_cond)
+            for job, data in zip(todo, _video_bytes(spec, latents, run.fps)):
+                write_atomic(out / job["video"], data)
+                made += 1
+                bar.count(videos=1)
+        bar.flush()
+        processes.barrier()
+    bar.close()
+    made, skipped = (sum(x) for x in zip(*processes.gather((made, skipped))))
+    if processes.main:
+        Console(stderr=True).print(f"{out}: {made} videos written, {skipped} already there ({len(prompts)} prompts x "
+                                   f"{n} seeds; {frames} frames, {width}x{height}, {run.fps:g} fps)", markup=False,
+                                   soft_wrap=True)
     return out

@@ -1,4 +1,4 @@
-"""The DPO reference model (DESIGN §1): LoRA adapters disabled, an fp32 EMA adapter, or a frozen full copy.
+"""The DPO reference model (DESIGN §1): LoRA adapters disabled, an fp32 EMA of the LoRA update, or a frozen copy.
 
 Every reference offers the same things: `errors(spec, latents, noise, timesteps, cond)` (per-sample errors
 under `torch.no_grad()`; `errors_chunked` for several chunks at once, switching adapters once), `update(step)` after
@@ -79,6 +79,10 @@ class Reference:
         """Called after optimizer step `step` (1-based); returns whether the reference changed."""
         return False
 
+    def metrics(self) -> dict[str, float]:
+        """Diagnostics logged after an update."""
+        return {}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 
@@ -132,24 +136,110 @@ class _Ema(Reference):
             copy_into(self._ref[k], v)
 
 
-class EmaAdapterReference(_Ema):
-    """A second LoRA adapter whose weights are an fp32 EMA of the trained adapter (starts equal to it)."""
+@torch.no_grad()
+def low_rank_sum(terms: list[tuple[torch.Tensor, torch.Tensor, float]], rank: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """B [out, rank], A [rank, in] with B @ A the best rank-`rank` approximation of sum_i c_i * B_i @ A_i (terms
+    (B_i, A_i, c_i)), and the Frobenius norm of what that approximation leaves out (0 when the sum has rank <= rank).
+    Computed in float64 from QR factors of the stacked factors, never forming the [out, in] product."""
+    P = torch.cat([c * b.double() for b, _, c in terms], dim=1)  # [out, m]
+    Q = torch.cat([a.double() for _, a, _ in terms], dim=0)  # [m, in]
+    qp, rp = torch.linalg.qr(P)
+    qq, rq = torch.linalg.qr(Q.T)
+    u, sv, vh = torch.linalg.svd(rp @ rq.T)
+    k = min(rank, sv.numel())
+    root = sv[:k].sqrt()
+    b = torch.zeros(P.shape[0], rank, dtype=torch.float64, device=P.device)
+    a = torch.zeros(rank, Q.shape[1], dtype=torch.float64, device=P.device)
+    b[:, :k] = (qp @ u[:, :k]) * root
+    a[:k] = root[:, None] * (vh[:k] @ qq.T)
+    return b, a, float(sv[k:].pow(2).sum().sqrt())
+
+
+class EmaAdapterReference(Reference):
+    """A second LoRA adapter holding the EMA of the trained adapter's weight update dW = s * B @ A, in fp32.
+
+    It averages the product, not the factors: EMA(B) @ EMA(A) is not EMA(B @ A) (the cross terms of how B and A
+    moved are lost). Each update forms w * dW_ema + (1 - w) * dW exactly in factored form (rank <= rank + r) and keeps
+    its best rank-`rank` approximation (default 2r). While the EMA's rank stays within `rank` this is exact; beyond,
+    the dropped part's Frobenius norm is added to a per-layer bound on the distance to the exact EMA,
+    bound <- w * bound + dropped, reported relative to |dW_ema| by `metrics()` (ema_error_bound).
+    """
 
     kind = "ema"
 
-    def __init__(self, transformer: torch.nn.Module, rate: float, every: int, adapter: str = POLICY_ADAPTER):
-        super().__init__(rate, every)
+    def __init__(self, transformer: torch.nn.Module, rate: float, every: int, adapter: str = POLICY_ADAPTER,
+                 rank: int | None = None):
+        from peft.tuners.lora import LoraLayer
+
+        self.rate, self.every = rate, every
         self.transformer, self.adapter = transformer, adapter
+        config = copy.deepcopy(transformer.peft_config[adapter])
+        self.rank = rank or 2 * config.r
+        config.r = config.lora_alpha = self.rank  # scaling 1: the EMA adapter's B @ A is dW_ema itself
+        config.use_rslora, config.rank_pattern, config.alpha_pattern = False, {}, {}
         with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the point
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            transformer.add_adapter(copy.deepcopy(transformer.peft_config[adapter]), adapter_name=EMA_ADAPTER)
+            transformer.add_adapter(config, adapter_name=EMA_ADAPTER)
         transformer.set_adapter(adapter)  # add_adapter activated the new one
-        self._src = adapter_params(transformer, adapter)
-        self._ref = adapter_params(transformer, EMA_ADAPTER)
-        with torch.no_grad():
-            for k, p in self._ref.items():
-                p.data = self._src[k].detach().to(torch.float32, copy=True)
+        self.layers = {name: m for name, m in transformer.named_modules()
+                       if isinstance(m, LoraLayer) and adapter in m.lora_A and EMA_ADAPTER in m.lora_A}
+        for m in self.layers.values():
+            for p in (m.lora_A[EMA_ADAPTER].weight, m.lora_B[EMA_ADAPTER].weight):
+                p.data = p.data.to(torch.float32)
                 p.requires_grad_(False)
+        self.bound = torch.zeros(len(self.layers), dtype=torch.float64)
+        self._average(0.0)  # starts equal to the policy
+
+    def _factors(self, m, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        return m.lora_B[name].weight, m.lora_A[name].weight, float(m.scaling[name])
+
+    @torch.no_grad()
+    def _average(self, rate: float) -> None:
+        """dW_ema <- rate * dW_ema + (1 - rate) * dW, for every layer."""
+        for i, m in enumerate(self.layers.values()):
+            b_e, a_e, s_e = self._factors(m, EMA_ADAPTER)
+            b, a, s = self._factors(m, self.adapter)
+            terms = [(b_e, a_e, rate), (b, a, (1.0 - rate) * s / s_e)] if rate else [(b, a, s / s_e)]
+            new_b, new_a, dropped = low_rank_sum(terms, self.rank)
+            b_e.copy_(new_b)
+            a_e.copy_(new_a)
+            self.bound[i] = rate * self.bound[i] + dropped * s_e
+
+    def update(self, step: int) -> bool:
+        if step % self.every:
+            return False
+        self._average(self.rate)
+        return True
+
+    @torch.no_grad()
+    def delta(self, name: str) -> torch.Tensor:
+        """dW_ema of LoRA layer `name` (float64 [out, in])."""
+        b, a, s = self._factors(self.layers[name], EMA_ADAPTER)
+        return s * b.double() @ a.double()
+
+    @torch.no_grad()
+    def metrics(self) -> dict[str, float]:
+        norms = torch.stack([self.delta(n).norm() for n in self.layers]) if self.layers else torch.zeros(0)
+        rel = self.bound / norms.clamp_min(1e-30)
+        return {"ema_error_bound": float(rel.max()) if rel.numel() else 0.0}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in adapter_params(
+            self.transformer, EMA_ADAPTER).items()}
+        state["ema_error_bound"] = self.bound.clone()
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = adapter_params(self.transformer, EMA_ADAPTER)
+        state = dict(state)
+        bound = state.pop("ema_error_bound", None)
+        if set(state) != set(params) or bound is None or bound.shape != self.bound.shape:
+            raise ValueError("EMA reference checkpoint does not match the model's LoRA layers")
+        for k, v in state.items():
+            params[k].copy_(v)
+        self.bound.copy_(bound)
 
     @contextlib.contextmanager
     def active(self):
@@ -157,24 +247,53 @@ class EmaAdapterReference(_Ema):
             yield self.transformer
 
 
+AUTOCAST_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+class _PolicyDtype(torch.nn.Module):
+    """A module as the specs see it, but reporting the policy's dtype, so its inputs are cast as the policy's are
+    (fp32-computing layers, such as Wan's FP32LayerNorm, return their input's dtype)."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self._dtype = model, dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
 class FrozenCopyReference(_Ema):
-    """A separate frozen copy of the transformer (full fine-tuning); EMA-updated in fp32 when `rate` is given."""
+    """A separate frozen copy of the transformer (full fine-tuning); EMA-updated in fp32 when `rate` is given.
+
+    Without EMA, `autocast_dtype` (the run's mixed precision) stores the weights of linear and convolution layers
+    in that dtype, which is what autocast computes them in anyway, and keeps everything else (norms, modulation
+    tables, Wan's fp32 modules) in the policy's dtype: under the same autocast the copy computes exactly what the
+    policy computes at step 0, at about half the memory of a full-precision copy. Casting the whole copy instead
+    changes the norms and modulation, and the reference no longer equals the policy before any update.
+    """
 
     kind = "copy"
 
     def __init__(self, transformer: torch.nn.Module, rate: float | None = None, every: int = 1,
-                 dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None):
         super().__init__(rate, every)
         self.model = copy.deepcopy(transformer).eval().requires_grad_(False)
         if rate is not None:
             self.model.to(torch.float32)
-        elif dtype is not None:
-            self.model.to(dtype)
+        elif autocast_dtype is not None and autocast_dtype != torch.float32:
+            for module in self.model.modules():
+                if isinstance(module, AUTOCAST_LAYERS):
+                    module.to(autocast_dtype)
         self._ref = dict(self.model.named_parameters())
         self._src = dict(transformer.named_parameters())
+        self._as_policy = _PolicyDtype(self.model, next(transformer.parameters()).dtype)
 
     def active(self):
-        return contextlib.nullcontext(self.model)
+        return contextlib.nullcontext(self._as_policy)
 
     def rebind(self, model: torch.nn.Module, transformer: torch.nn.Module) -> None:
         """Use `model` (this copy, wrapped, e.g. sharded by FSDP) as the reference, and `transformer`'s current
@@ -185,10 +304,10 @@ class FrozenCopyReference(_Ema):
 
 
 def make_reference(transformer: torch.nn.Module, *, ref: str, lora: bool, ema_rate: float, ema_every: int,
-                   copy_dtype: torch.dtype | None = None) -> Reference:
+                   autocast_dtype: torch.dtype | None = None, ema_rank: int | None = None) -> Reference:
     """The reference for a run: `ref` is "base" or "ema"; `lora` says whether the transformer carries the trained adapter."""
     if lora:
         if ref == "ema":
-            return EmaAdapterReference(transformer, ema_rate, ema_every)
+            return EmaAdapterReference(transformer, ema_rate, ema_every, rank=ema_rank)
         return DisabledAdapterReference(transformer)
-    return FrozenCopyReference(transformer, ema_rate if ref == "ema" else None, ema_every, dtype=copy_dtype)
+    return FrozenCopyReference(transformer, ema_rate if ref == "ema" else None, ema_every, autocast_dtype=autocast_dtype)

@@ -22,13 +22,15 @@ def spec_class(path: Path) -> type[ModelSpec]:
     for cls in SPECS:
         if cls.matches(path):
             return cls
-    raise UserError(f"unsupported pipeline {name!r} in {path}; realdpo supports CogVideoX (T2V, I2V) and Wan 2.1 (T2V)")
+    raise UserError(f"unsupported pipeline {name!r} in {path}; realdpo supports CogVideoX 1.0/1.5 (T2V, I2V) and "
+                    "Wan 2.1/2.2 (T2V, I2V, TI2V)")
 
 
 def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32, *, offload_encoders: bool = True,
+              dtype: torch.dtype = torch.float32, task: str | None = None, *, offload_encoders: bool = True,
               group_offload: bool = False) -> ModelSpec:
-    """Load the model spec for a local diffusers folder; None loads the built-in tiny model. On an accelerator,
+    """Load the model spec for a local diffusers folder; None loads the built-in tiny model. `task` ("t2v", "i2v")
+    chooses for a model that runs both (Wan2.2-TI2V-5B); default: its pipeline's. On an accelerator,
     `offload_encoders` keeps the text/image encoders and the VAE in CPU memory until they run and `group_offload`
     streams the transformer block by block (for generation on small cards); see `realdpo.models.placement`."""
     if path is None:
@@ -38,5 +40,5 @@ def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu"
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"model folder not found: {path}")
-    return spec_class(path).from_pretrained(path, device=device, dtype=dtype, offload_encoders=offload_encoders,
-                                             group_offload=group_offload)
+    return spec_class(path).from_pretrained(path, device=device, dtype=dtype, task=task,
+                                             offload_encoders=offload_encoders, group_offload=group_offload)

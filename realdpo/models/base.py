@@ -13,6 +13,7 @@ family. Tensors crossing the interface:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -21,15 +22,70 @@ import torch
 Cond = dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class RunDefaults:
+    """A run's frame rate, guidance and negative prompt: the options given, else the model's defaults."""
+
+    fps: float
+    guidance: float
+    negative_prompt: str
+
+
 class ModelSpec(ABC):
     family: ClassVar[str]  # "cogvideox", "wan"
     prediction_type: ClassVar[str]  # "v_prediction" or "flow_matching"
+    fp32_components: ClassVar[tuple[str, ...]] = ()  # loaded and kept in float32 whatever the run's dtype
 
     task: str  # "t2v" or "i2v"
     path: Path
-    transformer: torch.nn.Module
+    transformer: torch.nn.Module  # for a two-expert model, one module routing each sample to its expert
     device: torch.device
     dtype: torch.dtype
+    image_noise: bool = False  # image-to-video: perturb first frames with small pixel noise before encoding them
+
+    # ---- the family's defaults a user should not have to know --------------------------------------------------
+    @abstractmethod
+    def default_fps(self) -> float:
+        """The frame rate the model generates at; real clips are resampled to it."""
+
+    def default_negative_prompt(self) -> str:
+        """The negative prompt the family's pipelines are run with."""
+        return ""
+
+    def default_guidance(self) -> float:
+        """The classifier-free guidance scale the family's pipelines are run with."""
+        return 6.0
+
+    def run_defaults(self, fps: float | None = None, guidance: float | None = None,
+                     negative_prompt: str | None = None) -> RunDefaults:
+        """The given values, each None replaced by the model's default ("" is a negative prompt: none)."""
+        return RunDefaults(fps=fps if fps is not None else self.default_fps(),
+                           guidance=guidance if guidance is not None else self.default_guidance(),
+                           negative_prompt=negative_prompt if negative_prompt is not None
+                           else self.default_negative_prompt())
+
+    # ---- experts (Wan 2.2 A14B); one-transformer models have none ------------------------------------------------
+    expert_names: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def trained_experts(self) -> tuple[str, ...]:
+        """The pipeline components ("transformer", "transformer_2") whose LoRA trains; () for one-transformer models."""
+        return ()
+
+    def set_experts(self, train: str | None = None, ranges: dict[str, tuple[float, float]] | None = None,
+                    default: str = "low", t_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        """Two-expert models: which experts train ("high", "low" or "both"; None: `default`) and the sigma range each
+        one's training timesteps are drawn from (default `t_range`). A one-transformer model raises UserError when
+        given either."""
+        if train is not None or ranges:
+            from realaction.errors import UserError
+
+            raise UserError(f"expert options apply to two-expert models (Wan 2.2 A14B); {self.path} has one transformer")
+
+    def trained_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The modules that train (and carry the LoRA adapters), keyed by pipeline component ("transformer",
+        "transformer_2")."""
+        return {"transformer": transformer}
 
     @classmethod
     @abstractmethod
@@ -38,9 +94,11 @@ class ModelSpec(ABC):
 
     @classmethod
     @abstractmethod
-    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
-                        offload_encoders: bool = True, group_offload: bool = False) -> "ModelSpec":
-        """Load components from a local diffusers folder (raise UserError naming any missing component).
+    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                        task: str | None = None, *, offload_encoders: bool = True,
+                        group_offload: bool = False) -> "ModelSpec":
+        """Load components from a local diffusers folder (raise UserError naming any missing component); `task`
+        chooses for a model that runs several (default: its pipeline's).
         On an accelerator the transformer goes there and, with `offload_encoders`, the text/image encoders and the
         VAE stay in CPU memory until they run; `group_offload` keeps the transformer there too, block by block
         (`realdpo.models.placement`)."""
@@ -52,6 +110,10 @@ class ModelSpec(ABC):
     @abstractmethod
     def default_size(self) -> tuple[int, int, int]:
         """(frames, height, width) the model was trained at."""
+
+    @abstractmethod
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
+        """The shape of one clip's latents (no batch dim), as encode_videos returns them."""
 
     @abstractmethod
     def check_size(self, frames: int, height: int, width: int) -> None:
@@ -79,7 +141,8 @@ class ModelSpec(ABC):
 
     @abstractmethod
     def encode_first_frames(self, images: torch.Tensor, num_frames: int) -> Cond:
-        """Image-to-video conditioning from first frames [B, 3, H, W] in [-1, 1]; {} for text-to-video."""
+        """Image-to-video conditioning from first frames [B, 3, H, W] in [-1, 1], drawn the way the family's pipeline
+        draws it (deterministic for a given image); {} for text-to-video."""
 
     @abstractmethod
     def sample_timesteps(self, n: int, t_min: float, t_max: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -96,13 +159,20 @@ class ModelSpec(ABC):
                          steps: int, guidance: float, seeds: Sequence[int],
                          transformer: torch.nn.Module | None = None,
                          images: torch.Tensor | None = None, negative_prompt: str = "",
-                         callback=None) -> torch.Tensor:
+                         negative_cond: Cond | None = None, init_latents: torch.Tensor | None = None,
+                         strength: float = 1.0, sampler: str = "default", callback=None) -> torch.Tensor:
         """Generate one video per prompt with the family's diffusers pipeline, kept as latents
-        (`output_type="latent"`), in exactly the space `encode_videos` returns. `cond` is `encode_prompts(prompts)`
-        (reused instead of re-encoding; may be {}); `images` [B, 3, H, W] in [-1, 1] are the first frames an
-        image-to-video model needs (the pipeline encodes them itself). `seeds[i]` seeds sample i; `transformer`
-        replaces the loaded one (the current policy, for later rounds). `callback(step, steps)` runs after each
-        sampler step (progress bars)."""
+        (`output_type="latent"`), in exactly the space `encode_videos` returns.
+
+        `cond` is `encode_prompts(prompts)` (reused instead of re-encoding; may be {}), optionally with
+        `encode_first_frames`' output for image-to-video: then the pipeline uses it instead of encoding the first
+        frame again, and `images` may be None; otherwise `images` [B, 3, H, W] in [-1, 1] are the first frames
+        and the pipeline encodes them itself. `negative_cond` is `encode_prompts([negative prompt])` (batch 1),
+        used instead of encoding `negative_prompt` on every call. `seeds[i]` seeds sample i; `transformer` replaces
+        the loaded one (the current policy, for later rounds). `init_latents` [B, ...] with `strength` < 1 starts
+        from those clean latents noised to the first of the last `strength` of the `steps` timesteps and runs only
+        those (SDEdit). `sampler`: "default" (the model's scheduler) or "multistep" (the family's multistep
+        solver). `callback(step, steps)` runs after each sampler step (progress bars)."""
 
     @abstractmethod
     def pipeline(self, transformer: torch.nn.Module | None = None):

@@ -1,8 +1,8 @@
 """CogVideoX (1.0 and 1.5; text-to-video and image-to-video): v-prediction on a DDPM schedule.
 
 Latents are [B, F, C, h, w] scaled by the VAE's scaling_factor, as CogVideoXPipeline's `output_type="latent"`
-returns them. Image-to-video concatenates the first frame's latents (zero-padded over frames) on the channel
-dimension, as CogVideoXImageToVideoPipeline does.
+returns them. Image-to-video concatenates the first frame's latents (a posterior sample, zero-padded over frames;
+1.5 also fills its padding frame with them) on the channel dimension, as CogVideoXImageToVideoPipeline does.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import torch
 
 from realaction.errors import UserError
 from realdpo.models.base import Cond
-from realdpo.models.common import DiffusersSpec
+from realdpo.models.common import DiffusersSpec, add_pixel_noise, image_generator
 
 
 class CogVideoXSpec(DiffusersSpec):
     family = "cogvideox"
     prediction_type = "v_prediction"
     pipeline_classes = {"t2v": "CogVideoXPipeline", "i2v": "CogVideoXImageToVideoPipeline"}
+    multistep_scheduler = "CogVideoXDPMScheduler"  # CogVideoX-5B's own sampler (DPM-Solver++ 2M, SDE form)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -40,6 +41,9 @@ class CogVideoXSpec(DiffusersSpec):
         return {"CogVideoXPipeline": "t2v", "CogVideoXVideoToVideoPipeline": "t2v",
                 "CogVideoXImageToVideoPipeline": "i2v"}
 
+    def default_fps(self) -> float:
+        return 16.0 if self.transformer.config.patch_size_t else 8.0  # CogVideoX 1.5 / 1.0
+
     def default_size(self) -> tuple[int, int, int]:
         cfg = self.transformer.config
         if cfg.patch_size_t and max(cfg.sample_height, cfg.sample_width) * self.scale_spatial > 1360:
@@ -50,6 +54,10 @@ class CogVideoXSpec(DiffusersSpec):
     def latent_frames(self, frames: int) -> int:
         return (frames - 1) // self.scale_temporal + 1
 
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
+        return (self.latent_frames(frames), int(self.vae.config.latent_channels), height // self.scale_spatial,
+                width // self.scale_spatial)
+
     def check_size(self, frames: int, height: int, width: int) -> None:
         # The VAE decodes latent frames two at a time after an odd first group, so it needs an odd latent count:
         # frames = 8k+1 (49 for CogVideoX, 81 for 1.5; 1.5's transformer padding is handled in padding_frames()).
@@ -59,9 +67,11 @@ class CogVideoXSpec(DiffusersSpec):
         mult = self.scale_spatial * self.transformer.config.patch_size
         if height % mult or width % mult:
             raise UserError(f"CogVideoX needs height and width divisible by {mult}, got {height}x{width}")
-        _, h0, w0 = self.default_size()
-        if self.transformer.config.use_learned_positional_embeddings and (height, width) != (h0, w0):
-            raise UserError(f"this CogVideoX model has learned positional embeddings: it runs at {h0}x{w0} only")
+        f0, h0, w0 = self.default_size()
+        if self.transformer.config.use_learned_positional_embeddings and (frames, height, width) != (f0, h0, w0):
+            # at any other frame count diffusers silently replaces the learned table with sin-cos positions
+            raise UserError(f"this CogVideoX model has learned positional embeddings: it runs at {f0} frames, "
+                            f"{h0}x{w0} only, got {frames} frames, {height}x{width}")
 
     def padding_frames(self, latent_frames: int) -> int:
         """Latent frames CogVideoX 1.5 (patch_size_t) prepends so the transformer sees a multiple of patch_size_t,
@@ -83,12 +93,21 @@ class CogVideoXSpec(DiffusersSpec):
 
     @torch.no_grad()
     def encode_first_frames(self, images: torch.Tensor, num_frames: int) -> Cond:
-        """{"image_latents": [B, 1, C, h, w]} (posterior mode, scaled as the i2v pipeline scales them); {} for t2v.
-        Padding over the latent frames happens in per_sample_error, so the cache stores one frame."""
+        """{"image_latents": [B, 1, C, h, w]}: a posterior sample of each first frame's latents, scaled as
+        CogVideoXImageToVideoPipeline.prepare_latents draws and scales them (with `image_noise`, after the official
+        trainer's pixel noise); {} for t2v. Padding over the latent frames happens in per_sample_error, so the cache
+        stores one frame."""
         if self.task != "i2v":
             return {}
-        x = images.to(self.device, self.vae.dtype).unsqueeze(2)  # [B, 3, 1, H, W]
-        z = self.vae.encode(x).latent_dist.mode().permute(0, 2, 1, 3, 4)
+        latents = []
+        for image in images:
+            g = image_generator(image)
+            x = image[None].float()
+            if self.image_noise:
+                x = add_pixel_noise(x, g)
+            dist = self.vae.encode(x.to(self.device, self.vae.dtype).unsqueeze(2)).latent_dist  # in: [1, 3, 1, H, W]
+            latents.append(dist.sample(g))  # drawn on the CPU generator, as randn_tensor does for any device
+        z = torch.cat(latents).permute(0, 2, 1, 3, 4)
         z = z / self.scaling_factor if self.vae.config.invert_scale_latents else z * self.scaling_factor
         return {"image_latents": z.float()}
 
@@ -110,15 +129,19 @@ class CogVideoXSpec(DiffusersSpec):
 
     def model_input(self, x_t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """Transformer input: 1.5's padding frames first (copies of the first noisy frame; their error is not
-        counted), then for image-to-video the first-frame latents zero-padded over the frames on the channels."""
+        counted), then for image-to-video the first-frame latents zero-padded over the frames on the channels, the
+        padding frames filled as the pipeline fills them (with the first frames of the padded image latents)."""
         pad = self.padding_frames(x_t.shape[1])
         if pad:
             x_t = torch.cat([x_t[:, :1].expand(-1, pad, -1, -1, -1), x_t], dim=1)
         if self.task != "i2v":
             return x_t
         img = cond["image_latents"].to(x_t)
-        zeros = img.new_zeros(img.shape[0], x_t.shape[1] - img.shape[1], *img.shape[2:])
-        return torch.cat([x_t, torch.cat([img, zeros], dim=1)], dim=2)
+        zeros = img.new_zeros(img.shape[0], x_t.shape[1] - pad - img.shape[1], *img.shape[2:])
+        image_latents = torch.cat([img, zeros], dim=1)
+        if pad:
+            image_latents = torch.cat([image_latents[:, :pad], image_latents], dim=1)
+        return torch.cat([x_t, image_latents], dim=2)
 
     def per_sample_error(self, transformer: torch.nn.Module, latents: torch.Tensor, noise: torch.Tensor,
                          timesteps: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -147,7 +170,43 @@ class CogVideoXSpec(DiffusersSpec):
         latents = super().generate_latents(prompts, cond, num_frames=num_frames, height=height, width=width, **kwargs)
         return latents[:, latents.shape[1] - self.latent_frames(num_frames):]  # drop 1.5's padding frames
 
-    def pipeline_image_inputs(self, images: torch.Tensor | None) -> dict:
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        pad = self.padding_frames(latents.shape[1])  # 1.5: the pipeline denoises padding frames first
+        return torch.cat([latents[:, :1].expand(-1, pad, -1, -1, -1), latents], dim=1) if pad else latents
+
+    def has_first_frame_cond(self, cond: Cond) -> bool:
+        return "image_latents" in cond
+
+    def pipeline_image_inputs(self, pipe, images: torch.Tensor | None, cond: Cond, height: int, width: int) -> dict:
         if self.task != "i2v":
             return {}
+        if self.has_first_frame_cond(cond):
+            _use_cached_image_latents(pipe, cond["image_latents"])
+            if images is None:  # the pipeline still wants an image to check and resize; the cached latents replace it
+                images = torch.zeros(len(cond["image_latents"]), 3, height, width)
         return {"image": (images.float() * 0.5 + 0.5).clamp(0, 1).to(self.device)}  # the pipeline wants [0, 1]
+
+
+def _use_cached_image_latents(pipe, image_latents: torch.Tensor) -> None:
+    """Make this CogVideoX image-to-video pipeline instance take the first-frame latents from the cache (as
+    encode_first_frames stores them: [B, 1, C, h, w], scaled) instead of VAE-encoding its image on every call. The
+    rest is the pipeline's prepare_latents: zero padding over the latent frames, 1.5's first-frame duplicate, noise."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    def prepare_latents(image, batch_size=1, num_channels_latents=16, num_frames=13, height=60, width=90, dtype=None,
+                        device=None, generator=None, latents=None):
+        num_frames = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        shape = (batch_size, num_frames, num_channels_latents, height // pipe.vae_scale_factor_spatial,
+                 width // pipe.vae_scale_factor_spatial)
+        p_t = pipe.transformer.config.patch_size_t
+        if p_t is not None:
+            shape = shape[:1] + (shape[1] + shape[1] % p_t,) + shape[2:]
+        first = image_latents.to(device=device, dtype=dtype)
+        padded = torch.cat([first, first.new_zeros(batch_size, num_frames - 1, *first.shape[2:])], dim=1)
+        if p_t is not None:
+            padded = torch.cat([padded[:, : padded.size(1) % p_t], padded], dim=1)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None \
+            else latents.to(device)
+        return latents * pipe.scheduler.init_noise_sigma, padded
+
+    pipe.prepare_latents = prepare_latents

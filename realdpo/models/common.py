@@ -4,6 +4,7 @@ building the pipeline from the loaded components, and prompt encoding through th
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -98,6 +99,21 @@ def folder_fingerprint(path: Path, components: Sequence[str] = REQUIRED_COMPONEN
     return h.hexdigest()[:16]
 
 
+def image_generator(image: torch.Tensor) -> torch.Generator:
+    """A CPU generator seeded by an image's content: the randomness drawn for a first frame (a posterior sample,
+    pixel noise) is the same every time that frame is encoded, and differs between frames."""
+    data = image.detach().float().cpu().contiguous().numpy().tobytes()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1)
+
+
+def add_pixel_noise(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The official CogVideoX image-to-video trainer's augmentation of the first frame: Gaussian pixel noise with
+    sigma = exp(N(-3, 0.5)) (about 0.05 on [-1, 1] pixels)."""
+    sigma = torch.exp(torch.normal(-3.0, 0.5, (1,), generator=generator))
+    noise = torch.randn(image.shape, generator=generator)
+    return image + (noise * sigma).to(image)
+
+
 @contextlib.contextmanager
 def quiet_progress():
     """No per-component progress bars while loading (the commands show their own)."""
@@ -120,12 +136,15 @@ class DiffusersSpec(ModelSpec):
     """A spec whose components come from one diffusers pipeline class per task."""
 
     pipeline_classes: ClassVar[dict[str, str]]  # task -> diffusers pipeline class name
+    multistep_scheduler: ClassVar[str]  # the family's multistep solver (diffusers class), for sampler="multistep"
     max_sequence_length: int
     encoders = None  # realdpo.models.placement.EncoderGroup: components kept off the accelerator until they run
 
     def __init__(self, path: Path, task: str, pipe, device: torch.device, dtype: torch.dtype):
         self.path, self.task, self.device, self.dtype = Path(path), task, torch.device(device), dtype
         self.components = dict(pipe.components)  # everything the pipeline class takes (incl. None entries)
+        # pipeline options that are not components (Wan 2.2: boundary_ratio, expand_timesteps)
+        self.pipeline_options = {k: pipe.config[k] for k in ("boundary_ratio", "expand_timesteps") if k in pipe.config}
         self.tokenizer = pipe.tokenizer
         self.text_encoder = pipe.text_encoder
         self.vae = pipe.vae
@@ -138,8 +157,31 @@ class DiffusersSpec(ModelSpec):
         self._fingerprint: str | None = None
 
     @classmethod
+    def from_pipeline(cls, pipe, task: str | None = None, path: Path | str = "<in memory>"):
+        """A spec over an already built pipeline (tests and benchmarks); `path` names it (fingerprints need a folder)."""
+        task = task or cls.known_pipelines()[type(pipe).__name__]
+        device = next(pipe.transformer.parameters()).device
+        return cls(Path(path), task, pipe, device, cls.model_dtype(pipe.transformer))
+
+    @classmethod
     def required_components(cls, task: str) -> tuple[str, ...]:
         return REQUIRED_COMPONENTS
+
+    @classmethod
+    def model_components(cls, path: Path, task: str) -> tuple[str, ...]:
+        """The components a folder must hold: the family's required ones, and every other model component its
+        model_index.json names (Wan 2.2's transformer_2, an image encoder)."""
+        index = read_model_index(path)
+        extra = tuple(k for k in ("transformer_2", "image_encoder", "image_processor")
+                      if isinstance(index.get(k), list) and index[k][0] is not None)
+        return tuple(dict.fromkeys(cls.required_components(task) + extra))
+
+    @classmethod
+    def tasks(cls, path: Path) -> tuple[str, ...]:
+        """The tasks the pipeline in `path` runs: its pipeline class's (none if unsupported; a model that does both
+        lists both, its pipeline class's first)."""
+        task = cls.known_pipelines().get(cls.pipeline_class_name(path))
+        return (task,) if task else ()
 
     @classmethod
     def pipeline_class_name(cls, path: Path) -> str | None:
@@ -159,26 +201,30 @@ class DiffusersSpec(ModelSpec):
         return {v: k for k, v in cls.pipeline_classes.items()}
 
     @classmethod
-    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
-                        offload_encoders: bool = True, group_offload: bool = False):
+    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                        task: str | None = None, *, offload_encoders: bool = True, group_offload: bool = False):
         import diffusers
 
         from realdpo.models.placement import place_pipeline
 
         path = Path(path)
         name = cls.pipeline_class_name(path)
-        task = cls.known_pipelines().get(name)
-        if task is None:
+        tasks = cls.tasks(path)
+        if not tasks:
             raise UserError(f"{name} is not supported by realdpo's {cls.family} spec (supported: "
                             f"{', '.join(n for n, t in cls.known_pipelines().items() if t)})")
-        missing = missing_components(path, cls.required_components(task))
+        if task is not None and task not in tasks:
+            raise UserError(f"--task {task}: {path} is a {'/'.join(tasks)} model")
+        task = task or tasks[0]
+        missing = missing_components(path, cls.model_components(path, task))
         if missing:
             raise UserError(f"model folder {path} is missing components: {', '.join(missing)}")
         refuse_custom_code(path)
         pipe_cls = getattr(diffusers, cls.pipeline_classes[task])
+        dtypes = {"default": dtype, **{component: torch.float32 for component in cls.fp32_components}}
         try:
             with quiet_progress():
-                pipe = pipe_cls.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
+                pipe = pipe_cls.from_pretrained(path, dtype=dtypes, local_files_only=True, trust_remote_code=False)
         except MemoryError:
             raise
         except Exception as e:  # a damaged or hostile component file: any of the loaders' error types
@@ -189,19 +235,49 @@ class DiffusersSpec(ModelSpec):
         return spec
 
     def fingerprint(self) -> str:
+        """Over the folder's components; a model that runs several tasks (Wan2.2-TI2V-5B) adds the task, and
+        image-to-video with `image_noise` adds that, since the cached conditioning and negatives differ with each."""
         if self._fingerprint is None:
-            self._fingerprint = folder_fingerprint(self.path, self.required_components(self.task))
+            fp = folder_fingerprint(self.path, self.model_components(self.path, self.task))
+            if len(self.tasks(self.path)) > 1:
+                fp = hashlib.sha256(f"{fp}:{self.task}".encode()).hexdigest()[:16]
+            self._fingerprint = fp
+        if self.image_noise and self.task == "i2v":
+            return hashlib.sha256(f"{self._fingerprint}:image-noise".encode()).hexdigest()[:16]
         return self._fingerprint
 
-    def pipeline(self, transformer: torch.nn.Module | None = None):
-        """A fresh pipeline over the loaded components (its own scheduler copy, so sampling never touches the
-        training scheduler's state)."""
+    def pipeline_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The pipeline components a (policy) transformer fills."""
+        return {"transformer": transformer}
+
+    def pipeline(self, transformer: torch.nn.Module | None = None, scheduler=None):
+        """A fresh pipeline over the loaded components, with its own scheduler (a copy of the model's unless
+        `scheduler` is given), so sampling never touches the training scheduler's state."""
         import diffusers
 
         pipe_cls = getattr(diffusers, self.pipeline_classes[self.task])
-        scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        return pipe_cls(**{**self.components, "scheduler": scheduler,
-                           "transformer": transformer if transformer is not None else self.transformer})
+        if scheduler is None:
+            scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        modules = self.pipeline_modules(transformer if transformer is not None else self.transformer)
+        return pipe_cls(**{**self.components, "scheduler": scheduler, **modules}, **self.pipeline_options)
+
+    def sampling_scheduler(self, sampler: str = "default", strength: float = 1.0):
+        """A fresh scheduler for sampling: the model's own ("default") or the family's multistep solver
+        ("multistep"), on the model's noise schedule. strength < 1 keeps only the last `strength` of the inference
+        schedule (SDEdit: sampling then starts from a clean latent noised to the first kept timestep)."""
+        import diffusers
+
+        if sampler == "default":
+            cls = type(self.scheduler)
+        elif sampler == "multistep":
+            cls = getattr(diffusers, self.multistep_scheduler)
+        else:
+            raise UserError(f"unknown sampler {sampler!r}; choose default or multistep")
+        if strength >= 1:
+            return cls.from_config(self.scheduler.config)
+        scheduler = _partial_schedule(cls).from_config(self.scheduler.config)
+        scheduler.strength = float(strength)
+        return scheduler
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
@@ -225,36 +301,88 @@ class DiffusersSpec(ModelSpec):
         # CPU generators: the same seed gives the same negative on any device
         return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
 
-    def _check_batch(self, prompts: Sequence[str], seeds: Sequence[int], images) -> None:
+    def _check_batch(self, prompts: Sequence[str], seeds: Sequence[int], images, cond: Cond) -> None:
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        if self.task == "i2v" and (images is None or len(images) != len(prompts)):
+        if self.task == "i2v" and not self.has_first_frame_cond(cond) and (images is None or len(images) != len(prompts)):
             raise UserError("an image-to-video model needs one first frame per prompt")
         if self.task == "t2v" and images is not None:
             raise UserError("this is a text-to-video model; it takes no first frame")
 
-    def pipeline_image_inputs(self, images: torch.Tensor | None) -> dict:
-        """Extra pipeline arguments carrying the first frames (image-to-video specs override)."""
+    def has_first_frame_cond(self, cond: Cond) -> bool:
+        """Whether `cond` holds encode_first_frames' output (then the pipeline need not encode the frame again)."""
+        return False
+
+    def pipeline_image_inputs(self, pipe, images: torch.Tensor | None, cond: Cond, height: int, width: int) -> dict:
+        """Extra pipeline arguments carrying the first frames (image-to-video specs override). When `cond` holds
+        the cached first-frame conditioning, the spec makes `pipe` use it instead of encoding the frame again."""
         return {}
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clean latents in the shape the pipeline denoises (CogVideoX 1.5 prepends padding frames)."""
+        return latents
+
+    def _noised_latents(self, scheduler, x0: torch.Tensor, generators: list[torch.Generator],
+                        steps: int) -> torch.Tensor:
+        """x0 noised to the first timestep `scheduler` keeps of `steps` (one noise draw per sample's generator)."""
+        scheduler.set_timesteps(steps)
+        x0 = self.pipeline_latents(x0.float().cpu())
+        eps = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
+        t0 = scheduler.timesteps[:1].expand(x0.shape[0])
+        return (scheduler.add_noise(x0, eps, t0) / scheduler.init_noise_sigma).to(self.device)
 
     def generate_latents(self, prompts: Sequence[str], cond: Cond, *, num_frames: int, height: int, width: int,
                          steps: int, guidance: float, seeds: Sequence[int],
                          transformer: torch.nn.Module | None = None, images: torch.Tensor | None = None,
-                         negative_prompt: str = "", callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                         negative_prompt: str = "", negative_cond: Cond | None = None,
+                         init_latents: torch.Tensor | None = None, strength: float = 1.0, sampler: str = "default",
+                         callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """See ModelSpec.generate_latents; `callback(step, steps)` runs after each sampler step."""
-        self._check_batch(prompts, seeds, images)
+        self._check_batch(prompts, seeds, images, cond)
         self.check_size(num_frames, height, width)
-        pipe = self.pipeline(transformer)
+        partial = init_latents is not None and strength < 1
+        scheduler = self.sampling_scheduler(sampler, strength if partial else 1.0)
+        pipe = self.pipeline(transformer, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
+        generators = self.generators(seeds)
         kwargs = {"prompt_embeds": cond["prompt_embeds"].to(self.device, self.dtype)} if "prompt_embeds" in cond \
             else {"prompt": list(prompts)}
+        if negative_cond is not None and "prompt_embeds" in negative_cond:
+            neg = negative_cond["prompt_embeds"].to(self.device, self.dtype)
+            kwargs["negative_prompt_embeds"] = neg.expand(len(prompts), *neg.shape[1:])
+        else:
+            kwargs["negative_prompt"] = negative_prompt or None
+        if partial:  # (strength 1 is pure noise: the ordinary generation)
+            kwargs["latents"] = self._noised_latents(scheduler, init_latents, generators, steps)
         if callback is not None:
             def on_step_end(_pipe, i, _t, _kw):
-                callback(i + 1, steps)
+                callback(i + 1, len(_pipe.scheduler.timesteps))
                 return {}
             kwargs["callback_on_step_end"] = on_step_end
-        latents = pipe(**kwargs, **self.pipeline_image_inputs(images), negative_prompt=negative_prompt or None,
+        latents = pipe(**kwargs, **self.pipeline_image_inputs(pipe, images, cond, height, width),
                        num_frames=num_frames, height=height, width=width, num_inference_steps=steps,
-                       guidance_scale=guidance, generator=self.generators(seeds), output_type="latent",
+                       guidance_scale=guidance, generator=generators, output_type="latent",
                        max_sequence_length=self.max_sequence_length, return_dict=False)[0]
         return latents.float()
+
+
+@functools.cache
+def _partial_schedule(cls):
+    """`cls` whose set_timesteps keeps only the last `strength` of the schedule, as diffusers' image-to-image and
+    video-to-video pipelines do (`get_timesteps`), so that any pipeline can start from a partly noised latent."""
+
+    class Partial(cls):
+        strength = 1.0
+
+        def set_timesteps(self, num_inference_steps, *args, **kwargs):
+            super().set_timesteps(num_inference_steps, *args, **kwargs)
+            keep = min(num_inference_steps, max(1, round(num_inference_steps * self.strength)))
+            start = (num_inference_steps - keep) * self.order
+            full = len(self.timesteps)
+            self.timesteps = self.timesteps[start:]
+            sigmas = getattr(self, "sigmas", None)
+            if isinstance(sigmas, torch.Tensor) and len(sigmas) == full + 1:  # multistep solvers index sigmas by step
+                self.sigmas = sigmas[start:]
+
+    Partial.__name__ = Partial.__qualname__ = cls.__name__
+    return Partial

@@ -60,9 +60,20 @@ T5_CONFIG = dict(vocab_size=BYT5_VOCAB, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_l
                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 
 
+# Wan 2.2 TI2V-5B's layout: 2x2 pixel patches into a residual VAE with 16x spatial compression, more channels
+WAN22_VAE = dict(
+    base_dim=8, decoder_base_dim=8, z_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1, is_residual=True,
+    in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16, temperal_downsample=[False, True, True],
+    latents_mean=[0.1, -0.1, 0.2, 0.0, -0.2, 0.05, 0.0, 0.1], latents_std=[0.5, 1.0, 0.8, 1.2, 0.6, 0.9, 1.1, 0.7],
+)
+WAN_VARIANTS = (None, "2.2-ti2v", "2.2-a14b")
+
+
 def build_tiny_pipeline(family: str, task: str = "t2v", seed: int = 0, variant: str | None = None):
     """A tiny random-weight diffusers pipeline (deterministic for a given seed). variant="1.5": CogVideoX 1.5's
-    layout (temporal patches, ofs embedding for i2v, inverted image-latent scaling)."""
+    layout (temporal patches, ofs embedding for i2v, inverted image-latent scaling). Wan variant "2.2-ti2v": TI2V-5B's
+    (its VAE layout and per-token timesteps; the folder is a WanPipeline that also runs image-to-video);
+    "2.2-a14b": A14B's two experts split at boundary_ratio (T2V 0.875, I2V 0.9; no CLIP image encoder)."""
     from transformers import ByT5Tokenizer
 
     if family not in ("cogvideox", "wan") or task not in ("t2v", "i2v"):
@@ -102,18 +113,31 @@ def build_tiny_pipeline(family: str, task: str = "t2v", seed: int = 0, variant: 
     )
     from transformers import UMT5Config, UMT5EncoderModel
 
-    cfg = dict(WAN_TRANSFORMER)
-    if task == "i2v":  # noise + (mask, first-frame latents) on channels; CLIP image tokens through added k/v
-        z = WAN_VAE["z_dim"]
-        inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-        cfg.update(in_channels=2 * z + 4, image_dim=CLIP_VISION["hidden_size"], added_kv_proj_dim=inner)
+    if variant not in WAN_VARIANTS:
+        raise UserError(f"unknown tiny Wan variant {variant!r}")
+    cfg, vae_cfg = dict(WAN_TRANSFORMER), dict(WAN22_VAE if variant == "2.2-ti2v" else WAN_VAE)
+    z = vae_cfg["z_dim"]
+    options: dict = {}
+    if variant == "2.2-ti2v":  # the first frame's latents replace the first noisy frame: no extra channels
+        cfg.update(in_channels=z, out_channels=z)
+        options["expand_timesteps"] = True
+    elif task == "i2v":  # noise + (mask, first-frame latents) on channels; Wan 2.1: CLIP image tokens (added k/v)
+        cfg.update(in_channels=2 * z + 4)
+        if variant is None:
+            inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+            cfg.update(image_dim=CLIP_VISION["hidden_size"], added_kv_proj_dim=inner)
     transformer = WanTransformer3DModel(**cfg)
-    vae = AutoencoderKLWan(**WAN_VAE)
+    vae = AutoencoderKLWan(**vae_cfg)
     text_encoder = UMT5EncoderModel(UMT5Config(**T5_CONFIG))
     scheduler = UniPCMultistepScheduler(**WAN_SCHEDULER)
     parts = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
-    if task == "t2v":
-        return WanPipeline(**parts)
+    if variant == "2.2-a14b":
+        parts["transformer_2"] = WanTransformer3DModel(**cfg)
+        options["boundary_ratio"] = 0.9 if task == "i2v" else 0.875
+    if task == "t2v" or variant == "2.2-ti2v":
+        return WanPipeline(**parts, **options)
+    if variant == "2.2-a14b":
+        return WanImageToVideoPipeline(**parts, **options)
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     size = CLIP_VISION["image_size"]

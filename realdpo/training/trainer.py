@@ -104,6 +104,7 @@ class Trainer:
         self.stream = None
         self.loader_iter = None
         self.current_round: int | None = None
+        self.plan = None  # the current round's NegativePlan
         self.last_row: dict[str, Any] = {}  # this process's; the main process re-reads metrics.jsonl at the end
         self.step_keys: list[list[str]] = []  # the clips of the last step's micro-batches (logs/data-rank*.jsonl)
 
@@ -134,18 +135,37 @@ class Trainer:
         set_seed(cfg.seed)  # the same LoRA initialisation on every process
 
         weight_dtype = torch_dtype(cfg.mixed_precision) if cfg.lora else torch.float32
-        self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype, offload_encoders=cfg.offload_encoders)
-        if is_real_model(self.spec.transformer):  # defaults that only pay off at real sizes (README "Memory")
+        spec = self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype, task=cfg.task,
+                                     offload_encoders=cfg.offload_encoders)
+        spec.image_noise = cfg.first_frame_noise
+        if is_real_model(spec.transformer):  # defaults that only pay off at real sizes (README "Memory")
             cfg.gradient_checkpointing = True if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
             cfg.chunk_size = cfg.chunk_size or 1
         cfg.gradient_checkpointing = bool(cfg.gradient_checkpointing)
-        self.frames, self.height, self.width = self.spec.resolve_size(cfg.frames, cfg.height, cfg.width)
-        size = (self.spec.fingerprint(), self.frames, self.height, self.width, cfg.fps)
+        self.frames, self.height, self.width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+        self.defaults = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt)  # the model's where not given
+        spec.set_experts(cfg.train_experts, cfg.expert_ranges(), default="both" if cfg.loss == "sft" else "low",
+                         t_range=(cfg.t_min, cfg.t_max))
+        if self.fsdp and spec.expert_names:
+            raise UserError("FSDP training of a two-expert model (Wan2.2 A14B) is not supported: launch it without "
+                            "the FSDP config (data-parallel LoRA)")
+        if len(spec.trained_experts) > 1:  # a micro-batch whose timesteps all fall to one expert leaves the other idle
+            from accelerate.utils import DistributedDataParallelKwargs
+
+            acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+        size = (spec.fingerprint(), self.frames, self.height, self.width, self.defaults.fps)
         self.cache = LatentCache(cfg.cache_dir, *size)
         self.run_cache = LatentCache(out / "cache", *size)  # rounds >= 2: negatives of this run's policy
         self.samples = ShardSamples(self.urls, allow_blank_captions=cfg.allow_blank_captions, warn=self.main)
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
+
+    def resolved(self) -> dict[str, Any]:
+        """What the options left to the model became (train_config.json's "resolved")."""
+        run, spec = self.defaults, self.spec
+        return {"task": spec.task, "frames": self.frames, "height": self.height, "width": self.width, "fps": run.fps,
+                "neg_guidance": run.guidance, "neg_prompt": run.negative_prompt,
+                "trained_experts": list(spec.trained_experts)}
 
     # ---- the trained module, the reference, the optimizer ----------------------------------------------------
     def build_model(self) -> None:
@@ -178,7 +198,7 @@ class Trainer:
         self.trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
         self.reference = None if cfg.loss == "sft" else make_reference(
             transformer, ref=cfg.ref, lora=cfg.lora, ema_rate=cfg.ema_rate, ema_every=cfg.ema_every,
-            copy_dtype=torch_dtype(cfg.mixed_precision))
+            autocast_dtype=torch_dtype(cfg.mixed_precision), ema_rank=cfg.ema_rank)
 
         optimizer = make_optimizer(cfg.optimizer, self.trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
@@ -234,48 +254,69 @@ class Trainer:
             truncate_jsonl(self.data_log, 0)
         self.data_log.parent.mkdir(parents=True, exist_ok=True)
         if self.main:  # only now: a refused --resume leaves the run's record as it was
-            (self.out / "train_config.json").write_text(json.dumps(_config_dict(cfg), indent=1))
+            (self.out / "train_config.json").write_text(json.dumps({**_config_dict(cfg), "resolved": self.resolved()},
+                                                                   indent=1))
             tracker_cfg = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                            for k, v in _config_dict(cfg).items()}
             acc.init_trackers("realdpo", config=tracker_cfg)
 
     # ---- data: a round's negatives, cached, then its stream ---------------------------------------------------
-    def prepare_round(self, r: int) -> list[str]:
-        """Cache this process's share of real latents and round-`r` negatives; returns the usable keys."""
-        from realdpo.data.stream import process_share, usable_keys
+    def negative_plan(self, r: int):
+        """Round r's losers: round 1 from the base model; later rounds from this run's policy at the round's start,
+        named by the run's options (not by its weights, which a resumed run reaches again exactly)."""
+        import hashlib
+
+        from realdpo.generation.recipes import NegativePlan
+
+        weights = "base"
+        if r > 1:
+            fixed = {k: v for k, v in _config_dict(self.cfg).items() if k not in RESUMABLE_CHANGES}
+            weights = "run:" + hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+        return NegativePlan.from_options(self.cfg, self.spec, round=r, weights=weights)
+
+    def prepare_round(self, r: int):
+        """Cache real latents and round-`r` negatives (all processes together); returns this process's usable clips."""
+        from realdpo.data.stream import process_share, usable
         from realdpo.generation.negatives import ensure_cached
         from realdpo.method.reference import adapters_disabled
+        from realdpo.runtime import Processes
 
         cfg, acc, samples = self.cfg, self.accelerator, self.samples
         c = self.cache if r == 1 else self.run_cache
-        if r > 1:  # the real clips' entries do not change between rounds: copy them instead of re-encoding
-            if not samples.keys:
+        plan = self.plan = self.negative_plan(r)
+        if r > 1:  # real entries and encoded prompts do not change between rounds: copy them instead of re-encoding
+            if not samples.refs:
                 for _ in samples:
                     pass
-            for key in process_share(samples.keys, self.rank, self.world):
-                if not self.run_cache.has_real(key) and (entry := self.cache.get_real(key)) is not None:
-                    self.run_cache.put_real(key, entry)
+            for ref in process_share(samples.refs, self.rank, self.world):
+                if not self.run_cache.has_real(ref) and (entry := self.cache.get_real(ref)) is not None:
+                    self.run_cache.put_real(ref, entry)
+            for text in {recipe.negative_prompt for recipe, _ in plan.parts}:
+                if self.run_cache.get_prompt(text) is None and (entry := self.cache.get_prompt(text)) is not None:
+                    self.run_cache.put_prompt(text, entry)
         # round 1: the base model's negatives (adapters off, in case a resumed run finds its cache entries gone)
         with adapters_disabled(self.transformer) if cfg.lora and r == 1 else contextlib.nullcontext():
-            ensure_cached(self.spec, samples, c, round=r, transformer=None if r == 1 else self.transformer,
-                          progress=acc.is_local_main_process, frames=self.frames, height=self.height,
-                          width=self.width, fps=cfg.fps, k=cfg.negatives, steps=cfg.neg_steps,
-                          guidance=cfg.neg_guidance, seed=cfg.seed, batch_size=cfg.neg_batch_size,
-                          shard=(self.rank, self.world))
-        keys = usable_keys(c, process_share(samples.keys, self.rank, self.world), r, cfg.negatives)
-        counts = acc.gather(torch.tensor([len(keys)], device=acc.device))
+            summary = ensure_cached(self.spec, samples, c, plan, transformer=None if r == 1 else self.transformer,
+                                    progress=acc.is_local_main_process, frames=self.frames, height=self.height,
+                                    width=self.width, fps=self.defaults.fps, batch_size=cfg.neg_batch_size,
+                                    processes=Processes(acc))
+        acc.print(f"negatives round {r}: {summary.n_generated} generated, {summary.n_reused} reused, "
+                  f"{len(summary.skipped)} clips skipped, {len(summary.failed)} failed")
+        refs = usable(c, process_share(samples.refs, self.rank, self.world), plan.losers)
+        counts = acc.gather(torch.tensor([len(refs)], device=acc.device))
         if int(counts.min()) == 0:  # every process raises, none is left waiting in a collective
             raise UserError(f"no usable clips for process {int(counts.argmin())} of {self.world}: "
-                            f"{len(samples.keys)} clips in --shards, {self.frames} frames at {cfg.fps:g} fps "
+                            f"{len(samples.refs)} clips in --shards, {self.frames} frames at {self.defaults.fps:g} fps "
                             "needed per clip")
-        return keys
+        return refs
 
     def open_round(self, r: int) -> None:
         from realdpo.data.stream import PairStream, pair_loader
 
         cfg = self.cfg
-        self.stream = PairStream(self.cache if r == 1 else self.run_cache, self.prepare_round(r), round=r,
-                                 k=cfg.negatives, batch_size=cfg.batch_size, seed=cfg.seed, rank=self.rank,
+        refs = self.prepare_round(r)
+        self.stream = PairStream(self.cache if r == 1 else self.run_cache, refs, losers=self.plan.losers,
+                                 batch_size=cfg.batch_size, seed=cfg.seed, rank=self.rank,
                                  start=int(self.state["batch"]))
         self.transformer.train()
         self.loader_iter = iter(pair_loader(self.stream, cfg.num_workers))
@@ -332,7 +373,7 @@ class Trainer:
                                "epoch": self.stream.stream.epoch_of(batch_index - 1),
                                "time_step": time.perf_counter() - t0, "time_data": t_data}
         if ema_updated:
-            row["ema_updated"] = 1
+            row.update(ema_updated=1, **self.reference.metrics())
         self.step_keys = used_keys
         return row
 
@@ -382,13 +423,14 @@ class Trainer:
         transformer.eval()
         try:
             latents = spec.generate_latents([prompt], spec.encode_prompts([prompt]), num_frames=frames, height=height,
-                                            width=width, steps=cfg.validation_steps, guidance=cfg.neg_guidance,
-                                            seeds=[cfg.seed], transformer=transformer, images=images)
+                                            width=width, steps=cfg.validation_steps, guidance=self.defaults.guidance,
+                                            seeds=[cfg.seed], transformer=transformer, images=images,
+                                            negative_prompt=self.defaults.negative_prompt)
             video = spec.decode_latents(latents)[0]
         finally:
             transformer.train(was_training)
         path.parent.mkdir(parents=True, exist_ok=True)
-        encode_mp4(to_uint8(video), cfg.fps, path=path)
+        encode_mp4(to_uint8(video), self.defaults.fps, path=path)
 
     # ---- the loop and the outputs ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -432,7 +474,7 @@ class Trainer:
             if cfg.lora:
                 lora_dir = save_lora(self.spec, self.transformer, out / "lora")
             else:
-                transformer_dir = _atomic_dir(out / "transformer", lambda d: save_transformer(self.transformer, d, full))
+                transformer_dir = _atomic_dir(out / "transformer", lambda d: save_trained(self.spec, self.transformer, d, full))
             plot = plot_metrics(self.metrics_path, out / "training.png")
             rows = read_jsonl(self.metrics_path)  # a resumed run's rows too
             if rows:
@@ -481,15 +523,34 @@ def _atomic_dir(final: Path, write) -> Path:
     return final
 
 
+def save_trained(spec, transformer: torch.nn.Module, folder: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Fully fine-tuned weights with save_pretrained: into `folder`, or for a two-expert model one subfolder per
+    trained expert, named by its pipeline component. `state`: the whole transformer's gathered state dict (FSDP)."""
+    if state is not None:
+        save_transformer(transformer, folder, state)
+        return
+    for name, module in spec.trained_modules(transformer).items():
+        module.save_pretrained(folder / name if spec.expert_names else folder)
+
+
 def save_lora(spec, transformer: torch.nn.Module, out: Path) -> Path:
-    """The trained adapter in the diffusers LoRA format: `pipe.load_lora_weights(out)` loads it."""
+    """The trained adapter in the diffusers LoRA format: `pipe.load_lora_weights(out)` loads it. A two-expert model
+    gets one folder per trained expert, named by its pipeline component: `out/transformer` (high noise) and
+    `out/transformer_2` (low noise, `pipe.load_lora_weights(out / "transformer_2", load_into_transformer_2=True)`)."""
     from peft.utils import get_peft_model_state_dict
 
-    layers = get_peft_model_state_dict(transformer, adapter_name="default")
-    metadata = transformer.peft_config["default"].to_dict()
     pipe_cls = type(spec.pipeline())
-    return _atomic_dir(Path(out), lambda d: pipe_cls.save_lora_weights(
-        str(d), transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata, safe_serialization=True))
+    modules = spec.trained_modules(transformer)
+
+    def write(folder: Path) -> None:
+        for name, module in modules.items():
+            target = folder / name if spec.expert_names else folder
+            target.mkdir(parents=True, exist_ok=True)
+            layers = get_peft_model_state_dict(module, adapter_name="default")
+            pipe_cls.save_lora_weights(str(target), transformer_lora_layers=layers, safe_serialization=True,
+                                       transformer_lora_adapter_metadata=module.peft_config["default"].to_dict())
+
+    return _atomic_dir(Path(out), write)
 
 
 
@@ -501,4 +562,4 @@ def steps_per_round(steps: int, rounds: int) -> list[int]:
     return counts
 
 
-__all__ = ["train", "Trainer", "TrainResult", "save_lora", "steps_per_round"]
+__all__ = ["train", "Trainer", "TrainResult", "save_lora", "save_trained", "steps_per_round"]

@@ -1,0 +1,159 @@
+"""The true configurations of the checkpoints realdpo supports, as their public diffusers folders give them.
+
+Each `ModelConfig` holds what sets a checkpoint's shapes and schedule: the transformer's and VAE's `config.json`, the
+scheduler's, the pipeline's own config (Wan 2.2's `boundary_ratio` / `expand_timesteps`), the text encoder's width
+and sequence length, the CLIP image encoder's width where the transformer takes CLIP tokens, and the documented
+training size and frame rate. Tests build them at their true width and head layout with fewer layers and smaller
+latents (`realdpo.models.builders`); benchmarks build them on the meta device at full depth.
+
+Sources: the diffusers conversion scripts (`scripts/convert_cogvideox_to_diffusers.py`,
+`scripts/convert_wan_to_diffusers.py`), the model classes' defaults in diffusers 0.42.1, and the model cards.
+Fields that could not be checked against a downloaded `config.json` here are listed in `UNVERIFIED`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---- CogVideoX -------------------------------------------------------------------------------------------------
+_COG_TRANSFORMER = dict(
+    activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=64, dropout=0.0, flip_sin_to_cos=True,
+    freq_shift=0, in_channels=16, max_text_seq_length=226, norm_elementwise_affine=True, norm_eps=1e-5,
+    num_attention_heads=30, num_layers=30, out_channels=16, patch_size=2, sample_frames=49, sample_height=60,
+    sample_width=90, spatial_interpolation_scale=1.875, temporal_compression_ratio=4, temporal_interpolation_scale=1.0,
+    text_embed_dim=4096, time_embed_dim=512, timestep_activation_fn="silu", use_learned_positional_embeddings=False,
+    use_rotary_positional_embeddings=False,
+)
+_COG_5B = {**_COG_TRANSFORMER, "num_attention_heads": 48, "num_layers": 42, "use_rotary_positional_embeddings": True}
+_COG_15 = {**_COG_5B, "patch_bias": False, "patch_size_t": 2, "sample_frames": 81, "sample_height": 300,
+           "sample_width": 300}
+_COG_VAE = dict(
+    act_fn="silu", block_out_channels=[128, 256, 256, 512], down_block_types=["CogVideoXDownBlock3D"] * 4,
+    force_upcast=True, in_channels=3, latent_channels=16, layers_per_block=3, norm_eps=1e-6, norm_num_groups=32,
+    out_channels=3, sample_height=480, sample_width=720, scaling_factor=1.15258426, temporal_compression_ratio=4,
+    up_block_types=["CogVideoXUpBlock3D"] * 4, use_post_quant_conv=False, use_quant_conv=False,
+)
+_COG_SCHEDULER = dict(
+    beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False, clip_sample_range=1.0,
+    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True, sample_max_value=1.0,
+    set_alpha_to_one=True, snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing",
+)
+
+# ---- Wan ---------------------------------------------------------------------------------------------------------
+_WAN_TRANSFORMER = dict(
+    added_kv_proj_dim=None, attention_head_dim=128, cross_attn_norm=True, eps=1e-6, ffn_dim=8960, freq_dim=256,
+    image_dim=None, in_channels=16, num_attention_heads=12, num_layers=30, out_channels=16, patch_size=[1, 2, 2],
+    qk_norm="rms_norm_across_heads", rope_max_seq_len=1024, text_dim=4096,
+)
+_WAN_14B = {**_WAN_TRANSFORMER, "ffn_dim": 13824, "num_attention_heads": 40, "num_layers": 40}
+_WAN21_VAE = dict(  # AutoencoderKLWan's defaults are Wan 2.1's VAE
+    attn_scales=[], base_dim=96, dim_mult=[1, 2, 4, 4], dropout=0.0, num_res_blocks=2,
+    temperal_downsample=[False, True, True], z_dim=16,
+    latents_mean=[-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517,
+                  -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
+    latents_std=[2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+                 1.6382, 1.1253, 2.8251, 1.9160],
+)
+_WAN22_VAE = dict(  # the 4x16x16 VAE of Wan2.2-TI2V-5B: 2x2 pixel patches in, residual blocks, 48 channels
+    attn_scales=[], base_dim=160, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], dropout=0.0, in_channels=12,
+    is_residual=True, num_res_blocks=2, out_channels=12, patch_size=2, scale_factor_spatial=16,
+    scale_factor_temporal=4, temperal_downsample=[False, True, True], z_dim=48,
+    latents_mean=[-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
+                  0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
+                  -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313,
+                  -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944,
+                  0.3573, -0.0548, -0.1681, -0.0667],
+    latents_std=[0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+                 0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+                 0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+                 0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744],
+)
+
+
+def _wan_scheduler(flow_shift: float) -> dict[str, Any]:
+    return dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+                flow_shift=flow_shift)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    family: str  # "cogvideox" or "wan"
+    pipeline: str  # the diffusers pipeline class of the checkpoint (model_index.json's _class_name)
+    task: str  # "t2v" or "i2v" (TI2V-5B does both; its folder is a WanPipeline)
+    transformer: dict[str, Any]
+    vae: dict[str, Any]
+    scheduler_class: str
+    scheduler: dict[str, Any]
+    size: tuple[int, int, int]  # (frames, height, width) it was trained at
+    fps: float
+    text_dim: int = 4096
+    max_sequence_length: int = 226
+    two_experts: bool = False  # Wan 2.2 A14B: `transformer_2` has the same config as `transformer`
+    pipeline_config: dict[str, Any] = field(default_factory=dict)  # boundary_ratio, expand_timesteps
+    image_encoder_dim: int | None = None  # Wan 2.1 I2V: CLIP ViT-H/14 hidden size (the transformer's image_dim)
+
+    @property
+    def vae_class(self) -> str:
+        return "AutoencoderKLCogVideoX" if self.family == "cogvideox" else "AutoencoderKLWan"
+
+    @property
+    def transformer_class(self) -> str:
+        return "CogVideoXTransformer3DModel" if self.family == "cogvideox" else "WanTransformer3DModel"
+
+
+def _cog(name, pipeline, task, transformer, vae, scheduler, size, fps) -> ModelConfig:
+    return ModelConfig(name, "cogvideox", pipeline, task, transformer, vae, "CogVideoXDDIMScheduler", scheduler, size,
+                       fps)
+
+
+def _wan(name, pipeline, task, transformer, vae, flow_shift, size, fps, **kw) -> ModelConfig:
+    return ModelConfig(name, "wan", pipeline, task, transformer, vae, "UniPCMultistepScheduler",
+                       _wan_scheduler(flow_shift), size, fps, max_sequence_length=512, **kw)
+
+
+_COG5_SCHED = {**_COG_SCHEDULER, "snr_shift_scale": 1.0}
+_COG5_VAE = {**_COG_VAE, "scaling_factor": 0.7}
+_COG15_VAE = {**_COG5_VAE, "invert_scale_latents": True, "sample_height": 768, "sample_width": 1360}
+_WAN480 = (81, 480, 832)
+
+CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (
+    _cog("CogVideoX-2b", "CogVideoXPipeline", "t2v", _COG_TRANSFORMER, _COG_VAE, _COG_SCHEDULER, (49, 480, 720), 8.0),
+    _cog("CogVideoX-5b", "CogVideoXPipeline", "t2v", _COG_5B, _COG5_VAE, _COG5_SCHED, (49, 480, 720), 8.0),
+    _cog("CogVideoX-5b-I2V", "CogVideoXImageToVideoPipeline", "i2v",
+         {**_COG_5B, "in_channels": 32, "use_learned_positional_embeddings": True}, _COG5_VAE, _COG5_SCHED,
+         (49, 480, 720), 8.0),
+    _cog("CogVideoX1.5-5B", "CogVideoXPipeline", "t2v", _COG_15, _COG15_VAE, _COG5_SCHED, (81, 768, 1360), 16.0),
+    _cog("CogVideoX1.5-5B-I2V", "CogVideoXImageToVideoPipeline", "i2v",
+         {**_COG_15, "in_channels": 32, "ofs_embed_dim": 512}, _COG15_VAE, _COG5_SCHED, (81, 768, 1360), 16.0),
+    _wan("Wan2.1-T2V-1.3B", "WanPipeline", "t2v", _WAN_TRANSFORMER, _WAN21_VAE, 3.0, _WAN480, 16.0),
+    _wan("Wan2.1-T2V-14B", "WanPipeline", "t2v", _WAN_14B, _WAN21_VAE, 3.0, _WAN480, 16.0),
+    _wan("Wan2.1-I2V-14B-480P", "WanImageToVideoPipeline", "i2v",
+         {**_WAN_14B, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120}, _WAN21_VAE, 3.0, _WAN480,
+         16.0, image_encoder_dim=1280),
+    _wan("Wan2.2-TI2V-5B", "WanPipeline", "t2v",
+         {**_WAN_TRANSFORMER, "ffn_dim": 14336, "in_channels": 48, "num_attention_heads": 24, "out_channels": 48},
+         _WAN22_VAE, 5.0, (121, 704, 1280), 24.0, pipeline_config={"expand_timesteps": True}),
+    _wan("Wan2.2-T2V-A14B", "WanPipeline", "t2v", _WAN_14B, _WAN21_VAE, 3.0, _WAN480, 16.0, two_experts=True,
+         pipeline_config={"boundary_ratio": 0.875}),
+    _wan("Wan2.2-I2V-A14B", "WanImageToVideoPipeline", "i2v", {**_WAN_14B, "in_channels": 36}, _WAN21_VAE, 3.0,
+         _WAN480, 16.0, two_experts=True, pipeline_config={"boundary_ratio": 0.9}),
+)}
+
+# What could not be checked here against the checkpoints' own config.json files (no hub access):
+UNVERIFIED = {
+    "CogVideoX1.5-5B*": "VAE sample_height/sample_width 768/1360 (they only enable tiling here)",
+    "CogVideoX-5b*, CogVideoX1.5*": "scheduler class CogVideoXDDIMScheduler (the model cards sample with "
+                                   "CogVideoXDPMScheduler; training reads only alphas_cumprod, the same for both)",
+    "Wan2.1-T2V-14B, Wan2.2-*-A14B": "flow_shift 3.0 (from the conversion script; the official Wan 2.2 sampler "
+                                     "uses 12.0 for T2V-A14B and 5.0 for I2V-A14B)",
+    "Wan2.1-I2V-14B-480P": "image encoder: only its hidden size 1280 (CLIP ViT-H/14) is used here",
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(CONFIGS)}") from None
