@@ -4,17 +4,24 @@ Same CogVideoX transformer (random weights, built from a config), same LoRA, sam
 same timesteps and noise:
 
 - realdpo: reference = the same module with its LoRA adapters disabled; the policy runs once on [x_w, x_l^1..x_l^K]
-  with gradients, the reference once without; one backward.
+  with gradients, the reference once without; chunks of --chunk-size rows are streamed (each backpropagated before
+  the next runs), or with --keep-graph kept until one backward.
 - official: a separate frozen full copy of the transformer as reference; for each negative the policy and the
   reference each run on the winner and on that loser (4 passes), then one backward per negative.
 
-Time: median seconds per step after a warm-up, both measured alternately in this process. Peak memory: on CUDA
-`torch.cuda.max_memory_allocated` over the step (weights included) in a fresh subprocess per side; on CPU the process's
-resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs after imports) minus the resident set after
-imports, also one fresh subprocess per side, so it counts weights, the reference copy, activations and gradients as
-the allocator really holds them. The last line printed is `time_ratio=<x> mem_ratio=<y>` for the last size.
+Peak memory: the high-water mark of tensor memory allocated while a side builds its model (weights, LoRA, reference
+copy) and runs its first step: torch.cuda.max_memory_allocated on CUDA; on the CPU the live bytes of every tensor
+made (`realdpo.memory.TensorTracker`, which bench/memory.py's check finds equal to the allocator's own events on
+these models), so it counts weights, the reference copy, activations and gradients, whatever else runs on the machine. That first step is also the warm-up; time is then the median
+of --repeat further steps per side, the sides alternating. The last line printed is `time_ratio=<x> mem_ratio=<y>`
+for the last size.
 
-    python bench/dpo_step.py                      # two CPU sizes, < 3 minutes on 2 cores
+Sizes: `small` and `medium` are toy widths (224 and 256 tokens per row), where the weights decide the memory ratio;
+`4k-tokens` runs 4,516 tokens per row (13x30x44 latents + 226 text tokens, CogVideoX's layout: head dim 64, T5 text
+width 4096, rotary positions) at width 1024 with 2 layers, where activations decide it. CogVideoX-5B's own width (3072)
+at this token count takes over a minute per row-pass on a CPU core; bench/memory.py predicts the real models.
+
+    python bench/dpo_step.py                      # small, medium, 4k-tokens: ~5 min on 2 idle cores
     python bench/dpo_step.py --sizes cogvideox-2b  # CogVideoX-2B's real transformer config (needs a GPU)
 """
 
@@ -22,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import functools
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +51,9 @@ SIZES = {
                    text_embed_dim=128, max_text_seq_length=32), 3, 16, 16, 32),
     "medium": (dict(num_attention_heads=8, attention_head_dim=64, num_layers=8, time_embed_dim=256,
                     text_embed_dim=256, max_text_seq_length=64), 3, 16, 16, 64),
+    "4k-tokens": (dict(num_attention_heads=16, attention_head_dim=64, num_layers=2, time_embed_dim=512,
+                       text_embed_dim=4096, max_text_seq_length=226, use_rotary_positional_embeddings=True),
+                  13, 30, 44, 226),
     # CogVideoX-2B (THUDM/CogVideoX-2b transformer/config.json), 49 frames at 480x720
     "cogvideox-2b": (dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, time_embed_dim=512,
                           text_embed_dim=4096, max_text_seq_length=226), 13, 60, 90, 226),
@@ -57,16 +67,20 @@ BASE = dict(in_channels=16, out_channels=16, patch_size=2, temporal_compression_
 
 def build(size: str, device: torch.device, dtype: torch.dtype, checkpointing: bool):
     """A CogVideoX spec over a random-weight transformer (no VAE or text encoder needed for the step)."""
-    from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
     from realdpo.models.cogvideox import CogVideoXSpec
     from realdpo.models.tiny import COGVIDEOX_SCHEDULER
 
     overrides, f, h, w, text = SIZES[size]
     torch.manual_seed(0)
-    tr = CogVideoXTransformer3DModel(**{**BASE, **overrides, "sample_height": h, "sample_width": w}).to(device)
-    if dtype != torch.float32:
-        tr.to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype on its device: no fp32 copy on the way
+    try:
+        with torch.device(device):
+            tr = CogVideoXTransformer3DModel(**{**BASE, **overrides, "sample_height": h, "sample_width": w})
+    finally:
+        torch.set_default_dtype(default)
     tr.requires_grad_(False)
     if checkpointing:
         tr.enable_gradient_checkpointing()
@@ -75,6 +89,10 @@ def build(size: str, device: torch.device, dtype: torch.dtype, checkpointing: bo
     spec.transformer, spec.task, spec.device, spec.dtype = tr, "t2v", device, dtype
     spec.alphas_cumprod, spec.num_train_timesteps = sched.alphas_cumprod.float(), 1000
     spec._rotary_cache = {}
+    spec.scale_spatial = 8  # CogVideoXSpec._rotary takes the pipeline's rotary helper: give it just that
+    helper = functools.partial(CogVideoXPipeline._prepare_rotary_positional_embeddings,
+                               SimpleNamespace(vae_scale_factor_spatial=8, transformer=tr))
+    spec.pipeline = lambda: SimpleNamespace(_prepare_rotary_positional_embeddings=helper)
     latent = (f, 16, h, w)
     return spec, latent, (text, overrides["text_embed_dim"])
 
@@ -107,11 +125,11 @@ def batch(spec, latent, text, b: int, k: int, device, dtype):
 class Ours:
     name = "realdpo"
 
-    def __init__(self, spec, data, beta, chunk):
+    def __init__(self, spec, data, beta, chunk, keep_graph):
         from realdpo.method.reference import DisabledAdapterReference
         from realdpo.method.step import ErrorModel, build_inputs
 
-        self.spec, self.beta, self.chunk = spec, beta, chunk
+        self.spec, self.beta, self.chunk, self.keep_graph = spec, beta, chunk, keep_graph
         self.policy, self.ref = ErrorModel(spec, spec.transformer), DisabledAdapterReference(spec.transformer)
         winners, losers, noise, t, cond = data
         self.inputs = build_inputs(winners, losers, cond, noise, t)
@@ -120,7 +138,7 @@ class Ours:
         from realdpo.method.step import preference_step
 
         return preference_step(self.policy, self.ref, self.spec, self.inputs, kind="dpo", beta=self.beta,
-                               chunk_size=self.chunk, keep_graph=self.spec.transformer.gradient_checkpointing)["loss"]
+                               chunk_size=self.chunk, keep_graph=self.keep_graph)["loss"]
 
 
 class Official:
@@ -154,89 +172,48 @@ def make(side: str, args, device, dtype):
         base_copy = copy.deepcopy(spec.transformer).eval().requires_grad_(False)
     params = add_lora(spec, args.rank)
     data = batch(spec, latent, text, args.batch, args.k, device, dtype)
-    runner = Ours(spec, data, args.beta, args.chunk_size) if side == "realdpo" else Official(spec, data, args.beta, base_copy)
+    runner = Ours(spec, data, args.beta, args.chunk_size, args.keep_graph) if side == "realdpo" \
+        else Official(spec, data, args.beta, base_copy)
     return runner, params
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+def measure(args, device, dtype) -> tuple[float, float, int, int, float]:
+    """Peak memory of each side's setup + first step, then the median time of `repeat` alternating steps."""
+    from realdpo.memory import TensorTracker, peak_allocated
 
-
-def worker(args) -> None:
-    """One side in a fresh process: peak memory of model setup + steps."""
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    import diffusers  # noqa: F401  (imports before the baseline)
-    import peft  # noqa: F401
-
-    from realdpo import step  # noqa: F401
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        runner, params = make(args.worker, args, device, dtype)
-        for _ in range(2):
-            runner.step()
+    runners, peaks, losses = {}, {}, {}
+    for side in ("realdpo", "official"):
+        def first_step(side=side):
+            runner, params = make(side, args, device, dtype)
+            losses[side] = runner.step()
             for p in params:
                 p.grad = None
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        # fault in the kernels' code pages first (a tiny model through both sides), so the baseline holds them
-        size, args.size = args.size, "warmup"
-        for side in ("realdpo", "official"):
-            runner, _ = make(side, args, device, dtype)
-            runner.step()
-        del runner
-        args.size = size
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
-        base = _rss_kib("VmRSS")
-        runner, params = make(args.worker, args, device, dtype)
-        for _ in range(2):
-            runner.step()
-            for p in params:
-                p.grad = None
-        peak = (_rss_kib("VmHWM") - base) * 1024
-    print(json.dumps({"peak_bytes": peak}))
-
-
-def peak_memory(side: str, args) -> int:
-    cmd = [sys.executable, __file__, "--worker", side, "--sizes", args.size, "--device", args.device,
-           "--dtype", args.dtype, "--batch", str(args.batch), "--k", str(args.k), "--rank", str(args.rank),
-           "--beta", str(args.beta), "--threads", str(args.threads)]
-    cmd += ["--chunk-size", str(args.chunk_size or 0)]
-    cmd += ["--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing"]
-    # large tensors get their own mappings and go back to the OS when freed, so the RSS follows live tensors
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
-
-
-def time_steps(args, device, dtype) -> tuple[float, float, float]:
-    ours, p_ours = make("realdpo", args, device, dtype)
-    official, p_off = make("official", args, device, dtype)
+            runners[side] = (runner, params)
+        if device.type == "cuda":
+            peaks[side] = peak_allocated(first_step, device)
+        else:
+            with TensorTracker() as tracker:
+                first_step()
+            peaks[side] = tracker.peak
     times = {"realdpo": [], "official": []}
-    losses = {}
-    for i in range(args.repeat + 1):
-        for runner, params in ((ours, p_ours), (official, p_off)):
+    for _ in range(args.repeat):
+        for side, (runner, params) in runners.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            losses[runner.name] = runner.step()
+            runner.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if i:  # the first step warms up
-                times[runner.name].append(time.perf_counter() - t0)
+            times[side].append(time.perf_counter() - t0)
             for p in params:
                 p.grad = None
-    return statistics.median(times["realdpo"]), statistics.median(times["official"]), \
-        abs(losses["realdpo"] - losses["official"])
+    return (statistics.median(times["realdpo"]), statistics.median(times["official"]), peaks["realdpo"],
+            peaks["official"], abs(losses["realdpo"] - losses["official"]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", nargs="+", default=["small", "medium"], choices=list(SIZES),
+    ap.add_argument("--sizes", nargs="+", default=["small", "medium", "4k-tokens"], choices=list(SIZES),
                     help="Model sizes to run, in order (the last one's ratios are printed last).")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="Model dtype (default float32 on CPU, bfloat16 on CUDA).")
@@ -244,35 +221,36 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3, help="Negatives per clip (K).")
     ap.add_argument("--rank", type=int, default=16, help="LoRA rank.")
     ap.add_argument("--beta", type=float, default=5000.0)
-    ap.add_argument("--repeat", type=int, default=3, help="Timed steps per side (after one warm-up step).")
-    ap.add_argument("--chunk-size", type=int, default=None,
-                    help="realdpo's --chunk-size (default: B, one chunk per winner/loser, with gradient checkpointing; "
-                         "0: unchunked).")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="Timed steps per side after the first (default 3; 1 for 4k-tokens and larger).")
+    ap.add_argument("--chunk-size", type=int, default=1,
+                    help="realdpo's --chunk-size in rows (0: all rows in one pass).")
+    ap.add_argument("--keep-graph", action="store_true", help="realdpo's --keep-graph (instead of streamed chunks).")
     ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                     help="Gradient checkpointing on both sides (the official training scripts enable it).")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default; 1 is steadier on shared cores).")
-    ap.add_argument("--worker", choices=["realdpo", "official"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    if args.chunk_size is None:
-        args.chunk_size = args.batch if args.gradient_checkpointing else 0
     args.chunk_size = args.chunk_size or None
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.worker:
-        args.size = args.sizes[0]
-        return worker(args)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    print(f"device={device} dtype={args.dtype} B={args.batch} K={args.k} lora_rank={args.rank} "
-          f"chunk_size={args.chunk_size} gradient_checkpointing={args.gradient_checkpointing}")
-    line = ""
-    for size in args.sizes:
+    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} B={args.batch} K={args.k} "
+          f"lora_rank={args.rank} chunk_size={args.chunk_size} keep_graph={args.keep_graph} "
+          f"gradient_checkpointing={args.gradient_checkpointing}", flush=True)
+    repeat, line = args.repeat, ""
+    for size in ("warmup", *args.sizes):  # warmup: kernels and lazy imports, not reported
         args.size = size
-        t_ours, t_off, dloss = time_steps(args, device, dtype)
-        m_ours, m_off = peak_memory("realdpo", args), peak_memory("official", args)
-        print(f"[{size}] step time: realdpo {t_ours:.3f}s, official {t_off:.3f}s | peak memory: realdpo "
-              f"{m_ours / 2**20:.0f} MiB, official {m_off / 2**20:.0f} MiB | |loss difference| {dloss:.2e}", flush=True)
+        args.repeat = repeat or (3 if size in ("warmup", "small", "medium") else 1)
+        t_ours, t_off, m_ours, m_off, dloss = measure(args, device, dtype)
+        if size == "warmup":
+            continue
+        overrides, f, h, w, text = SIZES[size]
+        tokens = f * (h // 2) * (w // 2) + text
+        print(f"[{size}] {tokens} tokens/row | step time: realdpo {t_ours:.3f}s, official {t_off:.3f}s | peak memory: "
+              f"realdpo {m_ours / 2**20:.0f} MiB, official {m_off / 2**20:.0f} MiB | |loss difference| {dloss:.2e}",
+              flush=True)
         line = f"time_ratio={t_ours / t_off:.3f} mem_ratio={m_ours / m_off:.3f}"
         print(f"[{size}] {line}", flush=True)
     print(line)

@@ -81,7 +81,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
             list_options.add(option_name(f))
         if f.metadata.get("required"):
             required_options.add(f.name)
-        if annotation is bool:
+        if annotation in (bool, typing.Optional[bool]):  # Optional: None means "decide from the model"
             flag = option_name(f)
             names = [f"{flag}/--no-{flag[2:]}"]
         params.append(inspect.Parameter(

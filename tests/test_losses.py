@@ -122,30 +122,62 @@ def test_batched_step_equals_official_per_negative_loop(family, tiny_spec):
         torch.testing.assert_close(batched[n], official[n], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["dpo", "dpo+sft"])
+@pytest.mark.parametrize("kind", ["dpo", "dpo+sft", "ipo", "hinge", "sft"])
 def test_chunked_gradient_equals_unchunked(kind, tiny_spec):
     spec = tiny_spec("cogvideox", torch.float64)
     tr = _lora_transformer(spec)
     tr.zero_grad(set_to_none=True)
     winners, losers, noise, t, cond = _batch(spec, seed=3)
-    inputs = build_inputs(winners, losers, cond, noise, t)
+    inputs = build_inputs(winners, None if kind == "sft" else losers, cond, noise, t)
     policy, ref = ErrorModel(spec, tr), DisabledAdapterReference(tr)
     full = preference_step(policy, ref, spec, inputs, kind=kind, beta=500.0)
     g_full = _grads(tr)
-    for chunk in (1, 3):
-        chunked = preference_step(policy, ref, spec, inputs, kind=kind, beta=500.0, chunk_size=chunk)
-        g = _grads(tr)
-        assert chunked["loss"] == pytest.approx(full["loss"], abs=1e-6)
-        for n in g_full:
-            torch.testing.assert_close(g[n], g_full[n], rtol=1e-5, atol=1e-7)
-    # with gradient checkpointing, chunks keep their (checkpointed) graphs: one backward, no extra pass
+    # streamed chunks (1 row, 3 rows across clips) and kept graphs, each without and with gradient checkpointing
+    for checkpointing in (False, True):
+        if checkpointing:
+            tr.enable_gradient_checkpointing()
+            tr.train()
+        for chunk, keep_graph in ((1, False), (3, False), (2, True)):
+            chunked = preference_step(policy, ref, spec, inputs, kind=kind, beta=500.0, chunk_size=chunk,
+                                      keep_graph=keep_graph)
+            g = _grads(tr)
+            assert chunked == pytest.approx(full, abs=1e-6), (chunk, keep_graph, checkpointing)
+            for n in g_full:
+                torch.testing.assert_close(g[n], g_full[n], rtol=1e-5, atol=1e-7)
+    tr.disable_gradient_checkpointing()
+
+
+def test_streamed_chunks_hold_one_rows_activations(tiny_spec):
+    """Peak tensor memory of one step (every tensor made during it, weights excluded): streamed chunks of one row
+    hold one row's activations, kept graphs all K+1 rows'; with checkpointing only checkpoints are kept."""
+    from realdpo.memory import TensorTracker
+
+    spec = tiny_spec("cogvideox")
+    tr = _lora_transformer(spec)
+    frames, height, width = spec.default_size()
+    with torch.no_grad():  # a larger latent than the default, so activations dwarf the fixed costs
+        shape = spec.encode_videos(torch.zeros(1, frames, 3, 2 * height, 2 * width)).shape[1:]
+    g = torch.Generator().manual_seed(0)
+    inputs = build_inputs(torch.randn(1, *shape, generator=g), torch.randn(1, 3, *shape, generator=g),
+                          spec.encode_prompts(["a"]), torch.randn(1, *shape, generator=g), torch.tensor([200]))
+    policy, ref = ErrorModel(spec, tr), DisabledAdapterReference(tr)
+
+    def peak(**kw) -> int:
+        def step():
+            preference_step(policy, ref, spec, inputs, kind="dpo", beta=500.0, **kw)
+            tr.zero_grad(set_to_none=True)
+        step()  # warm-up: lazily built buffers (rotary tables) are not the step's
+        with TensorTracker() as tracker:
+            step()
+        return tracker.peak
+
+    kept, streamed = peak(chunk_size=1, keep_graph=True), peak(chunk_size=1)
     tr.enable_gradient_checkpointing()
     tr.train()
-    kept = preference_step(policy, ref, spec, inputs, kind=kind, beta=500.0, chunk_size=2, keep_graph=True)
-    g = _grads(tr)
-    assert kept["loss"] == pytest.approx(full["loss"], abs=1e-6)
-    for n in g_full:
-        torch.testing.assert_close(g[n], g_full[n], rtol=1e-5, atol=1e-7)
+    kept_ckpt, streamed_ckpt = peak(chunk_size=1, keep_graph=True), peak(chunk_size=1)
+    tr.disable_gradient_checkpointing()
+    assert streamed < 0.45 * kept  # one row of four, plus what every path holds
+    assert streamed_ckpt < kept_ckpt and streamed_ckpt < 0.8 * streamed
 
 
 def test_step_inputs_hand_each_row_its_clips_inputs():

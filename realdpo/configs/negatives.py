@@ -19,6 +19,9 @@ class NegativesConfig(ModelOptions, NegativeOptions, ShardOptions):
                             "of work processes share).")
     lora: Optional[Path] = field(None, help="LoRA folder (OUT/lora of `realdpo train`) of the policy that generates round >= 2 negatives.")
     out: Optional[Path] = field(None, help="Same as --cache-dir.")
+    group_offload: bool = field(False, help="Keep the transformer in CPU memory and copy it to the accelerator one block "
+                                "at a time as it runs (diffusers group offloading), for cards it does not fit; "
+                                "costs one host-to-device copy of its weights per sampler step. No effect on a CPU.")
 
     def validate(self) -> None:
         self.validate_model_options()

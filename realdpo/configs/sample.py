@@ -30,6 +30,9 @@ class SampleConfig(ModelOptions):
     steps: int = field(50, help="Sampler steps.")
     guidance: Optional[float] = field(None, help="Classifier-free guidance scale; default is the model's (CogVideoX 6, Wan 5).")
     out: Optional[Path] = field(None, help="Output: an .mp4 file for --prompt (default sample.mp4), a folder for --prompts.")
+    group_offload: bool = field(False, help="Keep the transformer in CPU memory and copy it to the accelerator one block "
+                                "at a time as it runs (diffusers group offloading), for cards it does not fit; "
+                                "costs one host-to-device copy of its weights per sampler step. No effect on a CPU.")
 
     def validate(self) -> None:
         self.validate_model_options()

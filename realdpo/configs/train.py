@@ -13,6 +13,7 @@ from realdpo.configs.common import ModelOptions, NegativeOptions, ShardOptions
 LOSSES = ("dpo", "sft", "dpo+sft", "ipo", "hinge")
 REFERENCES = ("base", "ema")
 SCHEDULERS = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "adamw8bit")
 EXPERTS = ("low", "high", "both")
 
 
@@ -45,11 +46,25 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     ema_every: int = field(100, help="Optimizer steps between EMA reference updates.")
     ema_rank: Optional[int] = field(None, help="Rank of the EMA reference adapter, which averages the LoRA update B@A itself (exact while the average fits this rank; beyond, a bound on the error is logged as ema_error_bound); default 2 x --lora-rank.")
     rounds: int = field(1, help="Rounds of fresh negatives; rounds after the first regenerate them with the current policy.")
-    chunk_size: Optional[int] = field(None, help="Largest batch one forward pass runs on, same gradient; default runs all "
-                                      "winners and losers together. With --gradient-checkpointing every chunk keeps its "
-                                      "checkpointed graph (no extra pass); without, a no-grad pass gives each error's "
-                                      "loss coefficient and each chunk backpropagates coef*E (one more forward).")
-    gradient_checkpointing: bool = field(False, help="Recompute transformer activations in the backward pass.")
+    chunk_size: Optional[int] = field(None, help="Rows (winners and losers) one forward pass runs on, same gradient. "
+                                      "Each chunk is backpropagated before the next runs, so activations of one chunk "
+                                      "are alive at a time (one extra no-grad pass over the winners); see --keep-graph. "
+                                      "Default: 1 for real checkpoints (>= 100M-parameter transformers), all rows in "
+                                      "one pass for tiny models.")
+    keep_graph: bool = field(False, help="With --chunk-size: keep every chunk's graph until one backward (no extra "
+                             "pass, but all rows' activations, or with checkpointing all rows' checkpoints, are "
+                             "alive at once).")
+    gradient_checkpointing: Optional[bool] = field(None, help="Recompute each transformer block's activations in the "
+                                                   "backward pass, holding only block inputs. Default: on for real "
+                                                   "checkpoints (>= 100M-parameter transformers), off for tiny models.")
+    offload_encoders: bool = field(True, help="On an accelerator, keep the text encoder, image encoder and VAE in CPU "
+                                   "memory and move each in only while it runs (caching, negatives, validation); "
+                                   "training steps never hold them. No effect on a CPU.")
+    fp8_base: bool = field(False, help="Store the frozen base transformer's linear weights in float8 (e4m3) and "
+                           "compute in the --mixed-precision dtype (diffusers layerwise casting); LoRA only. Halves "
+                           "the base's memory; base model, reference and negatives are then the fp8-rounded model.")
+    optimizer: str = field("adamw", help=f"Optimizer: {', '.join(OPTIMIZERS)} (adamw8bit: bitsandbytes' 8-bit AdamW, "
+                           "2 bytes of state per trained weight instead of 8; for --no-lora).")
     num_workers: int = field(0, help="Data-loader worker processes.")
     neg_batch_size: int = field(4, help="Clips whose i-th negatives are generated together in one pipeline call.")
     checkpoint_every: int = field(50, help="Optimizer steps between checkpoints (0: only at the end).")
@@ -74,6 +89,10 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
                      "validation_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.fp8_base and not self.lora:
+            raise UserError("--fp8-base stores the frozen base in fp8; full fine-tuning (--no-lora) trains those weights")
         if self.ema_rank is not None and self.ema_rank < 1:
             raise UserError("--ema-rank must be at least 1")
         if self.chunk_size is not None and self.chunk_size < 1:

@@ -281,7 +281,8 @@ def precompute(cfg) -> Summary:
     cfg.validate()
     urls = expand_shards(cfg.shards)
     processes = Processes(PartialState(cpu=cpu_only_distributed()))
-    spec = load_spec(cfg.model, device=processes.state.device, dtype=torch_dtype(cfg.mixed_precision), task=cfg.task)
+    spec = load_spec(cfg.model, device=processes.state.device, dtype=torch_dtype(cfg.mixed_precision), task=cfg.task,
+                     group_offload=cfg.group_offload)
     spec.image_noise = cfg.first_frame_noise
     frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
     fps = spec.run_defaults(cfg.fps).fps

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import torch
 
 from realdpo.models.base import Cond, ModelSpec
+from realdpo.runtime import copy_into
 
 POLICY_ADAPTER = "default"
 EMA_ADAPTER = "ema"
@@ -132,7 +133,7 @@ class _Ema(Reference):
         if set(state) != set(self._ref):
             raise ValueError("EMA reference checkpoint does not match the model's parameters")
         for k, v in state.items():
-            self._ref[k].copy_(v)
+            copy_into(self._ref[k], v)
 
 
 @torch.no_grad()
@@ -293,6 +294,13 @@ class FrozenCopyReference(_Ema):
 
     def active(self):
         return contextlib.nullcontext(self._as_policy)
+
+    def rebind(self, model: torch.nn.Module, transformer: torch.nn.Module) -> None:
+        """Use `model` (this copy, wrapped, e.g. sharded by FSDP) as the reference, and `transformer`'s current
+        parameters as the EMA's source."""
+        self.model = model
+        self._ref = dict(model.named_parameters())
+        self._src = dict(transformer.named_parameters())
 
 
 def make_reference(transformer: torch.nn.Module, *, ref: str, lora: bool, ema_rate: float, ema_every: int,

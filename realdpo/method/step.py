@@ -4,11 +4,17 @@ The policy runs once on the concatenation `[x_w (B), x_l (B*K, sample-major)]` w
 once under `no_grad`; all B*(K+1) inputs of a sample share its timestep and its noise tensor. With `chunk_size`
 the concatenation is split without changing the math, in one of two ways:
 
-- keep_graph (for a transformer with gradient checkpointing): each chunk runs forward with gradients and keeps its
-  (checkpointed, so small) graph; one backward then recomputes one chunk's activations at a time. No extra pass.
-- otherwise, the two-pass coefficient method: a no-grad pass gives the scalar errors, the loss gives their
-  coefficients `dloss/dE_i`, and each chunk runs again with gradients to backpropagate `coef_i * E_i`; activation
-  memory is one chunk's, at the cost of one more forward pass.
+- streamed (the default): each chunk's graph is freed by its own backward before the next chunk runs, so the
+  activations held at any moment are one chunk's (with gradient checkpointing: one chunk's checkpoints plus one
+  block's recomputed activations). This works because every objective is a mean over (clip, negative) pairs of a
+  function of that pair's margin, plus an SFT term in the winner's error: the loss coefficient `dloss/dE` of a loser
+  row depends only on its own error and its clip's winner error, and a winner's on its clip's errors. So a no-grad
+  pass over the B winners comes first (K+1 rows cost one extra winner pass, not K+1 extra passes), then each loser
+  chunk runs forward and backpropagates `coef * E` at once, and the winners run last, when all their coefficients
+  are known.
+- keep_graph: every chunk's forward keeps its graph and one backward follows. No extra pass, but all B*(K+1) rows
+  are alive until that backward: with gradient checkpointing their checkpoints (the inputs of every block, of every
+  row), without it every activation of every row.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ def draw_noise(spec: ModelSpec, winners: torch.Tensor, t_min: float, t_max: floa
 
 
 def _slices(n: int, size: int | None) -> list[slice]:
+    if n == 0:
+        return []
     size = n if not size or size >= n else size
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -109,8 +117,8 @@ def preference_step(policy: Callable[..., torch.Tensor], reference: Reference | 
     """Forward, loss and backward of one micro-batch; returns the metrics.
 
     policy(latents, noise, timesteps, cond) -> E [n] with gradients (an `ErrorModel`, possibly DDP-wrapped).
-    keep_graph: chunk by keeping every chunk's graph (use with gradient checkpointing) instead of two passes.
-    backward: e.g. `accelerator.backward`. no_sync: suppresses gradient all-reduce for all but the last chunk.
+    keep_graph: chunk by keeping every chunk's graph until one backward, instead of streaming the chunks.
+    backward: e.g. `accelerator.backward`. no_sync: suppresses gradient all-reduce for all but the last backward.
     """
     slices = _slices(len(inputs), chunk_size)
     err_ref = None
@@ -121,12 +129,36 @@ def preference_step(policy: Callable[..., torch.Tensor], reference: Reference | 
         loss, metrics = objective(kind, err, err_ref, inputs.batch_size, beta=beta, sft_weight=sft_weight)
         backward(loss)
         return metrics
-    with torch.no_grad():
-        err = torch.cat([policy(*inputs.take(sl)) for sl in slices])
-    leaf = err.detach().requires_grad_(True)
-    loss, metrics = objective(kind, leaf, err_ref, inputs.batch_size, beta=beta, sft_weight=sft_weight)
-    (coef,) = torch.autograd.grad(loss, leaf)
-    for i, sl in enumerate(slices):
-        with no_sync() if i < len(slices) - 1 else contextlib.nullcontext():
-            backward((coef[sl].detach() * policy(*inputs.take(sl))).sum())
-    return metrics
+    return _streamed(policy, inputs, err_ref, chunk_size, kind=kind, beta=beta, sft_weight=sft_weight,
+                     backward=backward, no_sync=no_sync)
+
+
+def _streamed(policy, inputs: StepInputs, err_ref: torch.Tensor | None, chunk_size: int, *, kind: str, beta: float,
+              sft_weight: float, backward, no_sync) -> dict[str, float]:
+    """The streamed chunk order of the module docstring: winners without gradients, then every loser chunk forward
+    and backward, then the winners forward and backward."""
+    b, n = inputs.batch_size, len(inputs)
+    winner_slices = _slices(b, chunk_size)
+    loser_slices = [slice(sl.start + b, sl.stop + b) for sl in _slices(n - b, chunk_size)]
+    # errors known so far; rows not yet computed hold placeholders their coefficients never depend on
+    device = inputs.winners.device
+    known = torch.zeros(n, dtype=torch.float32, device=device) if err_ref is None else err_ref.detach().float().clone()
+    if loser_slices:
+        with torch.no_grad():
+            for sl in winner_slices:
+                known[sl] = policy(*inputs.take(sl)).float()
+
+    def coefficients(sl: slice) -> torch.Tensor:
+        leaf = known.detach().requires_grad_(True)
+        loss, _ = objective(kind, leaf, err_ref, b, beta=beta, sft_weight=sft_weight)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        return grad[sl]
+
+    order = loser_slices + winner_slices
+    for i, sl in enumerate(order):
+        with no_sync() if i < len(order) - 1 else contextlib.nullcontext():
+            err = policy(*inputs.take(sl))
+            known[sl] = err.detach().float()
+            backward((coefficients(sl).to(err.dtype) * err).sum())
+            del err
+    return objective(kind, known, err_ref, b, beta=beta, sft_weight=sft_weight)[1]

@@ -27,9 +27,12 @@ def spec_class(path: Path) -> type[ModelSpec]:
 
 
 def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32, task: str | None = None) -> ModelSpec:
+              dtype: torch.dtype = torch.float32, task: str | None = None, *, offload_encoders: bool = True,
+              group_offload: bool = False) -> ModelSpec:
     """Load the model spec for a local diffusers folder; None loads the built-in tiny model. `task` ("t2v", "i2v")
-    chooses for a model that runs both (Wan2.2-TI2V-5B); default: its pipeline's."""
+    chooses for a model that runs both (Wan2.2-TI2V-5B); default: its pipeline's. On an accelerator,
+    `offload_encoders` keeps the text/image encoders and the VAE in CPU memory until they run and `group_offload`
+    streams the transformer block by block (for generation on small cards); see `realdpo.models.placement`."""
     if path is None:
         from realdpo.models.tiny import builtin_model_path
 
@@ -37,4 +40,5 @@ def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu"
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"model folder not found: {path}")
-    return spec_class(path).from_pretrained(path, device=device, dtype=dtype, task=task)
+    return spec_class(path).from_pretrained(path, device=device, dtype=dtype, task=task,
+                                             offload_encoders=offload_encoders, group_offload=group_offload)

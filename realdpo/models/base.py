@@ -94,8 +94,14 @@ class ModelSpec(ABC):
 
     @classmethod
     @abstractmethod
-    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "ModelSpec":
-        """Load components from a local diffusers folder (raise UserError naming any missing component)."""
+    def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                        task: str | None = None, *, offload_encoders: bool = True,
+                        group_offload: bool = False) -> "ModelSpec":
+        """Load components from a local diffusers folder (raise UserError naming any missing component); `task`
+        chooses for a model that runs several (default: its pipeline's).
+        On an accelerator the transformer goes there and, with `offload_encoders`, the text/image encoders and the
+        VAE stay in CPU memory until they run; `group_offload` keeps the transformer there too, block by block
+        (`realdpo.models.placement`)."""
 
     @abstractmethod
     def fingerprint(self) -> str:

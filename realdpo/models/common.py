@@ -138,6 +138,7 @@ class DiffusersSpec(ModelSpec):
     pipeline_classes: ClassVar[dict[str, str]]  # task -> diffusers pipeline class name
     multistep_scheduler: ClassVar[str]  # the family's multistep solver (diffusers class), for sampler="multistep"
     max_sequence_length: int
+    encoders = None  # realdpo.models.placement.EncoderGroup: components kept off the accelerator until they run
 
     def __init__(self, path: Path, task: str, pipe, device: torch.device, dtype: torch.dtype):
         self.path, self.task, self.device, self.dtype = Path(path), task, torch.device(device), dtype
@@ -201,8 +202,10 @@ class DiffusersSpec(ModelSpec):
 
     @classmethod
     def from_pretrained(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                        task: str | None = None):
+                        task: str | None = None, *, offload_encoders: bool = True, group_offload: bool = False):
         import diffusers
+
+        from realdpo.models.placement import place_pipeline
 
         path = Path(path)
         name = cls.pipeline_class_name(path)
@@ -226,8 +229,10 @@ class DiffusersSpec(ModelSpec):
             raise
         except Exception as e:  # a damaged or hostile component file: any of the loaders' error types
             raise UserError(f"cannot load the model in {path}: {type(e).__name__}: {one_line(e, 240)}") from None
-        pipe.to(device)
-        return cls(path, task, pipe, torch.device(device), dtype)
+        encoders = place_pipeline(pipe, device, offload_encoders=offload_encoders, group_offload=group_offload)
+        spec = cls(path, task, pipe, torch.device(device), dtype)
+        spec.encoders = encoders  # the on-demand components (None: all on `device`)
+        return spec
 
     def fingerprint(self) -> str:
         """Over the folder's components; a model that runs several tasks (Wan2.2-TI2V-5B) adds the task, and

@@ -2,7 +2,8 @@
 
 A checkpoint holds accelerate's state (optimizer, LR scheduler, every process's RNG; accelerate reads them with
 `torch.load(weights_only=True)`) plus our own files: `trainable.safetensors` (the trained parameters: the LoRA
-adapter, or the whole transformer with --no-lora), `reference.safetensors` (the EMA reference, when there is one),
+adapter, or the whole transformer with --no-lora; under FSDP accelerate's sharded model files hold them
+instead), `reference.safetensors` (the EMA reference, when there is one),
 `state.json` (optimizer step, data position, round) and `train_config.json` (the options of the run that wrote
 it). It is written under a temporary name and renamed into place, so `latest_checkpoint` never sees a torn one; a
 checkpoint damaged later is passed over by `restore_latest`, which falls back to the one before.
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from realaction.errors import UserError, one_line
+from realdpo.runtime import copy_into, full_tensor, is_sharded
 
 STATE_FILE = "state.json"
 CONFIG_FILE = "train_config.json"  # in OUT (rewritten by every run) and in each checkpoint (the run that wrote it)
@@ -45,8 +47,15 @@ def latest_checkpoint(out: Path) -> Path | None:
     return dirs[-1][1] if dirs else None
 
 
-def _tensors(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in named.items()}
+def _tensors(named: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
+    """CPU copies of whole tensors; FSDP shards are gathered one at a time (every process must call this for
+    them) and kept only where `keep`."""
+    out = {}
+    for k, v in named.items():
+        whole = full_tensor(v)
+        if keep:
+            out[k] = whole.detach().to("cpu").contiguous().clone()
+    return out
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -71,10 +80,12 @@ def save_checkpoint(accelerator, out: Path, step: int, *, trainable: dict[str, t
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # each process adds its RNG state; optimizer and scheduler from the main one
-    if accelerator.is_main_process:
-        save_file(_tensors(trainable), str(tmp / "trainable.safetensors"))
-        if reference:
-            save_file(_tensors(reference), str(tmp / "reference.safetensors"))
+    main = accelerator.is_main_process
+    whole = {name: _tensors(named, keep=main) for name, named in (("trainable", trainable), ("reference", reference))
+             if named and (main or is_sharded(named))}  # shards: every process joins the gathering
+    if main:
+        for name, tensors in whole.items():
+            save_file(tensors, str(tmp / f"{name}.safetensors"))
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
         if config is not None:
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
@@ -124,7 +135,7 @@ def load_checkpoint(accelerator, path: Path, *, trainable: dict[str, torch.nn.Pa
         raise CorruptCheckpoint(f"{STATE_FILE}: {one_line(e, 160)}") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise CorruptCheckpoint(f"{STATE_FILE} holds no step")
-    saved = _read_tensors(path / "trainable.safetensors")
+    saved = _read_tensors(path / "trainable.safetensors") if trainable else {}
     _check_shapes(path, saved, trainable)
     ref_file = path / "reference.safetensors"
     try:
@@ -138,7 +149,7 @@ def load_checkpoint(accelerator, path: Path, *, trainable: dict[str, torch.nn.Pa
         raise CorruptCheckpoint(f"accelerate state: {one_line(e, 160)}") from None
     with torch.no_grad():
         for k, p in trainable.items():
-            p.copy_(saved[k])
+            copy_into(p, saved[k])
     return state
 
 

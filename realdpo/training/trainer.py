@@ -24,7 +24,9 @@ from realdpo.configs.train import TrainConfig
 
 # options that may change between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = {"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "validate_every",
-                     "validation_prompt", "validation_steps", "shards", "cache_dir", "out", "allow_blank_captions"}
+                     "validation_prompt", "validation_steps", "shards", "cache_dir", "out", "allow_blank_captions",
+                     # where memory goes, not what is computed
+                     "chunk_size", "keep_graph", "gradient_checkpointing", "offload_encoders"}
 
 
 @dataclass
@@ -109,13 +111,14 @@ class Trainer:
     # ---- setup: processes, the model, the caches ------------------------------------------------------------
     def setup(self) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 
         from realdpo.configs.common import torch_dtype
         from realdpo.data.cache import LatentCache
         from realdpo.data.clips import expand_shards
         from realdpo.data.stream import ShardSamples
         from realdpo.models import load_spec
+        from realdpo.models.placement import is_real_model
         from realdpo.runtime import cpu_only_distributed
 
         cfg, out = self.cfg, self.out
@@ -128,15 +131,24 @@ class Trainer:
             step_scheduler_with_optimizer=False)
         acc = self.accelerator
         self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.fsdp = acc.distributed_type == DistributedType.FSDP
         set_seed(cfg.seed)  # the same LoRA initialisation on every process
 
         weight_dtype = torch_dtype(cfg.mixed_precision) if cfg.lora else torch.float32
-        spec = self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype, task=cfg.task)
+        spec = self.spec = load_spec(cfg.model, device=acc.device, dtype=weight_dtype, task=cfg.task,
+                                     offload_encoders=cfg.offload_encoders)
         spec.image_noise = cfg.first_frame_noise
+        if is_real_model(spec.transformer):  # defaults that only pay off at real sizes (README "Memory")
+            cfg.gradient_checkpointing = True if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+            cfg.chunk_size = cfg.chunk_size or 1
+        cfg.gradient_checkpointing = bool(cfg.gradient_checkpointing)
         self.frames, self.height, self.width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
         self.defaults = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt)  # the model's where not given
         spec.set_experts(cfg.train_experts, cfg.expert_ranges(), default="both" if cfg.loss == "sft" else "low",
                          t_range=(cfg.t_min, cfg.t_max))
+        if self.fsdp and spec.expert_names:
+            raise UserError("FSDP training of a two-expert model (Wan2.2 A14B) is not supported: launch it without "
+                            "the FSDP config (data-parallel LoRA)")
         if len(spec.trained_experts) > 1:  # a micro-batch whose timesteps all fall to one expert leaves the other idle
             from accelerate.utils import DistributedDataParallelKwargs
 
@@ -162,9 +174,14 @@ class Trainer:
         from realdpo.configs.common import torch_dtype
         from realdpo.method.reference import make_reference
         from realdpo.method.step import ErrorModel
+        from realdpo.training.optim import make_optimizer
 
         cfg, acc = self.cfg, self.accelerator
         transformer = self.transformer = self.spec.transformer
+        if cfg.fp8_base:
+            from realdpo.models.placement import enable_fp8_storage
+
+            enable_fp8_storage(transformer, torch_dtype(cfg.mixed_precision))
         if cfg.lora:
             from peft import LoraConfig
 
@@ -183,11 +200,26 @@ class Trainer:
             transformer, ref=cfg.ref, lora=cfg.lora, ema_rate=cfg.ema_rate, ema_every=cfg.ema_every,
             autocast_dtype=torch_dtype(cfg.mixed_precision), ema_rank=cfg.ema_rank)
 
-        optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(cfg.optimizer, self.trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
         lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
-        self.policy, self.optimizer, self.lr_scheduler = acc.prepare(ErrorModel(self.spec, transformer), optimizer,
-                                                                     lr_scheduler)
+        if self.fsdp:
+            # FSDP shards the transformer itself (its blocks, then the rest), so that it is the root module whether
+            # the step, the negatives or validation call it; the parameters are now shards (DTensors): take them
+            # again, and shard a frozen reference copy the same way
+            from realdpo.method.reference import FrozenCopyReference
+            from realdpo.runtime import shard_like
+
+            transformer, self.optimizer, self.lr_scheduler = acc.prepare(transformer, optimizer, lr_scheduler)
+            self.policy, self.synced = ErrorModel(self.spec, transformer), transformer
+            self.trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
+            if isinstance(self.reference, FrozenCopyReference):
+                units = list(getattr(transformer, "_no_split_modules", None) or [])
+                self.reference.rebind(shard_like(self.reference.model, transformer, units), transformer)
+        else:
+            self.policy, self.optimizer, self.lr_scheduler = acc.prepare(ErrorModel(self.spec, transformer), optimizer,
+                                                                         lr_scheduler)
+            self.synced = self.policy  # what accelerate wrapped: gradient sync is switched off on it
         # accelerate's own model files would hold the whole transformer: the checkpoint keeps only `trainable`
         acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
         acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
@@ -201,7 +233,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         self.data_log = self.out / "logs" / f"data-rank{self.rank}.jsonl"
         if self.resume_from is not None:  # the newest readable checkpoint (a damaged one is passed over)
-            self.resume_from, self.state = restore_latest(acc, self.out, trainable=self.trainable,
+            self.resume_from, self.state = restore_latest(acc, self.out, trainable=self.own_weights(),
                                                           reference=self.reference or Reference(), warn=self.main)
             done = int(self.state["step"])
             if done > cfg.steps:
@@ -316,11 +348,11 @@ class Trainer:
             inputs = build_inputs(batch.winners, None if cfg.loss == "sft" else batch.losers, batch.cond, noise,
                                   timesteps)
             sync = micro == cfg.grad_accum - 1
-            with (contextlib.nullcontext() if sync else acc.no_sync(policy)), acc.autocast():
+            with (contextlib.nullcontext() if sync else acc.no_sync(self.synced)), acc.autocast():
                 micro_rows.append(preference_step(
                     policy, self.reference, self.spec, inputs, kind=cfg.loss, beta=cfg.beta,
-                    sft_weight=cfg.sft_weight, chunk_size=cfg.chunk_size, keep_graph=cfg.gradient_checkpointing,
-                    backward=acc.backward, no_sync=lambda: acc.no_sync(policy)))
+                    sft_weight=cfg.sft_weight, chunk_size=cfg.chunk_size, keep_graph=cfg.keep_graph,
+                    backward=acc.backward, no_sync=lambda: acc.no_sync(self.synced)))
         params = list(self.trainable.values())
         if cfg.max_grad_norm > 0:
             grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -358,11 +390,15 @@ class Trainer:
                 info += f"  acc {row['accuracy']:.2f}  margin {row['reward_margin']:+.3g}"
             bar.update(task, completed=row["step"], info=info)
 
+    def own_weights(self) -> dict[str, torch.Tensor]:
+        """The trained weights the checkpoint stores itself: under FSDP accelerate's sharded model files hold them."""
+        return {} if self.fsdp else self.trainable
+
     def checkpoint(self, step: int) -> Path:
         from realdpo.training.checkpoint import save_checkpoint
 
         cfg = self.cfg
-        return save_checkpoint(self.accelerator, self.out, step, trainable=self.trainable,
+        return save_checkpoint(self.accelerator, self.out, step, trainable=self.own_weights(),
                                reference=self.reference.state_dict() if self.reference is not None else {},
                                state={"batch": self.state["batch"],
                                       "round": _round_of(max(step - 1, 0), cfg.steps, cfg.rounds)},
@@ -430,13 +466,16 @@ class Trainer:
         if last_ckpt is None or last_ckpt.name != f"step-{step}":
             last_ckpt = self.checkpoint(step)
         lora_dir = transformer_dir = plot = None
+        full = None  # under FSDP every process joins in gathering the whole transformer
+        if self.fsdp and not cfg.lora:
+            full = self.accelerator.get_state_dict(self.synced)
         first_row: dict[str, Any] = {}
         last_row = self.last_row
         if self.main:
             if cfg.lora:
                 lora_dir = save_lora(self.spec, self.transformer, out / "lora")
             else:
-                transformer_dir = _atomic_dir(out / "transformer", lambda d: save_trained(self.spec, self.transformer, d))
+                transformer_dir = _atomic_dir(out / "transformer", lambda d: save_trained(self.spec, self.transformer, d, full))
             plot = plot_metrics(self.metrics_path, out / "training.png")
             rows = read_jsonl(self.metrics_path)  # a resumed run's rows too
             if rows:
@@ -456,7 +495,21 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 @torch.no_grad()
 def _checksum(params: dict[str, torch.Tensor]) -> float:
-    return float(sum(p.double().abs().sum().item() + p.double().sum().item() for p in params.values()))
+    from realdpo.runtime import full_tensor
+
+    return float(sum(full_tensor(p).double().abs().sum().item() + full_tensor(p).double().sum().item()
+                     for p in params.values()))
+
+
+def save_transformer(transformer: torch.nn.Module, out: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """`save_pretrained`, or the config and a gathered state dict (FSDP) in the same layout."""
+    if state is None:
+        transformer.save_pretrained(out)
+        return
+    from safetensors.torch import save_file
+
+    transformer.save_config(out)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(Path(out) / "diffusion_pytorch_model.safetensors"))
 
 
 def _atomic_dir(final: Path, write) -> Path:
@@ -471,9 +524,12 @@ def _atomic_dir(final: Path, write) -> Path:
     return final
 
 
-def save_trained(spec, transformer: torch.nn.Module, folder: Path) -> None:
+def save_trained(spec, transformer: torch.nn.Module, folder: Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """Fully fine-tuned weights with save_pretrained: into `folder`, or for a two-expert model one subfolder per
-    trained expert, named by its pipeline component."""
+    trained expert, named by its pipeline component. `state`: the whole transformer's gathered state dict (FSDP)."""
+    if state is not None:
+        save_transformer(transformer, folder, state)
+        return
     for name, module in spec.trained_modules(transformer).items():
         module.save_pretrained(folder / name if spec.expert_names else folder)
 
