@@ -46,34 +46,22 @@ sys.path.insert(0, str(ROOT / "bench"))
 import dpo_step  # noqa: E402  (bench/dpo_step.py: the official loop, LoRA, batches)
 
 from realdpo.memory import TensorTracker, peak_allocated, resident_bytes  # noqa: E402
+from realdpo.models.configs import get_config  # noqa: E402
 
 GiB = 2**30
 
-# True configurations (diffusers config.json of each checkpoint; transformers' T5/UMT5 encoder configs).
-# TODO(merge): replace with the package's configs from issue 7 when they land.
+# The text encoders' true configurations (transformers' T5/UMT5 XXL); the transformers' and VAEs' come from the
+# package (realdpo.models.configs, the configs the tests build).
 T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
               relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
               dropout_rate=0.0, is_encoder_decoder=False, use_cache=False)
 UMT5_XXL = dict(T5_XXL, vocab_size=256384)
-COGVIDEOX_5B_I2V = dict(num_attention_heads=48, attention_head_dim=64, in_channels=32, out_channels=16,
-                        flip_sin_to_cos=True, freq_shift=0, time_embed_dim=512, text_embed_dim=4096, num_layers=42,
-                        dropout=0.0, attention_bias=True, sample_width=90, sample_height=60, sample_frames=49,
-                        patch_size=2, temporal_compression_ratio=4, max_text_seq_length=226,
-                        activation_fn="gelu-approximate", timestep_activation_fn="silu", norm_elementwise_affine=True,
-                        norm_eps=1e-5, spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0,
-                        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True)
-COGVIDEOX_VAE = dict(in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 512), latent_channels=16,
-                     layers_per_block=3, norm_num_groups=32, temporal_compression_ratio=4, sample_height=480,
-                     sample_width=720, scaling_factor=0.7)
-WAN_14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-               text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-               qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)
-WAN22_I2V_A14B_EXPERT = dict(WAN_14B, in_channels=36)
-WAN22_TI2V_5B = dict(WAN_14B, num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48)
-WAN21_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
-WAN22_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                 temperal_downsample=[False, True, True], in_channels=12, out_channels=12, patch_size=2,
-                 scale_factor_spatial=16, scale_factor_temporal=4, is_residual=True)
+_COG5_I2V, _TI2V, _WAN14, _A14B_I2V = (get_config(n) for n in ("CogVideoX-5b-I2V", "Wan2.2-TI2V-5B", "Wan2.1-T2V-14B",
+                                                                "Wan2.2-I2V-A14B"))
+COGVIDEOX_5B_I2V, COGVIDEOX_VAE = _COG5_I2V.transformer, _COG5_I2V.vae
+WAN22_TI2V_5B, WAN22_VAE = _TI2V.transformer, _TI2V.vae
+WAN_14B, WAN21_VAE = _WAN14.transformer, _WAN14.vae
+WAN22_I2V_A14B_EXPERT = _A14B_I2V.transformer
 
 # name -> family, task, (frames, height, width), transformer config, text encoder, VAE (class, config, dtype),
 # latent (channels, temporal and spatial compression), text tokens, goal (GB)
@@ -82,7 +70,7 @@ MODELS = {
                              text_encoder=("T5EncoderModel", T5_XXL), vae=("AutoencoderKLCogVideoX", COGVIDEOX_VAE,
                                                                            torch.bfloat16),
                              latent=(16, 4, 8), text=226, goal=24),
-    "Wan2.2-TI2V-5B": dict(family="wan", task="t2v", size=(121, 704, 1280), transformer=WAN22_TI2V_5B,
+    "Wan2.2-TI2V-5B": dict(family="wan", task="t2v", expand_timesteps=True, size=(121, 704, 1280), transformer=WAN22_TI2V_5B,
                            text_encoder=("UMT5EncoderModel", UMT5_XXL), vae=("AutoencoderKLWan", WAN22_VAE,
                                                                              torch.float32),
                            latent=(48, 4, 16), text=512, goal=None),
@@ -207,6 +195,8 @@ def make_spec(m: dict, transformer, device, dtype):
     else:
         spec = WanSpec.__new__(WanSpec)
         spec.num_train_timesteps, spec.shift = 1000, 5.0
+        spec.expand_timesteps = bool(m.get("expand_timesteps"))  # TI2V-5B: one timestep per token
+        spec.boundary_ratio, spec._draw_ranges = None, None  # one expert
     spec.transformer, spec.task, spec.device, spec.dtype = transformer, m["task"], torch.device(device), dtype
     return spec
 
