@@ -123,7 +123,7 @@ def dpo_step_times(size: str, k: int, repeat: int) -> dict[str, tuple[float, flo
     bench/dpo_step.py builds them, alternated, the median of `repeat` steps after one warm-up each."""
     import dpo_step
 
-    args = argparse.Namespace(size=size, rank=16, batch=1, k=k, beta=5000.0, chunk_size=1,
+    args = argparse.Namespace(size=size, rank=16, batch=1, k=k, beta=5000.0, chunk_size=1, keep_graph=False,
                               gradient_checkpointing=True, repeat=repeat)
     runners = {side: dpo_step.make(side, args, torch.device("cpu"), torch.float32) for side in ("realdpo", "official")}
     times = {side: [] for side in runners}
