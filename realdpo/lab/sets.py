@@ -1,0 +1,61 @@
+"""The lab's clip sets, each a deterministic function of (set name, seed, index):
+
+- `web`: the pretraining mix. A clip is unreal with probability `WEB_UNREAL_FRACTION`; an unreal clip's kind is
+  drawn uniformly from `UNREAL_KINDS` (so each kind is WEB_UNREAL_FRACTION / 6 of the mix).
+- `real`: physical clips only, the post-training footage (written to disk and curated like any footage).
+- `heldout`: physical clips whose first frames and captions are the experiment's and the demo's prompts.
+
+`write_set` writes mp4 files with a caption sidecar (`<name>.txt`, what `realdpo curate`'s sidecar captioner reads)
+and a `world.jsonl` of ground truth beside them (never read by training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from realaction.video_io import encode_mp4
+from realdpo.lab.world import FPS, UNREAL_KINDS, Clip, derive_seed, render_clip
+
+WEB_UNREAL_FRACTION = 0.4
+SETS = ("web", "real", "heldout")
+
+
+def web_kind(seed: int, index: int) -> str:
+    rng = np.random.default_rng(derive_seed("web-kind", seed, index))
+    return str(rng.choice(UNREAL_KINDS)) if rng.random() < WEB_UNREAL_FRACTION else "physical"
+
+
+def set_clip(name: str, index: int, seed: int = 0) -> Clip:
+    """Clip `index` of set `name` ("web", "real" or "heldout") drawn with `seed`."""
+    if name not in SETS:
+        raise ValueError(f"unknown lab set {name!r}; choose one of {', '.join(SETS)}")
+    kind = web_kind(seed, index) if name == "web" else "physical"
+    return render_clip(derive_seed("lab", name, seed, index), kind)
+
+
+def write_set(out: Path, name: str, count: int, seed: int = 0, crf: int = 12) -> list[Path]:
+    """Write clips 0..count-1 of set `name` as OUT/<name>-<index:05d>.mp4 (+ .txt caption) and OUT/world.jsonl.
+    Each file is written under a temporary name and renamed, so a killed run never leaves a torn clip."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths, rows = [], []
+    for i in range(count):
+        clip = set_clip(name, i, seed)
+        path = out / f"{name}-{i:05d}.mp4"
+        for target, data in ((path.with_suffix(".txt"), (clip.caption + "\n").encode()),
+                             (path, encode_mp4(clip.frames, FPS, crf=crf))):
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        paths.append(path)
+        rows.append({"file": path.name, "set": name, "seed": seed, "index": i, "kind": clip.kind,
+                     "gravity": clip.gravity, "caption": clip.caption, "event_frame": clip.event_frame,
+                     "centers": clip.centers.round(4).tolist(), "radii": clip.radii.round(4).tolist()})
+    tmp = out / ".world.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, out / "world.jsonl")
+    return paths
