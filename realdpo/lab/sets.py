@@ -59,3 +59,16 @@ def write_set(out: Path, name: str, count: int, seed: int = 0, crf: int = 12) ->
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, out / "world.jsonl")
     return paths
+
+
+def render(cfg) -> list[Path]:
+    """`realdpo lab render`: write a set and say where the lab model is (for `--model`)."""
+    from rich.console import Console
+
+    from realdpo.lab.model import MODEL_DIR
+
+    cfg.validate()
+    paths = write_set(cfg.out, cfg.set, cfg.count, cfg.seed)
+    Console(stderr=True).print(f"wrote {len(paths)} {cfg.set} clips (mp4 + .txt captions) and world.jsonl to "
+                               f"{cfg.out}; the lab model (for --model) is {MODEL_DIR}", markup=False)
+    return paths

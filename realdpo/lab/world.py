@@ -136,8 +136,7 @@ class Clip:
 
 def _direction(vx: float, vy: float) -> str:
     ang = np.degrees(np.arctan2(-vy, vx)) % 360  # 0 = right, 90 = up
-    names = ("to the right", "up and to the right", "up", "up and to the left", "to the left",
-             "down and to the left", "down", "down and to the right")
+    names = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
     return names[int(((ang + 22.5) % 360) // 45)]
 
 
@@ -146,17 +145,18 @@ def _size_word(r: float) -> str:
 
 
 def _phrase(ball: Ball, path: np.ndarray, gravity: bool) -> str:
+    """e.g. "a small red ball moves up-left and bounces", "a blue ball is thrown up-right", "a big white ball falls left"."""
     lo, hi = ball.radius, SIZE - ball.radius
-    touched = np.isclose(path, lo, atol=1e-6) | np.isclose(path, hi, atol=1e-6)
+    bounced = (np.isclose(path, lo, atol=1e-6) | np.isclose(path, hi, atol=1e-6)).any()
     name = f"a {_size_word(ball.radius)}{ball.color} ball"
     vx, vy = ball.v0
-    side = "right" if vx > 0 else "left"
     if not gravity:
         text = f"{name} moves {_direction(vx, vy)}"
-        return text + (" and bounces off a wall" if touched.any() else "")
-    floor = np.isclose(path[:, 1], hi, atol=1e-6).any()
-    text = f"{name} is thrown up to the {side}" if vy < -1.0 else f"{name} falls to the {side}"
-    return text + (" and bounces" if floor or touched[:, 0].any() else "")
+    elif vy < -1.0:
+        text = f"{name} is thrown up-{'right' if vx > 0 else 'left'}"
+    else:
+        text = f"{name} falls {'right' if vx > 0 else 'left'}"
+    return text + (" and bounces" if bounced else "")
 
 
 def _draw(frames: np.ndarray, centers: np.ndarray, radii: np.ndarray, colors, visible: np.ndarray) -> None:
