@@ -16,8 +16,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from realaction.video_io import decode_frames, encode_mp4  # noqa: E402

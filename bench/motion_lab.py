@@ -37,9 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from realdpo.configs.train import TrainConfig  # noqa: E402
-from realdpo.lab.experiment import (curated_real_set, generate_videos, heldout_prompts, score_videos,  # noqa: E402
-                                    write_strip_png)
+from realdpo.evaluation.lab import generate_videos, heldout_prompts, score_videos, write_strip_png  # noqa: E402
 from realdpo.lab.model import SAMPLE_GUIDANCE, SAMPLE_STEPS, lab_model_path  # noqa: E402
+from realdpo.lab.sets import curated_real_set  # noqa: E402
 
 ARMS = {
     "sft": {"loss": "sft"},
@@ -82,9 +82,9 @@ def evaluate(spec, prompts, batch: int = 16) -> tuple[dict, np.ndarray]:
 
 def run_arm(name: str, overrides: dict, seed: int, shards: list[str], prompts, out: Path, steps: int) -> dict:
     """Train one arm at one seed (or reuse a finished run) and score it on the held-out prompts."""
+    from realdpo.generation.sampling import load_lora
     from realdpo.models import load_spec
-    from realdpo.sampling import load_lora
-    from realdpo.trainer import train
+    from realdpo.training.trainer import train
 
     run = out / "runs" / f"{name}-s{seed}"
     done = run / "heldout.json"

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from realdpo.lab.sets import WEB_UNREAL_FRACTION, set_clip, web_kind, write_set
-from realdpo.lab.world import (FRAMES, GRAVITY, KINDS, PALETTE, SIZE, UNREAL_KINDS, render_clip, simulate,
-                               simulate_axis)
+from realdpo.lab.world import FRAMES, GRAVITY, KINDS, PALETTE, SIZE, UNREAL_KINDS, render_clip, simulate, simulate_axis
 
 
 def test_render_is_a_pure_function_of_the_seed():

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.options import field
 from realaction.errors import UserError
+from realaction.fields import field
 
 LAB_SETS = ("web", "real", "heldout")
 

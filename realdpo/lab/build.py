@@ -31,20 +31,28 @@ from realaction.errors import UserError
 from realdpo.configs.lab import LabBuildConfig
 from realdpo.lab.sets import set_clip
 from realdpo.lab.world import FRAMES, derive_seed
+from realdpo.models.frames import to_tensor
 
 CHECKPOINT_EVERY = 250
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
 
 
-def _video_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [..., F, H, W, 3] -> float [..., F, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).float().div(127.5).sub(1.0)
+def _videos(clips) -> torch.Tensor:
+    """uint8 clips [F, H, W, 3] each -> float [B, F, 3, H, W] in [-1, 1]."""
+    return torch.stack([to_tensor(c) for c in clips])
 
 
 def _save_atomic(save, target: Path) -> None:
@@ -96,7 +104,7 @@ def _vae_batch(cfg: LabBuildConfig, step: int, rng: np.random.Generator, crop: i
             frames, ball = frames[:, y0:y0 + crop, x0:x0 + crop], ball[:, y0:y0 + crop, x0:x0 + crop]
         clips.append(frames)
         weights.append(1.0 + cfg.vae_ball_weight * ball)
-    x = _video_tensor(np.stack(clips)).permute(0, 2, 1, 3, 4)
+    x = _videos(clips).permute(0, 2, 1, 3, 4)
     return x, torch.from_numpy(np.stack(weights)).float()[:, None]
 
 
@@ -133,8 +141,8 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
             bar.update(task, advance=1, info=f"{'full' if full else 'crop'} mse {np.mean(losses[-20:]):.5f}")
     vae.eval()
     with torch.no_grad():  # unit-scale latents: scaling_factor = 1 / std over 64 clips
-        x = _video_tensor(np.stack([set_clip("web", i, derive_seed("lab-build-vae-scale", cfg.seed)).frames
-                                    for i in range(64)])).permute(0, 2, 1, 3, 4)
+        x = _videos([set_clip("web", i, derive_seed("lab-build-vae-scale", cfg.seed)).frames
+                     for i in range(64)]).permute(0, 2, 1, 3, 4)
         z = torch.cat([vae.encode(x[i:i + 8]).latent_dist.mode() for i in range(0, 64, 8)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     _save_atomic(lambda tmp: vae.save_pretrained(tmp, safe_serialization=True), folder)
@@ -151,7 +159,7 @@ def vae_tracking_error(vae, seed: int, n: int = 32) -> dict:
     dists, physical = [], []
     for i in range(n):
         clip = set_clip("real", i, derive_seed("lab-build-vae-check", seed))
-        x = _video_tensor(clip.frames[None]).permute(0, 2, 1, 3, 4)
+        x = _videos([clip.frames]).permute(0, 2, 1, 3, 4)
         recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
         frames = ((recon[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
         physical.append(score_video(frames).physical)
@@ -172,7 +180,7 @@ def encode_data(cfg: LabBuildConfig, spec, path: Path) -> None:
         task = bar.add_task("encode", total=cfg.clips, info="web-mix clips")
         for start in range(0, cfg.clips, 16):
             clips = [set_clip("web", i, data_seed) for i in range(start, min(start + 16, cfg.clips))]
-            video = _video_tensor(np.stack([c.frames for c in clips]))
+            video = _videos([c.frames for c in clips])
             latents.append(spec.encode_videos(video))
             images.append(spec.encode_first_frames(video[:, 0], FRAMES)["image_latents"])
             captions += [c.caption for c in clips]

@@ -53,8 +53,12 @@ def lab_model_path() -> Path:
 def untrained_pipeline(seed: int = 0):
     """The lab pipeline with freshly initialised weights (what `realdpo lab build` starts from)."""
     import torch
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
-                           CogVideoXTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXTransformer3DModel,
+    )
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)

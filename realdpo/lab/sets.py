@@ -6,7 +6,8 @@
 - `heldout`: physical clips whose first frames and captions are the experiment's and the demo's prompts.
 
 `write_set` writes mp4 files with a caption sidecar (`<name>.txt`, what `realdpo curate`'s sidecar captioner reads)
-and a `world.jsonl` of ground truth beside them (never read by training).
+and a `world.jsonl` of ground truth beside them (never read by training); `curated_real_set` writes the real set
+and curates it with `realdpo curate`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from realaction.errors import UserError
 from realaction.video_io import encode_mp4
-from realdpo.lab.world import FPS, UNREAL_KINDS, Clip, derive_seed, render_clip
+from realdpo.lab.world import FPS, SIZE, UNREAL_KINDS, Clip, derive_seed, render_clip
 
 WEB_UNREAL_FRACTION = 0.4
 SETS = ("web", "real", "heldout")
@@ -59,6 +61,30 @@ def write_set(out: Path, name: str, count: int, seed: int = 0, crf: int = 12) ->
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, out / "world.jsonl")
     return paths
+
+
+def lab_curate_config(src: Path, out: Path):
+    """`realdpo curate` options for lab footage: the defaults, except that 64x64 clips are not 'low-resolution'."""
+    from realaction.config import CurateConfig
+
+    return CurateConfig(src=Path(src), out=Path(out), min_short_side=SIZE, max_side=SIZE, workers=1)
+
+
+def curated_real_set(folder: Path, count: int, seed: int = 0) -> list[str]:
+    """Write `count` clips of the real set to FOLDER/footage and curate them into FOLDER/curated (both skipped
+    when already there); returns the shard paths."""
+    from realaction.pipeline import curate
+
+    folder = Path(folder)
+    footage, curated = folder / "footage", folder / "curated"
+    if not (footage / "world.jsonl").is_file():
+        write_set(footage, "real", count, seed)
+    if not (curated / "summary.json").is_file():
+        curate(lab_curate_config(footage, curated))
+    shards = sorted(str(p) for p in (curated / "shards").glob("*.tar"))
+    if not shards:
+        raise UserError(f"curation kept no lab clips; see {curated / 'manifest.jsonl'}")
+    return shards
 
 
 def render(cfg) -> list[Path]:

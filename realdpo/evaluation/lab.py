@@ -1,5 +1,5 @@
-"""The pieces the motion-lab experiment (bench/motion_lab.py) and `realdpo demo` share: the curated real set, the
-held-out prompts, sampling a model on them at fixed seeds, and scoring the videos with the lab's metric."""
+"""Evaluating a model in the motion lab (bench/motion_lab.py and `realdpo demo`): the held-out prompts, sampling a
+model on them at fixed seeds, scoring the videos with the lab's metric, and the strip of frames."""
 
 from __future__ import annotations
 
@@ -10,36 +10,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from realaction.errors import UserError
-from realdpo.lab.sets import set_clip, write_set
+from realdpo.evaluation.motion import motion_scores
+from realdpo.evaluation.plots import write_strip
+from realdpo.evaluation.scoring import strip_of
+from realdpo.lab.sets import set_clip
 from realdpo.lab.tracker import CHECKS, score_video
 from realdpo.lab.world import FPS, FRAMES, SIZE
+from realdpo.models.frames import to_uint8
 
 HELDOUT_SEED_BASE = 1000  # sampler seed of held-out prompt i: HELDOUT_SEED_BASE + i
-
-
-def lab_curate_config(src: Path, out: Path):
-    """`realdpo curate` options for lab footage: the defaults, except that 64x64 clips are not 'low-resolution'."""
-    from realaction.config import CurateConfig
-
-    return CurateConfig(src=Path(src), out=Path(out), min_short_side=SIZE, max_side=SIZE, workers=1)
-
-
-def curated_real_set(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """Write `count` clips of the real set to FOLDER/footage and curate them into FOLDER/curated (both skipped
-    when already there); returns the shard paths."""
-    from realaction.pipeline import curate
-
-    folder = Path(folder)
-    footage, curated = folder / "footage", folder / "curated"
-    if not (footage / "world.jsonl").is_file():
-        write_set(footage, "real", count, seed)
-    if not (curated / "summary.json").is_file():
-        curate(lab_curate_config(footage, curated))
-    shards = sorted(str(p) for p in (curated / "shards").glob("*.tar"))
-    if not shards:
-        raise UserError(f"curation kept no lab clips; see {curated / 'manifest.jsonl'}")
-    return shards
 
 
 @dataclass
@@ -59,8 +38,6 @@ def heldout_prompts(count: int, seed: int = 0) -> Prompts:
 def generate_videos(spec, prompts: Prompts, *, steps: int, guidance: float, batch_size: int = 16,
                     progress: Callable[[int], None] | None = None) -> np.ndarray:
     """One video per prompt from `spec` (with whatever LoRA is loaded into it): uint8 [N, F, H, W, 3]."""
-    from realdpo.sampling import to_uint8
-
     out = []
     for i in range(0, len(prompts.captions), batch_size):
         caps = prompts.captions[i:i + batch_size]
@@ -77,8 +54,6 @@ def generate_videos(spec, prompts: Prompts, *, steps: int, guidance: float, batc
 def score_videos(videos: Sequence[np.ndarray]) -> dict:
     """The lab's metrics over videos (uint8 [F, H, W, 3] each): physical rate (%), mean residual (px, over the
     videos the tracker could follow), dynamic degree (%) and motion smoothness, and how often each check failed (%)."""
-    from realdpo.evaluation.motion import motion_scores
-
     scores = [score_video(v) for v in videos]
     motion = [motion_scores(v, FPS, FPS) for v in videos]
     resid = [s.residual for s in scores if s.residual is not None]
@@ -97,9 +72,6 @@ def score_videos(videos: Sequence[np.ndarray]) -> dict:
 
 def write_strip_png(rows: dict[str, np.ndarray], path: Path, frames: int = 9) -> Path:
     """One labelled row of `frames` evenly spaced frames per video (uint8 [F, H, W, 3]), e.g. base vs RealDPO."""
-    from realdpo.evaluation.plots import write_strip
-    from realdpo.evaluation.scoring import strip_of
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_strip([(name, strip_of(v, n=frames, height=96)) for name, v in rows.items()], path)
