@@ -64,10 +64,12 @@ def write_set(out: Path, name: str, count: int, seed: int = 0, crf: int = 12) ->
 
 
 def lab_curate_config(src: Path, out: Path):
-    """`realdpo curate` options for lab footage: the defaults, except that 64x64 clips are not 'low-resolution'."""
+    """`realdpo curate` options for lab footage: the defaults, except that 64x64 clips are not 'low-resolution' and
+    the text filter is off (the OCR detector reads 4-7 px balls upscaled to --text-side as text; the lab draws none)."""
     from realaction.config import CurateConfig
 
-    return CurateConfig(src=Path(src), out=Path(out), min_short_side=SIZE, max_side=SIZE, workers=1)
+    return CurateConfig(src=Path(src), out=Path(out), min_short_side=SIZE, max_side=SIZE, max_text_area=1.0,
+                        workers=1)
 
 
 def curated_real_set(folder: Path, count: int, seed: int = 0) -> list[str]:
