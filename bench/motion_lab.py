@@ -69,6 +69,12 @@ def _parse_extra(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _console():
     from rich.console import Console
 
@@ -90,17 +96,18 @@ def run_arm(name: str, overrides: dict, seed: int, shards: list[str], prompts, o
     done = run / "heldout.json"
     if done.is_file():
         return json.loads(done.read_text())
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cfg = TrainConfig(**{**COMMON, "steps": steps, **overrides}, shards=shards, out=run / "train",
                       model=lab_model_path(), seed=seed, cache_dir=out / "cache", resume=True)
     cfg.validate()
     train(cfg)
-    t_train = time.perf_counter() - t0
+    t_train, c_train = time.perf_counter() - t0, time.process_time() - c0
     spec = load_spec(lab_model_path())
     load_lora(spec, run / "train" / "lora")
     metrics, strip = evaluate(spec, prompts)
     metrics.update(arm=name, seed=seed, overrides=overrides, train_seconds=round(t_train, 1),
-                   eval_seconds=round(time.perf_counter() - t0 - t_train, 1))
+                   eval_seconds=round(time.perf_counter() - t0 - t_train, 1), train_cpu_seconds=round(c_train, 1),
+                   eval_cpu_seconds=round(time.process_time() - c0 - c_train, 1))
     np.save(run / "strip.npy", strip)
     tmp = run / ".heldout.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1))
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, help=f"optimizer steps per arm (default {COMMON['steps']}; --quick: 80)")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), help=f"arms to run (default {' '.join(ARMS)})")
     ap.add_argument("--extra", action="append", default=[], help="an extra arm NAME:option=value,... (ablations)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
     preset = QUICK if args.quick else FULL
     seeds = args.seeds or preset["seeds"]
@@ -178,9 +186,13 @@ def main(argv: list[str] | None = None) -> dict:
     arms.update(_parse_extra(e) for e in args.extra)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     console = _console()
     os.environ.setdefault("REALDPO_HOME", str(out / "home"))
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     timings = {}
 
     from realdpo.models import load_spec
@@ -217,16 +229,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = summarize(results)
     table = markdown_table(summary)
-    total = round(time.perf_counter() - started, 1)
+    total, total_cpu = round(time.perf_counter() - started, 1), round(time.process_time() - cpu_started, 1)
     (out / "table.md").write_text(table + "\n")
     bar_chart(summary, out / "physical_rate.png")
     write_strip_png(strips, out / "strip.png")
     report = {"protocol": {"common": {**COMMON, "steps": steps}, "arms": arms, "seeds": seeds, "prompts": n_prompts,
                            "real_clips": n_real, "sample_steps": SAMPLE_STEPS, "sample_guidance": SAMPLE_GUIDANCE},
-              "summary": summary, "runs": results, "timings_s": timings, "wall_seconds": total}
+              "summary": summary, "runs": results, "timings_s": timings, "wall_seconds": total,
+              "cpu_seconds": total_cpu, "torch_threads": torch_threads()}
     (out / "results.json").write_text(json.dumps(report, indent=1))
     console.print(table)
-    console.print(f"wall time {total:.0f} s; outputs in {out}")
+    console.print(f"wall time {total:.0f} s, CPU time {total_cpu:.0f} s ({torch_threads()} torch threads; a loaded "
+                  f"machine inflates the first, not the second); outputs in {out}")
 
     def rate(name):
         return f"{summary[name]['physical_rate'][0]:.1f}" if name in summary else "n/a"

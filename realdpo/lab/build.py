@@ -11,7 +11,7 @@
 
 Each stage leaves its result in OUT/.build (the VAE folder, the encoded data, transformer checkpoints every 250
 steps), so a killed build restarts where it stopped; the finished pipeline is written to a temporary folder and
-renamed to OUT. Stage wall times and final losses go to OUT/build_info.json.
+renamed to OUT. Stage wall and CPU times and final losses go to OUT/build_info.json.
 """
 
 from __future__ import annotations
@@ -300,13 +300,18 @@ def build(cfg: LabBuildConfig) -> Path:
     info["config"] = saved_cfg
     info["torch_threads"] = torch.get_num_threads()
 
-    def stage_done(name: str, t0: float, **results) -> None:
-        info.setdefault("seconds", {})[name] = round(time.perf_counter() - t0 + info.get("seconds", {}).get(name, 0), 1)
+    def stage_done(name: str, t0: tuple[float, float], **results) -> None:
+        """Wall and CPU seconds of a stage (CPU time is what a loaded machine does not inflate), summed over resumes."""
+        for key, now, start in (("seconds", time.perf_counter(), t0[0]), ("cpu_seconds", time.process_time(), t0[1])):
+            info.setdefault(key, {})[name] = round(now - start + info.get(key, {}).get(name, 0), 1)
         info.update(results)
         info_path.write_text(json.dumps(info, indent=1))
 
+    def clock() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
     if not (work / "vae" / "config.json").is_file():
-        t0 = time.perf_counter()
+        t0 = clock()
         stage_done("vae", t0, **train_vae(cfg, work / "vae"))
     if not (work / "init" / "model_index.json").is_file():
         pipe = untrained_pipeline(derive_seed("lab-build-init", cfg.seed) % (1 << 31))
@@ -315,10 +320,10 @@ def build(cfg: LabBuildConfig) -> Path:
             _save_atomic(lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), work / "init")
     spec = load_spec(work / "init")
     if not (work / "data.safetensors").is_file():
-        t0 = time.perf_counter()
+        t0 = clock()
         encode_data(cfg, spec, work / "data.safetensors")
         stage_done("data", t0)
-    t0 = time.perf_counter()
+    t0 = clock()
     results = train_transformer(cfg, spec, work / "data.safetensors", work / "checkpoints")
     stage_done("transformer", t0, **results)
 
