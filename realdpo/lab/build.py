@@ -2,7 +2,8 @@
 
 1. VAE: `vae_steps` steps of pixel MSE (ball pixels weighted up) + `vae_kl` x KL on random `vae_frames`-frame
    windows of fresh web-mix clips, most of them recoloured; first on `vae_crop` crops around a ball, the last
-   `vae_full_fraction` on full frames. Then the latents' scaling factor is set to 1 / std of the latents of 64 clips.
+   `vae_full_fraction` on full frames. Then the latents' scaling factor is set to 1 / std of the latents of 64 clips,
+   and the tracker's reading of 32 reconstructed real clips is recorded.
 2. Data: `clips` web-mix clips encoded once through the spec (`encode_videos`, `encode_first_frames`), exactly as
    `realdpo train` encodes its real clips.
 3. Transformer and text encoder, jointly: `steps` steps of the v-prediction loss `ModelSpec.per_sample_error`
@@ -34,6 +35,8 @@ from realdpo.lab.world import FRAMES, derive_seed
 from realdpo.models.frames import to_tensor
 
 CHECKPOINT_EVERY = 250
+SCALE_CLIPS = 64  # clips whose latents set the VAE's scaling factor
+CHECK_CLIPS = 32  # real-set clips the tracker reads off VAE reconstructions (build_info.json)
 
 
 def _progress():
@@ -140,14 +143,14 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
             losses.append(mse.item())
             bar.update(task, advance=1, info=f"{'full' if full else 'crop'} mse {np.mean(losses[-20:]):.5f}")
     vae.eval()
-    with torch.no_grad():  # unit-scale latents: scaling_factor = 1 / std over 64 clips
+    with torch.no_grad():  # unit-scale latents: scaling_factor = 1 / std over SCALE_CLIPS clips
         x = _videos([set_clip("web", i, derive_seed("lab-build-vae-scale", cfg.seed)).frames
-                     for i in range(64)]).permute(0, 2, 1, 3, 4)
-        z = torch.cat([vae.encode(x[i:i + 8]).latent_dist.mode() for i in range(0, 64, 8)])
+                     for i in range(SCALE_CLIPS)]).permute(0, 2, 1, 3, 4)
+        z = torch.cat([vae.encode(x[i:i + 8]).latent_dist.mode() for i in range(0, SCALE_CLIPS, 8)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     _save_atomic(lambda tmp: vae.save_pretrained(tmp, safe_serialization=True), folder)
     return {"vae_weighted_mse_last50": float(np.mean(losses[-50:])), "latent_std": float(z.std()),
-            **vae_tracking_error(vae, cfg.seed)}
+            **vae_tracking_error(vae, cfg.seed, CHECK_CLIPS)}
 
 
 @torch.no_grad()
@@ -219,27 +222,32 @@ def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path) -> 
     max_len = spec.max_sequence_length
 
     start, losses = 0, []
-    ckpt = ckpt_dir / "checkpoint.safetensors"
-    if ckpt.is_file():  # resume: weights, EMA, optimizer and schedule state
-        state = load_file(str(ckpt))
+    done = sorted(ckpt_dir.glob("step-*/optimizer.pt"), key=lambda p: int(p.parent.name[5:]))
+    if done:  # resume from the newest complete checkpoint: weights, EMA, optimizer and schedule state
+        folder = done[-1].parent
+        state = load_file(str(folder / "weights.safetensors"))
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(state[f"w.{k}"])
                 ema[k].copy_(state[f"ema.{k}"])
-        extra = torch.load(ckpt_dir / "optimizer.pt", weights_only=True)
+        extra = torch.load(folder / "optimizer.pt", weights_only=True)
         opt.load_state_dict(extra["optimizer"])
         sched.load_state_dict(extra["scheduler"])
         start, losses = int(extra["step"]), list(extra["losses"])
 
     def save_checkpoint(step: int) -> None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {f"w.{k}": p.detach().contiguous() for k, p in params.items()}
-        tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
-        tmp = ckpt_dir / ".optimizer.pt.tmp"
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "losses": losses}, tmp)
-        save_file(tensors, ckpt_dir / ".checkpoint.safetensors.tmp")
-        os.replace(ckpt_dir / ".checkpoint.safetensors.tmp", ckpt)  # the pair is consistent: step is in both
-        os.replace(tmp, ckpt_dir / "optimizer.pt")
+        """CKPT_DIR/step-N written as a whole (a folder renamed into place), then older ones removed."""
+        def save(tmp: Path) -> None:
+            tensors = {f"w.{k}": p.detach().contiguous() for k, p in params.items()}
+            tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
+            save_file(tensors, tmp / "weights.safetensors")
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                        "losses": losses}, tmp / "optimizer.pt")
+
+        _save_atomic(save, ckpt_dir / f"step-{step}")
+        for old in ckpt_dir.glob("step-*"):
+            if old.name != f"step-{step}":
+                shutil.rmtree(old, ignore_errors=True)
 
     with _progress() as bar:
         task = bar.add_task("transformer", total=cfg.steps, completed=start, info="")
@@ -268,9 +276,9 @@ def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path) -> 
             bar.update(task, advance=1, info=f"loss {np.mean(losses[-50:]):.4f}")
             if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < cfg.steps:
                 save_checkpoint(step + 1)
-    with torch.no_grad():
+    with torch.no_grad():  # the EMA is what is saved (with --ema 0 it equals the raw weights)
         for k, p in params.items():
-            p.copy_(ema[k] if cfg.ema > 0 else p)
+            p.copy_(ema[k])
     for mod in modules.values():
         mod.requires_grad_(False).eval()
     return {"transformer_loss_last200": float(np.mean(losses[-200:]))}
