@@ -17,11 +17,11 @@ class LabBuildConfig:
                       "`--out realdpo/lab/model` refreshes the committed weights. Stage outputs in OUT/.build make a "
                       "killed build resumable.")
     seed: int = field(0, help="Seed of the initial weights, the web-mix clips and the training order.")
-    vae_steps: int = field(900, help="VAE optimizer steps (stage 1).")
+    vae_steps: int = field(3000, help="VAE optimizer steps (stage 1).")
     vae_batch: int = field(8, help="Clips per VAE step (half as many in the full-frame steps).")
     vae_frames: int = field(5, help="Frames per VAE training clip (a random window of each 17-frame clip; 2k+1).")
     vae_crop: int = field(32, help="Side of the square crops (around a ball) the VAE trains on first (0: full frames only).")
-    vae_full_fraction: float = field(0.2, help="Fraction of the VAE steps, at the end, on full 64x64 frames.")
+    vae_full_fraction: float = field(0.3, help="Fraction of the VAE steps, at the end, on full 64x64 frames.")
     vae_ball_weight: float = field(3.0, help="Extra weight of the pixels a ball covers in the VAE's MSE (balls are ~3% of a frame).")
     vae_lr: float = field(2e-3, help="Peak VAE learning rate (one-cycle schedule).")
     vae_kl: float = field(1e-4, help="Weight of the VAE's KL term (per latent element, against the pixel MSE).")
