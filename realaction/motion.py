@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 GRID_STEP = 8  # pixels between flow samples used for the camera fit
+MIN_FLOW_SIDE = 8  # DIS flow refuses frames whose short side is below 8 pixels (or long side below 12)
+MIN_ANALYSIS_SIDE = 32  # smallest --analysis-side: the flow's minimum with room for a 4:1 frame
 SUBJECT_PERCENTILE = 90  # the moving subject covers a fraction of the frame: use the upper tail of the residual
 
 

@@ -1,12 +1,28 @@
-"""Scene-cut detection with PySceneDetect's detectors, fed frame by frame from our own single decode pass."""
+"""Scene-cut detection inside our own single decode pass, with PySceneDetect's detectors or TransNetV2.
+
+PySceneDetect's detectors are fed exactly what PySceneDetect's own pipeline (`open_video` + `SceneManager`) feeds
+them, so the cuts are its cuts, frame for frame:
+- the frame converted to BGR by FFmpeg's swscale at full size: what OpenCV's `VideoCapture` returns, bit for bit;
+- shrunk by `SceneManager`'s auto-downscale factor (longest side / 256) with `cv2.resize(INTER_LINEAR)`;
+- turned upright (OpenCV applies the display rotation);
+- with a `FrameTimecode` built from the frame's presentation timestamp the way its OpenCV backend builds it
+  (microseconds since the stream's first timestamp, at the stream's average frame rate).
+A cut comes back as that timecode; we map it to the decode index of the frame it names. Both are recorded: the
+decode index (what clips are cut at) and the timecode's frame number (what PySceneDetect reports).
+"""
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_left
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-# --detector name -> (PySceneDetect class, the keyword its threshold goes to)
+from realaction.video_io import DecodeError, StreamClock, decode_packets, to_bgr
+
+# --detector name -> (PySceneDetect class, the keyword its threshold goes to); "transnetv2" is ours
 DETECTORS = {
     "adaptive": ("AdaptiveDetector", "adaptive_threshold"),
     "content": ("ContentDetector", "threshold"),
@@ -14,6 +30,9 @@ DETECTORS = {
     "hash": ("HashDetector", "threshold"),
     "histogram": ("HistogramDetector", "threshold"),
 }
+
+
+_MICROSECOND = Fraction(1, 1_000_000)
 
 
 def make_detector(name: str, threshold: float | None = None):
@@ -24,23 +43,45 @@ def make_detector(name: str, threshold: float | None = None):
     return getattr(scenedetect, class_name)(**kwargs)
 
 
+def pyscenedetect_size(width: int, height: int) -> tuple[int, int]:
+    """The size SceneManager's auto-downscale shrinks a width x height frame to."""
+    from scenedetect.scene_manager import compute_downscale_factor
+
+    factor = compute_downscale_factor(max(width, height))
+    if factor > 1.0:
+        return max(1, round(width / factor)), max(1, round(height / factor))
+    return width, height
+
+
+def rotate(img: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn an image `rotation` degrees counter-clockwise (the probe's convention)."""
+    return np.ascontiguousarray(np.rot90(img, k=rotation // 90)) if rotation else img
+
+
 class CutDetector:
-    """Feed downscaled BGR frames in order; get back the frame numbers where new scenes start.
+    """Feed decoded frames in order; get back the decode indices where new scenes start.
 
     A detector reports a cut up to `latency` frames after the cut frame (AdaptiveDetector looks ahead
     `window_width` frames, the flash filter may hold a cut back): after `feed(i, ...)` returns, every cut at
-    a frame <= i - latency has been reported.
+    a frame <= i - latency has been reported. `cuts` holds the decode indices, `cut_numbers` PySceneDetect's
+    frame numbers for them.
     """
 
-    def __init__(self, name: str, threshold: float | None, fps: float):
+    def __init__(self, name: str, threshold: float | None, clock: StreamClock, rotation: int = 0):
         from scenedetect import FrameTimecode
 
         self._tc = FrameTimecode
-        self.fps = fps
+        self.clock = clock
+        self.rotation = rotation
         self.detector = make_detector(name, threshold)
         self.latency = int(self.detector.event_buffer_length) + 1
         self.cuts: list[int] = []
+        self.cut_numbers: list[int] = []
+        self._size: tuple[int, int] | None = None
+        self._last_tc = None
         self._last = -1
+        # every frame's time (microseconds, PySceneDetect's clock), to map a reported timecode back to its frame
+        self._us = array("q")
 
     @property
     def hold_from(self) -> int | None:
@@ -48,26 +89,67 @@ class CutDetector:
         between the fade-out and the fade-in, which it only sees when the picture comes back."""
         fade = getattr(self.detector, "last_fade", None)
         if isinstance(fade, dict) and fade.get("type") == "out" and getattr(self.detector, "processed_frame", False):
-            return int(fade["frame"].frame_num)
+            return self._index_of(fade["frame"])
         return None
 
-    def feed(self, index: int, frame_bgr: np.ndarray) -> list[int]:
-        self._last = index
-        found = self.detector.process_frame(self._tc(index, self.fps), frame_bgr)
+    def timecode(self, index: int, pts: int):
+        """PySceneDetect's position for the frame decoded `index`-th, with timestamp `pts` (see the OpenCV
+        backend's `position`: a non-positive time falls back to the frame count)."""
+        from scenedetect.common import Timecode
+
+        us = self.clock.microseconds(pts)
+        fps = self.clock.average_fps
+        if us <= 0:
+            return self._tc(Timecode(pts=index * fps.denominator, time_base=Fraction(1, fps.numerator)), fps=fps)
+        return self._tc(Timecode(pts=us, time_base=_MICROSECOND), fps=fps)
+
+    def frame_input(self, frame) -> np.ndarray:
+        """The BGR frame PySceneDetect's SceneManager would hand the detector."""
+        import cv2
+
+        bgr = to_bgr(frame)
+        if self._size is None:
+            self._size = pyscenedetect_size(bgr.shape[1], bgr.shape[0])
+        if (bgr.shape[1], bgr.shape[0]) != self._size:
+            bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_LINEAR)
+        return rotate(bgr, self.rotation)
+
+    def feed(self, index: int, frame, pts: int) -> list[int]:
+        tc = self.timecode(index, pts)
+        self._last, self._last_tc = index, tc
+        self._us.append(max(self._us[-1] if self._us else 0, self.clock.microseconds(pts)))
+        found = self.detector.process_frame(tc, self.frame_input(frame))
         return self._add(found)
 
     def finish(self) -> list[int]:
-        if self._last < 0:
+        if self._last_tc is None:
             return []
-        return self._add(self.detector.post_process(self._tc(self._last, self.fps)))
+        return self._add(self.detector.post_process(self._last_tc))
+
+    def _index_of(self, tc) -> int:
+        """Decode index of the frame a timecode names: the first frame at or after its time."""
+        return bisect_left(self._us, round(tc.seconds * 1e6) - 1)
 
     def _add(self, found) -> list[int]:
         if not found:  # the usual case, once per frame
             return []
-        new = sorted({int(tc.frame_num) for tc in found} - set(self.cuts))
-        new = [c for c in new if 0 < c <= self._last]
-        self.cuts.extend(new)
+        new = []
+        for tc in sorted(found, key=lambda t: t.seconds):
+            index = self._index_of(tc)
+            if 0 < index <= self._last and index not in self.cuts:
+                self.cuts.append(index)
+                self.cut_numbers.append(int(tc.frame_num))
+                new.append(index)
         return new
+
+
+def build_cut_detector(name: str, threshold: float | None, clock: StreamClock, rotation: int = 0):
+    """A CutDetector, or the TransNetV2 one for `--detector transnetv2` (which needs torch)."""
+    if name == "transnetv2":
+        from realaction.transnet import TransNetCutDetector
+
+        return TransNetCutDetector(threshold, clock)
+    return CutDetector(name, threshold, clock, rotation)
 
 
 def detect_size(width: int, height: int, side: int, multiple: int = 2) -> tuple[int, int]:
@@ -77,58 +159,38 @@ def detect_size(width: int, height: int, side: int, multiple: int = 2) -> tuple[
     return max(m, int(round(width * scale / m)) * m), max(m, int(round(height * scale / m)) * m)
 
 
-def detect_cuts(path: Path, detector: str = "adaptive", threshold: float | None = None, side: int = 256) -> list[int]:
-    """Cut frames of one video (scene-detection only; the pipeline does this inside its single decode pass)."""
+def detect_cuts(path: Path, detector: str = "adaptive", threshold: float | None = None,
+                numbers: bool = False, max_frames: int | None = None) -> list[int]:
+    """Cut frames of one video (of its first `max_frames`): decode indices, or with `numbers` PySceneDetect's
+    frame numbers (the same on constant-frame-rate video). For transnetv2, the shot starts only (not the
+    starts of long transitions the curator also cuts at). Scene detection only; the curator does this inside
+    its single decode pass."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        fps = float(stream.average_rate or stream.guessed_rate)
-        cd = CutDetector(detector, threshold, fps)
-        size = None
-        for i, frame in enumerate(container.decode(stream)):
-            size = size or detect_size(frame.width, frame.height, side, multiple=4)
-            cd.feed(i, small_bgr(frame, *size))
+        clock = StreamClock.of(stream, float(stream.guessed_rate or 25))
+        rotation = 0
+        cd = None
+        pts_prev = None
+        i = 0
+        for frame in decode_packets(container, stream):
+            if isinstance(frame, DecodeError):
+                continue
+            if cd is None:
+                rotation = int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+                cd = build_cut_detector(detector, threshold, clock, rotation)
+            pts = frame.pts if frame.pts is not None and (pts_prev is None or frame.pts > pts_prev) else \
+                (pts_prev or 0) + clock.frame_ticks
+            cd.feed(i, frame, pts)
+            pts_prev = pts
+            i += 1
+            if max_frames is not None and i >= max_frames:
+                break
+        if cd is None:
+            return []
         cd.finish()
-    return sorted(cd.cuts)
-
-
-_PLANAR_420 = ("yuv420p", "yuvj420p")
-
-
-def _shrink(plane: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize one image plane: an integer-factor area average (fast in OpenCV) down to under 2x the target,
-    then bilinear. Plain INTER_AREA at a fractional factor costs several times more; plain bilinear aliases."""
-    import cv2
-
-    h, w = plane.shape[:2]
-    k = min(w // width, h // height)
-    if k >= 2:
-        plane = cv2.resize(plane, (w // k, h // k), interpolation=cv2.INTER_AREA)
-    if plane.shape[1] == width and plane.shape[0] == height:
-        return plane
-    return cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def small_bgr(frame, width: int, height: int) -> np.ndarray:
-    """A decoded frame downscaled to (width, height) BGR for detection and analysis.
-
-    For 8-bit 4:2:0 frames the planes are resized with OpenCV before the colour conversion, several times
-    cheaper than swscale converting first; other formats go through `frame.reformat`.
-    """
-    import cv2
-
-    if frame.format.name in _PLANAR_420 and width % 4 == 0 and height % 4 == 0:
-        y, u, v = (_plane(p) for p in frame.planes)
-        out = np.empty((height * 3 // 2, width), np.uint8)  # I420: Y, then U and V packed two rows per row
-        out[:height] = _shrink(y, width, height)
-        out[height:height + height // 4] = _shrink(u, width // 2, height // 2).reshape(height // 4, width)
-        out[height + height // 4:] = _shrink(v, width // 2, height // 2).reshape(height // 4, width)
-        return cv2.cvtColor(out, cv2.COLOR_YUV2BGR_I420)
-    return frame.reformat(width=width, height=height, format="bgr24").to_ndarray()
-
-
-def _plane(plane) -> np.ndarray:
-    """One 8-bit plane of a decoded frame as a [height, width] view (rows are `line_size` apart)."""
-    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: plane.height, : plane.width]
+    starts = set(getattr(cd, "scene_starts", cd.cuts))
+    pairs = sorted((a, b) for a, b in zip(cd.cuts, cd.cut_numbers) if a in starts)
+    return [b if numbers else a for a, b in pairs]

@@ -1,7 +1,8 @@
 """Write curated clips to WebDataset shards and commit them so that a killed run loses and duplicates nothing.
 
 Commit protocol (one writer, in the main process):
-1. samples go into `shards/realaction-NNNNNN.tar.tmp` through `webdataset.ShardWriter` (no reader's `*.tar` matches);
+1. samples go into `shards/realaction-NNNNNN.tar.tmp` through a `ShardWriter` that writes webdataset's tar
+   format with the standard library (`tar_writer`; no reader's `*.tar` matches);
 2. a shard only ever holds whole sources, unless one source alone overflows it (then its shards hold only it);
 3. when a shard is closed it is fsynced and renamed to `realaction-NNNNNN.tar`; then the manifest rows and
    finally the `done` rows of the sources it completes are appended to manifest.jsonl and sources.jsonl.
@@ -117,7 +118,7 @@ class ShardCommitter:
     """Takes finished sources, writes their kept clips to shards and commits rows as described above."""
 
     def __init__(self, out: Path, start_shard: int, maxcount: int, maxsize_bytes: float, commit_seconds: float = 300.0):
-        import webdataset as wds
+        from realaction.tar_writer import ShardWriter
 
         self.out = Path(out)
         self.dir = self.out / "shards"
@@ -125,8 +126,8 @@ class ShardCommitter:
         self.commit_seconds = commit_seconds
         self._pending: list[tuple[SourceResult, list[str]]] = []
         self._opened = time.monotonic()
-        self.writer = wds.ShardWriter(str(self.dir / (SHARD_PATTERN + TEMP_SUFFIX)), maxcount=maxcount,
-                                      maxsize=maxsize_bytes, post=self._finished, start_shard=start_shard, verbose=0)
+        self.writer = ShardWriter(str(self.dir / (SHARD_PATTERN + TEMP_SUFFIX)), maxcount=maxcount,
+                                  maxsize=maxsize_bytes, post=self._finished, start_shard=start_shard)
 
     def _final_name(self, temp: str) -> str:
         return Path(temp).name[: -len(TEMP_SUFFIX)]

@@ -41,6 +41,8 @@ def tiny_src(tmp_path, carphone_path) -> Path:
     (["--src", "{src}", "--captioner", "clip"], "--clip-checkpoint"),
     (["--src", "{src}", "--detector", "magic"], "--detector"),
     (["--src", "{src}", "--workers", "0"], "--workers"),
+    (["--src", "{src}", "--analysis-side", "8"], "--analysis-side"),  # below the optical flow's minimum
+    (["--src", "{src}", "--detector", "transnetv2", "--threshold", "3"], "--threshold"),
 ])
 def test_bad_options_fail_in_one_line(tmp_path, tiny_src, capsys, args, words):
     argv = ["curate", "--out", str(tmp_path / "out")] + [
