@@ -25,8 +25,7 @@ def test_short_dpo_run_prefers_held_out_real_clips(tmp_path):
     train(TrainConfig(shards=shards, out=run, steps=30, batch_size=4, lr=1e-3, seed=0, checkpoint_every=0,
                       neg_batch_size=8, **neg))
     precompute(NegativesConfig(shards=held, batch_size=8, **neg))
-    pref = preference_accuracy(EvalConfig(pairs=held, lora=run / "lora", model=model, cache_dir=cache, negatives=2,
-                                          pref_timesteps=4))
+    pref = preference_accuracy(EvalConfig(pairs=held, lora=run / "lora", pref_timesteps=4, **neg))
     m = pref["metrics"]
     assert m["n_pairs"] == 8
     assert m["pref_accuracy"] > 50 and m["pref_margin"] > 0, m
