@@ -22,7 +22,7 @@ def test_short_dpo_run_prefers_held_out_real_clips(tmp_path):
     shards = curated_real_set(tmp_path / "train", 8, seed=0)
     held = curated_real_set(tmp_path / "held", 4, seed=1)
     run = Path(tmp_path / "run")
-    train(TrainConfig(shards=shards, out=run, steps=30, batch_size=4, lr=1e-3, seed=0, checkpoint_every=0,
+    train(TrainConfig(shards=shards, out=run, steps=10, batch_size=4, lr=1e-3, seed=0, checkpoint_every=0,
                       neg_batch_size=8, **neg))
     precompute(NegativesConfig(shards=held, batch_size=8, **neg))
     pref = preference_accuracy(EvalConfig(pairs=held, lora=run / "lora", pref_timesteps=4, **neg))
