@@ -11,6 +11,7 @@ from realaction.config import CurateConfig
 from realaction.errors import UserError
 from realdpo.configs.demo import DemoConfig
 from realdpo.configs.eval import EvalConfig
+from realdpo.configs.lab import LabBuildConfig, LabRenderConfig
 from realdpo.configs.negatives import NegativesConfig
 from realdpo.configs.sample import SampleConfig
 from realdpo.configs.train import TrainConfig
@@ -36,6 +37,14 @@ add_command(app, "eval", EvalConfig, "realdpo.evaluation.report:evaluate",
             "Score folders of generated videos side by side: motion, smoothness, flicker, CLIP, FVD.")
 add_command(app, "demo", DemoConfig, "realdpo.demo:demo",
             "Curate the built-in footage, train the built-in model, and sample: all offline, on a CPU.")
+
+lab_app = typer.Typer(name="lab", help="The motion lab: a physics world, its built-in CogVideoX image-to-video model "
+                      "and its physical-motion metric.", no_args_is_help=True)
+add_command(lab_app, "render", LabRenderConfig, "realdpo.lab.sets:render",
+            "Write lab clips (web mix, real set or held-out prompts) as mp4 files with caption sidecars.")
+add_command(lab_app, "build", LabBuildConfig, "realdpo.lab.build:build",
+            "Retrain the built-in lab model from a seed: the VAE, then the transformer and text encoder.")
+app.add_typer(lab_app, name="lab")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -11,10 +11,12 @@ from realaction.fields import field
 
 @dataclass
 class DemoConfig:
-    out: Path = field(Path("demo_out"), help="Folder for the demo's footage, curated shards, run and sample.")
-    steps: int = field(30, help="Training steps.")
+    out: Path = field(Path("demo_out"), help="Folder for the demo's footage, curated shards, run, strip and sample.")
+    steps: int = field(60, help="RealDPO training steps on the lab model.")
+    lab_clips: int = field(16, help="Real clips of the motion lab rendered and curated for training.")
+    prompts: int = field(16, help="Held-out first frames + captions sampled before and after training.")
     seed: int = field(0, help="Random seed.")
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise UserError("--steps must be at least 1")
+        if min(self.steps, self.lab_clips, self.prompts) < 1:
+            raise UserError("--steps, --lab-clips and --prompts must be at least 1")

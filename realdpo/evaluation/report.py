@@ -29,6 +29,8 @@ METRICS = {
     "fvd": False,
     "pref_accuracy": True,
     "pref_margin": True,
+    "physical_rate": True,  # --lab only
+    "lab_residual": False,
 }
 
 
@@ -108,7 +110,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         for i, path in enumerate(files):
             jobs.append(Job(name, i, path.name, path, cfg.flow_side, cfg.sample_fps,
                             clip_frames=cfg.clip_frames if clip_model is not None else None,
-                            fvd=detector is not None, strip=i < cfg.strip_videos))
+                            fvd=detector is not None, strip=i < cfg.strip_videos, lab=cfg.lab))
     if detector is not None:
         jobs += [Job("", i, c.name, c.data, cfg.flow_side, cfg.sample_fps, motion=False, fvd=True)
                  for i, c in enumerate(real)]
@@ -198,6 +200,8 @@ def _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_e
             v = _mean(r.scores.get(key) for r in ok)
             if v is not None:
                 m[key] = v
+        if cfg.lab:
+            m.update(_lab_metrics(ok))
         if fvd_on:
             fvd = _fvd(gen_feats[name], real_feats)
             if isinstance(fvd, str):
@@ -225,12 +229,29 @@ def _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_e
                 "frames": 16, "size": 224, "definition": "Fréchet distance of I3D logits (first 16 frames, "
                 "shorter side 224 + centre crop, [-1, 1]) between generated and real clips"},
         "higher_is_better": dict(METRICS),
+        **({"lab": _lab_settings()} if cfg.lab else {}),
         "skipped": skipped,
         "errors": errors,
         "workers": cfg.workers,
         "videos_per_second": round(sum(len(v) for v in videos.values()) / max(elapsed, 1e-6), 4),
     }
     return {"methods": methods_out, "per_video": per_video, "settings": settings}
+
+
+def _lab_metrics(ok: list[Result]) -> dict:
+    phys = [r.scores["lab_physical"] for r in ok if "lab_physical" in r.scores]
+    out = {"physical_rate": 100.0 * float(np.mean(phys))} if phys else {}
+    resid = _mean(r.scores.get("lab_residual") for r in ok)
+    if resid is not None:
+        out["lab_residual"] = resid
+    return out
+
+
+def _lab_settings() -> dict:
+    from realdpo.lab.tracker import TOLERANCES
+
+    return {"tolerances": TOLERANCES, "definition": "physical_rate: percentage of videos whose tracked balls pass "
+            "every check of realdpo.lab.tracker; lab_residual: mean RMS px of the best physical fit (tracked videos)"}
 
 
 def _finite(obj):

@@ -29,6 +29,7 @@ class Job:
     clip_frames: int | None = None  # None: no CLIP; 0: every frame; n: n evenly spaced frames
     fvd: bool = False
     strip: bool = False
+    lab: bool = False  # score with the motion lab's physics tracker
 
 
 @dataclass
@@ -70,6 +71,10 @@ def run_job(job: Job) -> Result:
         m = motion_scores(frames, fps, job.sample_fps)
         d = asdict(m)
         res.scores.update(d)
+    if job.lab:
+        from realdpo.lab.tracker import score_lab_frames
+
+        res.scores.update(score_lab_frames(frames))
     if job.clip_frames is not None:
         res.clip_images = evenly_spaced(frames, job.clip_frames or len(frames))
     if job.fvd and len(frames) >= FVD_FRAMES:  # shorter videos are left out of FVD, as StyleGAN-V discards them

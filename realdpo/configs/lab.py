@@ -1,0 +1,65 @@
+"""Options of `realdpo lab build` and `realdpo lab render`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from realaction.errors import UserError
+from realaction.fields import field
+
+LAB_SETS = ("web", "real", "heldout")
+
+
+@dataclass
+class LabBuildConfig:
+    out: Path = field(Path("lab_model"), help="Folder the trained pipeline is saved to (save_pretrained); "
+                      "`--out realdpo/lab/model` refreshes the committed weights. Stage outputs in OUT/.build make a "
+                      "killed build resumable.")
+    seed: int = field(0, help="Seed of the initial weights, the web-mix clips and the training order.")
+    vae_steps: int = field(1000, help="VAE optimizer steps (stage 1).")
+    vae_batch: int = field(8, help="Clips per VAE step (half as many in the full-frame steps).")
+    vae_frames: int = field(5, help="Frames per VAE training clip (a random window of each 17-frame clip; 2k+1).")
+    vae_crop: int = field(32, help="Side of the square crops (around a ball) the VAE trains on first (0: full frames only).")
+    vae_full_fraction: float = field(0.3, help="Fraction of the VAE steps, at the end, on full 64x64 frames.")
+    vae_ball_weight: float = field(3.0, help="Extra weight of the pixels a ball covers in the VAE's MSE (balls are ~3% of a frame).")
+    vae_lr: float = field(2e-3, help="Peak VAE learning rate (one-cycle schedule).")
+    vae_kl: float = field(1e-4, help="Weight of the VAE's KL term (per latent element, against the pixel MSE).")
+    clips: int = field(800, help="Web-mix clips encoded for the transformer (stage 2).")
+    steps: int = field(600, help="Transformer (and text encoder) optimizer steps (stage 3).")
+    batch: int = field(16, help="Clips per transformer step.")
+    lr: float = field(1e-3, help="Peak transformer learning rate (warm-up, then cosine).")
+    caption_dropout: float = field(0.1, help="Fraction of training captions replaced by the empty prompt (for guidance).")
+    ema: float = field(0.999, help="Rate of the weight EMA that is saved (0 saves the raw weights).")
+    threads: int = field(1, help="torch threads (0: torch's default; 1 is immune to the slowdown a shared machine causes 2 threads). Weights are reproducible for a given seed and thread count.")
+
+    def validate(self) -> None:
+        for name in ("vae_steps", "vae_batch", "clips", "steps", "batch"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.vae_frames < 1 or self.vae_frames > 17 or self.vae_frames % 2 == 0:
+            raise UserError("--vae-frames must be odd, between 1 and 17")
+        if self.vae_crop and not 16 <= self.vae_crop <= 64 or self.vae_crop % 4:
+            raise UserError("--vae-crop must be 0 or a multiple of 4 between 16 and 64")
+        if not 0 <= self.vae_full_fraction <= 1 or self.vae_ball_weight < 0:
+            raise UserError("--vae-full-fraction must be in [0, 1], --vae-ball-weight not negative")
+        if self.vae_lr <= 0 or self.lr <= 0 or self.vae_kl < 0:
+            raise UserError("--vae-lr and --lr must be positive, --vae-kl not negative")
+        if not 0 <= self.caption_dropout < 1 or not 0 <= self.ema < 1:
+            raise UserError("--caption-dropout and --ema must be in [0, 1)")
+        if self.threads < 0:
+            raise UserError("--threads must not be negative")
+
+
+@dataclass
+class LabRenderConfig:
+    out: Path = field(Path("lab_footage"), help="Folder for the clips (<set>-<index>.mp4 + .txt caption) and world.jsonl (ground truth).")
+    set: str = field("real", help=f"Which set: {', '.join(LAB_SETS)} (web: the pretraining mix with unreal clips; real: physical only; heldout: the prompts' clips).")
+    count: int = field(64, help="Clips to write.")
+    seed: int = field(0, help="Seed of the set.")
+
+    def validate(self) -> None:
+        if self.set not in LAB_SETS:
+            raise UserError(f"unknown --set {self.set!r}; choose one of {', '.join(LAB_SETS)}")
+        if self.count < 1:
+            raise UserError("--count must be at least 1")

@@ -1,0 +1,351 @@
+"""`realdpo lab build`: train the lab model from a seed on the web mix, in three resumable stages.
+
+1. VAE: `vae_steps` steps of pixel MSE (ball pixels weighted up) + `vae_kl` x KL on random `vae_frames`-frame
+   windows of fresh web-mix clips, most of them recoloured; first on `vae_crop` crops around a ball, the last
+   `vae_full_fraction` on full frames. Then the latents' scaling factor is set to 1 / std of the latents of 64 clips,
+   and the tracker's reading of 32 reconstructed real clips is recorded.
+2. Data: `clips` web-mix clips encoded once through the spec (`encode_videos`, `encode_first_frames`), exactly as
+   `realdpo train` encodes its real clips.
+3. Transformer and text encoder, jointly: `steps` steps of the v-prediction loss `ModelSpec.per_sample_error`
+   (timesteps uniform over the whole schedule; `caption_dropout` of the captions replaced by ""), AdamW with
+   warm-up then cosine decay, gradient clipping at 1, and an EMA of the weights that is what gets saved.
+
+Each stage leaves its result in OUT/.build (the VAE folder, the encoded data, transformer checkpoints every 250
+steps), so a killed build restarts where it stopped; the finished pipeline is written to a temporary folder and
+renamed to OUT. Stage wall and CPU times and final losses go to OUT/build_info.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from realaction.errors import UserError
+from realdpo.configs.lab import LabBuildConfig
+from realdpo.lab.sets import set_clip
+from realdpo.lab.world import FRAMES, derive_seed
+from realdpo.models.frames import to_tensor
+
+CHECKPOINT_EVERY = 250
+SCALE_CLIPS = 64  # clips whose latents set the VAE's scaling factor
+CHECK_CLIPS = 32  # real-set clips the tracker reads off VAE reconstructions (build_info.json)
+
+
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+
+
+def _videos(clips) -> torch.Tensor:
+    """uint8 clips [F, H, W, 3] each -> float [B, F, 3, H, W] in [-1, 1]."""
+    return torch.stack([to_tensor(c) for c in clips])
+
+
+def _save_atomic(save, target: Path) -> None:
+    """`save(tmp_dir)` then rename tmp_dir to `target` (replacing it)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        save(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tokenize(tokenizer, captions: list[str], max_length: int) -> torch.Tensor:
+    """Token ids exactly as CogVideoX pipelines tokenize prompts (`_get_t5_prompt_embeds`)."""
+    return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True,
+                     add_special_tokens=True, return_tensors="pt").input_ids
+
+
+# ---------------------------------------------------------------------------------------------- stage 1: VAE
+
+def _recolor(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random colour transform of a whole clip (channel permutation, per-channel gain and offset): with the
+    background's colour changing, every pixel teaches the VAE colour, not only the ~3 % a ball covers."""
+    perm, gain, offset = rng.permutation(3), rng.uniform(0.5, 1.15, 3), rng.uniform(-30, 80, 3)
+    return np.clip(np.rint(frames[..., perm] * gain + offset), 0, 255).astype(np.uint8)
+
+
+def _vae_batch(cfg: LabBuildConfig, step: int, rng: np.random.Generator, crop: int,
+               n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random windows of web-mix clips (70 % recoloured), cropped to `crop` around a ball, as [n, 3, F, S, S]
+    in [-1, 1], and the loss weights [n, 1, F, S, S] (1 + vae_ball_weight where a ball covers the pixel)."""
+    from realdpo.lab.world import BACKGROUND, SIZE
+
+    clips, weights = [], []
+    for i in range(n):
+        clip = set_clip("web", step * cfg.vae_batch + i, derive_seed("lab-build-vae-clips", cfg.seed))
+        start = int(rng.integers(0, FRAMES - cfg.vae_frames + 1))
+        frames = clip.frames[start:start + cfg.vae_frames]
+        ball = (frames != np.asarray(BACKGROUND, np.uint8)).any(-1)
+        if rng.random() < 0.7:
+            frames = _recolor(frames, rng)
+        if crop < SIZE:
+            cx, cy = clip.centers[start + cfg.vae_frames // 2, 0] + rng.normal(0, 6, 2)
+            x0, y0 = (int(np.clip(c - crop / 2, 0, SIZE - crop)) for c in (cx, cy))
+            frames, ball = frames[:, y0:y0 + crop, x0:x0 + crop], ball[:, y0:y0 + crop, x0:x0 + crop]
+        clips.append(frames)
+        weights.append(1.0 + cfg.vae_ball_weight * ball)
+    x = _videos(clips).permute(0, 2, 1, 3, 4)
+    return x, torch.from_numpy(np.stack(weights)).float()[:, None]
+
+
+def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
+    from diffusers import AutoencoderKLCogVideoX
+
+    from realdpo.lab.model import VAE_CONFIG
+    from realdpo.lab.world import SIZE
+
+    torch.manual_seed(derive_seed("lab-build-vae", cfg.seed) % (1 << 31))
+    vae = AutoencoderKLCogVideoX(**VAE_CONFIG)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.vae_lr, total_steps=cfg.vae_steps, pct_start=0.05)
+    rng = np.random.default_rng(derive_seed("lab-build-vae-windows", cfg.seed))
+    full_from = cfg.vae_steps - int(round(cfg.vae_full_fraction * cfg.vae_steps)) if cfg.vae_crop else 0
+    losses = []
+    with _progress() as bar:
+        task = bar.add_task("VAE", total=cfg.vae_steps, info="")
+        for step in range(cfg.vae_steps):
+            full = step >= full_from
+            x, w = _vae_batch(cfg, step, rng, SIZE if full else cfg.vae_crop,
+                              max(1, cfg.vae_batch // 2) if full and cfg.vae_crop else cfg.vae_batch)
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+            mse = ((recon - x).pow(2) * w).mean() / w.mean()
+            kl = posterior.kl().mean() / posterior.mean[0].numel()
+            (mse + cfg.vae_kl * kl).backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(mse.item())
+            bar.update(task, advance=1, info=f"{'full' if full else 'crop'} mse {np.mean(losses[-20:]):.5f}")
+    vae.eval()
+    with torch.no_grad():  # unit-scale latents: scaling_factor = 1 / std over SCALE_CLIPS clips
+        x = _videos([set_clip("web", i, derive_seed("lab-build-vae-scale", cfg.seed)).frames
+                     for i in range(SCALE_CLIPS)]).permute(0, 2, 1, 3, 4)
+        z = torch.cat([vae.encode(x[i:i + 8]).latent_dist.mode() for i in range(0, SCALE_CLIPS, 8)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    _save_atomic(lambda tmp: vae.save_pretrained(tmp, safe_serialization=True), folder)
+    return {"vae_weighted_mse_last50": float(np.mean(losses[-50:])), "latent_std": float(z.std()),
+            **vae_tracking_error(vae, cfg.seed, CHECK_CLIPS)}
+
+
+@torch.no_grad()
+def vae_tracking_error(vae, seed: int, n: int = 32) -> dict:
+    """How well the tracker reads balls off VAE reconstructions of n real-set clips: the distance between each
+    tracked blob and the nearest true centre (median, 95th percentile, px) and the share still called physical."""
+    from realdpo.lab.tracker import find_blobs, score_video
+
+    dists, physical = [], []
+    for i in range(n):
+        clip = set_clip("real", i, derive_seed("lab-build-vae-check", seed))
+        x = _videos([clip.frames]).permute(0, 2, 1, 3, 4)
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        frames = ((recon[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        physical.append(score_video(frames).physical)
+        for f, blobs in enumerate(find_blobs(fr) for fr in frames):
+            dists += [float(np.linalg.norm(clip.centers[f] - [b.x, b.y], axis=1).min()) for b in blobs]
+    return {"vae_recon_position_error_px": [float(np.median(dists)), float(np.percentile(dists, 95))],
+            "vae_recon_physical_rate": 100.0 * float(np.mean(physical))}
+
+
+# ---------------------------------------------------------------------------------------------- stage 2: data
+
+def encode_data(cfg: LabBuildConfig, spec, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    latents, images, captions = [], [], []
+    data_seed = derive_seed("lab-build-data", cfg.seed)
+    with _progress() as bar:
+        task = bar.add_task("encode", total=cfg.clips, info="web-mix clips")
+        for start in range(0, cfg.clips, 16):
+            clips = [set_clip("web", i, data_seed) for i in range(start, min(start + 16, cfg.clips))]
+            video = _videos([c.frames for c in clips])
+            latents.append(spec.encode_videos(video))
+            images.append(spec.encode_first_frames(video[:, 0], FRAMES)["image_latents"])
+            captions += [c.caption for c in clips]
+            bar.update(task, advance=len(clips))
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"latents": torch.cat(latents).contiguous(), "image_latents": torch.cat(images).contiguous()}, tmp,
+              metadata={"captions": json.dumps(captions)})
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- stage 3: transformer
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(data), "pt") as f:
+        captions = json.loads(f.metadata()["captions"])
+    tensors = load_file(str(data))
+    latents, image_latents = tensors["latents"], tensors["image_latents"]
+    n = latents.shape[0]
+    modules = {"transformer": spec.transformer, "text_encoder": spec.text_encoder}
+    params = {f"{m}.{k}": p for m, mod in modules.items() for k, p in mod.named_parameters()}
+    for mod in modules.values():
+        mod.requires_grad_(True).train()
+    ema = {k: p.detach().clone() for k, p in params.items()}
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=0.01)
+    warmup = min(200, cfg.steps // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.steps, warmup))
+    max_len = spec.max_sequence_length
+
+    start, losses = 0, []
+    done = sorted(ckpt_dir.glob("step-*/optimizer.pt"), key=lambda p: int(p.parent.name[5:]))
+    if done:  # resume from the newest complete checkpoint: weights, EMA, optimizer and schedule state
+        folder = done[-1].parent
+        state = load_file(str(folder / "weights.safetensors"))
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state[f"w.{k}"])
+                ema[k].copy_(state[f"ema.{k}"])
+        extra = torch.load(folder / "optimizer.pt", weights_only=True)
+        opt.load_state_dict(extra["optimizer"])
+        sched.load_state_dict(extra["scheduler"])
+        start, losses = int(extra["step"]), list(extra["losses"])
+
+    def save_checkpoint(step: int) -> None:
+        """CKPT_DIR/step-N written as a whole (a folder renamed into place), then older ones removed."""
+        def save(tmp: Path) -> None:
+            tensors = {f"w.{k}": p.detach().contiguous() for k, p in params.items()}
+            tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
+            save_file(tensors, tmp / "weights.safetensors")
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                        "losses": losses}, tmp / "optimizer.pt")
+
+        _save_atomic(save, ckpt_dir / f"step-{step}")
+        for old in ckpt_dir.glob("step-*"):
+            if old.name != f"step-{step}":
+                shutil.rmtree(old, ignore_errors=True)
+
+    with _progress() as bar:
+        task = bar.add_task("transformer", total=cfg.steps, completed=start, info="")
+        for step in range(start, cfg.steps):
+            g = torch.Generator().manual_seed(derive_seed("lab-build-step", cfg.seed, step) % (1 << 63))
+            idx = torch.randint(0, n, (cfg.batch,), generator=g)
+            drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
+            text = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
+            x0 = latents[idx]
+            noise = torch.randn(x0.shape, generator=g)
+            t = spec.sample_timesteps(cfg.batch, 0.0, 1.0, generator=g)
+            embeds = spec.text_encoder(tokenize(spec.tokenizer, text, max_len))[0]
+            err = spec.per_sample_error(spec.transformer, x0, noise, t,
+                                        {"prompt_embeds": embeds, "image_latents": image_latents[idx]})
+            loss = err.mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                rate = min(cfg.ema, (1 + step) / (10 + step))  # the usual EMA warm-up
+                for k, p in params.items():
+                    ema[k].lerp_(p.detach(), 1 - rate)
+            losses.append(loss.item())
+            bar.update(task, advance=1, info=f"loss {np.mean(losses[-50:]):.4f}")
+            if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < cfg.steps:
+                save_checkpoint(step + 1)
+    with torch.no_grad():  # the EMA is what is saved (with --ema 0 it equals the raw weights)
+        for k, p in params.items():
+            p.copy_(ema[k])
+    for mod in modules.values():
+        mod.requires_grad_(False).eval()
+    return {"transformer_loss_last200": float(np.mean(losses[-200:]))}
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+def build(cfg: LabBuildConfig) -> Path:
+    """Train the lab pipeline and save it to cfg.out; returns the folder."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    from realdpo.lab.model import untrained_pipeline
+    from realdpo.models import load_spec
+    from realdpo.models.common import quiet_progress
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    work = out.parent / f".{out.name}.build"
+    work.mkdir(parents=True, exist_ok=True)
+    info_path = work / "info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    saved_cfg = {k: str(v) for k, v in vars(cfg).items() if k not in ("out", "threads")}
+    if info.get("config", saved_cfg) != saved_cfg:
+        raise UserError(f"{work} holds a build with other options; delete it or use another --out")
+    info["config"] = saved_cfg
+    info["torch_threads"] = torch.get_num_threads()
+
+    def stage_done(name: str, t0: tuple[float, float], **results) -> None:
+        """Wall and CPU seconds of a stage (CPU time is what a loaded machine does not inflate), summed over resumes."""
+        for key, now, start in (("seconds", time.perf_counter(), t0[0]), ("cpu_seconds", time.process_time(), t0[1])):
+            info.setdefault(key, {})[name] = round(now - start + info.get(key, {}).get(name, 0), 1)
+        info.update(results)
+        info_path.write_text(json.dumps(info, indent=1))
+
+    def clock() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    if not (work / "vae" / "config.json").is_file():
+        t0 = clock()
+        stage_done("vae", t0, **train_vae(cfg, work / "vae"))
+    if not (work / "init" / "model_index.json").is_file():
+        pipe = untrained_pipeline(derive_seed("lab-build-init", cfg.seed) % (1 << 31))
+        with quiet_progress():
+            pipe.vae = AutoencoderKLCogVideoX.from_pretrained(work / "vae")
+            _save_atomic(lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), work / "init")
+    spec = load_spec(work / "init")
+    if not (work / "data.safetensors").is_file():
+        t0 = clock()
+        encode_data(cfg, spec, work / "data.safetensors")
+        stage_done("data", t0)
+    t0 = clock()
+    results = train_transformer(cfg, spec, work / "data.safetensors", work / "checkpoints")
+    stage_done("transformer", t0, **results)
+
+    probe = ["a red ball moves to the left", ""]  # the saved text encoder must serve the pipeline's own encoding
+    with torch.no_grad():
+        mine = spec.text_encoder(tokenize(spec.tokenizer, probe, spec.max_sequence_length))[0]
+    if not torch.allclose(mine, spec.encode_prompts(probe)["prompt_embeds"], atol=1e-5):
+        raise RuntimeError("lab build: prompt encoding differs from the pipeline's")
+
+    def save(tmp: Path) -> None:
+        with quiet_progress():
+            spec.pipeline().save_pretrained(tmp, safe_serialization=True)
+        (tmp / "build_info.json").write_text(json.dumps(info, indent=1))
+
+    _save_atomic(save, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out

@@ -1,0 +1,73 @@
+"""The lab's tracker, validated on rendered clips before it scores any model (issue 10's acceptance rule):
+>= 99 % of physical clips called physical, >= 95 % of each unreal kind called unreal, straight from the renderer
+and after the H.264 round trip the real set takes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from realaction.video_io import decode_frames, encode_mp4
+from realdpo.lab.tracker import best_physical_fit, find_blobs, score_lab_frames, score_video
+from realdpo.lab.world import FPS, UNREAL_KINDS, derive_seed, render_clip
+
+N_PHYSICAL = 200
+N_UNREAL = 40
+
+
+def _mp4_round_trip(frames: np.ndarray) -> np.ndarray:
+    return decode_frames(encode_mp4(frames, FPS, crf=12))
+
+
+def test_physical_clips_are_called_physical():
+    calls = [score_video(render_clip(derive_seed("tracker-test", "physical", i)).frames) for i in range(N_PHYSICAL)]
+    rate = np.mean([s.physical for s in calls])
+    assert rate >= 0.99, [s.failed for s in calls if not s.physical]
+    mp4 = [score_video(_mp4_round_trip(render_clip(derive_seed("tracker-test", "mp4", i)).frames)).physical
+           for i in range(N_PHYSICAL // 4)]
+    assert np.mean(mp4) >= 0.99
+
+
+@pytest.mark.parametrize("kind", UNREAL_KINDS)
+def test_each_unreal_kind_is_called_unreal(kind):
+    calls = [score_video(render_clip(derive_seed("tracker-test", kind, i), kind).frames) for i in range(N_UNREAL)]
+    assert np.mean([not s.physical for s in calls]) >= 0.95
+    mp4 = [score_video(_mp4_round_trip(render_clip(derive_seed("tracker-test", kind, i), kind).frames))
+           for i in range(N_UNREAL // 4)]
+    assert np.mean([not s.physical for s in mp4]) >= 0.95
+
+
+def test_tracker_recovers_positions_sizes_and_colours():
+    clip = render_clip(3, n_balls=2)
+    for f in (0, 8, 16):
+        blobs = find_blobs(clip.frames[f])
+        assert sorted(b.color for b in blobs) == sorted(clip.colors[f])
+        for b in blobs:
+            j = clip.colors[f].index(b.color)
+            assert np.hypot(b.x - clip.centers[f, j, 0], b.y - clip.centers[f, j, 1]) < 0.1
+            assert abs(b.radius - clip.radii[f, j]) < 0.1
+
+
+def test_best_fit_finds_the_true_law():
+    for seed, gravity in ((1, True), (2, False)):
+        clip = render_clip(seed, n_balls=1, gravity=gravity)
+        fit, law = best_physical_fit(clip.centers[:, 0], clip.radii[0, 0])
+        assert law == ("fall" if gravity else "glide")
+        assert np.abs(fit - clip.centers[:, 0]).max() < 0.05
+
+
+def test_blank_noisy_and_frozen_videos_are_not_physical():
+    rng = np.random.default_rng(0)
+    blank = np.full((17, 64, 64, 3), 50, np.uint8)
+    assert score_video(blank).failed == ["no-object"]
+    noise = rng.integers(0, 256, (17, 64, 64, 3), dtype=np.uint8)
+    assert not score_video(noise).physical
+    frozen = np.repeat(render_clip(4).frames[:1], 17, axis=0)
+    assert "stall" in score_video(frozen).failed
+
+
+def test_eval_hook_scores_upscaled_lab_videos():
+    clip = render_clip(5)
+    big = np.stack([np.kron(f, np.ones((2, 2, 1), np.uint8)) for f in clip.frames])  # 128x128
+    scores = score_lab_frames(big)
+    assert scores["lab_physical"] and scores["lab_residual"] < 0.5
