@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from realaction.errors import UserError, one_line
-from realaction.video_io import evenly_spaced
+from realaction.people import person_fraction
 
 DYNAMIC_SIDE = 640
 PAD = 114
@@ -93,8 +93,4 @@ class OnnxPersonDetector:
 
     def score(self, frames: np.ndarray) -> float:
         """Fraction of (up to `max_frames` evenly spaced) frames [T, H, W, 3] uint8 RGB with a person."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or len(frames) == 0:
-            return 0.0
-        picked = evenly_spaced(frames, self.max_frames)
-        return sum(self.has_person(f) for f in picked) / len(picked)
+        return person_fraction(self.has_person, frames, self.max_frames)

@@ -51,6 +51,16 @@ def _cv2():
     return cv2
 
 
+def person_fraction(has_person, frames: np.ndarray, max_frames: int) -> float:
+    """Fraction of (up to `max_frames` evenly spaced) frames [T, H, W, 3] for which `has_person(frame)` holds; 0 for
+    no frames. Shared by every person detector's `score`."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or len(frames) == 0:
+        return 0.0
+    picked = evenly_spaced(frames, max_frames)
+    return sum(bool(has_person(f)) for f in picked) / len(picked)
+
+
 class PersonDetector:
     def __init__(self, kind: str, max_frames: int = 8):
         if kind not in KINDS:
@@ -73,11 +83,7 @@ class PersonDetector:
 
     def score(self, frames: np.ndarray) -> float:
         """Fraction of (up to `max_frames` evenly spaced) frames [T, H, W, 3] uint8 RGB with a person."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or len(frames) == 0:
-            return 0.0
-        picked = evenly_spaced(frames, self.max_frames)
-        return sum(self.has_person(f) for f in picked) / len(picked)
+        return person_fraction(self.has_person, frames, self.max_frames)
 
     def has_person(self, frame: np.ndarray) -> bool:
         cv2 = _cv2()
