@@ -67,3 +67,12 @@ def tiny_wan_t2v() -> Path:
     from tiny_models import tiny_model
 
     return tiny_model("wan", "t2v")
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """accelerate's process-wide state reset after the test (tests that run `train()` in this process)."""
+    from tiny_models import reset_accelerate
+
+    yield
+    reset_accelerate()

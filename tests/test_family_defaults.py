@@ -18,7 +18,7 @@ from realdpo.models import load_spec
 from realdpo.models.common import image_generator
 from realdpo.models.wan import WAN_NEGATIVE_PROMPT
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate")
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,6 @@ def shards(tmp_path_factory) -> list[str]:
     clips = [(f"synth-{i:04d}", f"a yellow square moving right, take {i}", synthetic_clip(frames=20, seed=i))
              for i in range(2)]
     return [str(write_tiny_shard(root / "realaction-000000.tar", clips))]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 # ---- 1. frame rate ------------------------------------------------------------------------------------------------

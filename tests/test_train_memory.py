@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_trainer import _cfg, _fresh_accelerate_state, _reset_accelerate, _rows  # noqa: F401  (an autouse fixture)
-from tiny_models import synthetic_clip, write_tiny_shard
+from test_trainer import _cfg, _rows
+from tiny_models import reset_accelerate, synthetic_clip, write_tiny_shard
 
 from realaction.errors import UserError
 from realdpo.training.trainer import Trainer, train
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_real_checkpoints_default_to_checkpointing_one_row_at_a_time(monkeypatch
     t = Trainer(_cfg(shards, tmp_path / "latents", tmp_path / "tiny", steps=1))
     t.setup()
     assert t.cfg.gradient_checkpointing is False and t.cfg.chunk_size is None  # a tiny model: one pass, no recompute
-    _reset_accelerate()
+    reset_accelerate()
     monkeypatch.setattr(placement, "REAL_MODEL_PARAMS", 1)  # every model counts as a real checkpoint
     t = Trainer(_cfg(shards, tmp_path / "latents", tmp_path / "real", steps=1))
     t.setup()
@@ -39,7 +39,7 @@ def test_real_checkpoints_default_to_checkpointing_one_row_at_a_time(monkeypatch
     assert t.cfg.gradient_checkpointing is True and t.cfg.chunk_size == 1 and t.transformer.is_gradient_checkpointing
     saved = json.loads((tmp_path / "real" / "train_config.json").read_text())
     assert saved["gradient_checkpointing"] is True and saved["chunk_size"] == 1 and saved["keep_graph"] is False
-    _reset_accelerate()
+    reset_accelerate()
     t = Trainer(_cfg(shards, tmp_path / "latents", tmp_path / "mine", steps=1, gradient_checkpointing=False,
                      chunk_size=2))
     t.setup()
@@ -64,7 +64,7 @@ def test_encoders_leave_the_device_after_caching_and_never_come_with_a_warm_cach
         assert t.spec.encoders.onloads() == cached and t.spec.encoders.resident() == []
         onloads.append(cached)
         t.finish(None)
-        _reset_accelerate()
+        reset_accelerate()
     assert onloads[0]["text_encoder"] > 0 and onloads[0]["vae"] > 0
     assert onloads[1] == {"text_encoder": 0, "vae": 0}
 
@@ -94,9 +94,9 @@ def test_adamw8bit_full_fine_tuning_resumes_exactly(shards, tmp_path):
     assert large and all(opt.state[p]["state1"].dtype == opt.state[p]["state2"].dtype == torch.uint8 for p in large)
     # AdamW holds 8 bytes per weight; in this tiny model a third of the weights sit in small tensors
     assert state_bytes(opt) < 0.4 * 8 * sum(p.numel() for p in t.trainable.values())
-    _reset_accelerate()
+    reset_accelerate()
     train(_cfg(shards, tmp_path / "latents", split, steps=2, **kw))
-    _reset_accelerate()
+    reset_accelerate()
     train(_cfg(shards, tmp_path / "latents", split, steps=4, resume=True, **kw))
     a = load_file(str(straight / "transformer" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(split / "transformer" / "diffusion_pytorch_model.safetensors"))

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
+from tiny_models import reset_accelerate, synthetic_clip, tiny_model, write_tiny_shard
 
 from realaction.errors import UserError
 from realdpo.configs.train import TrainConfig
 from realdpo.training.trainer import Trainer, steps_per_round, train
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate")
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +29,6 @@ def shards(tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("latents")  # shared: every run after the first reuses the negatives
-
-
-def _reset_accelerate() -> None:
-    """accelerate keeps process-wide state; each train() call in this process starts from a clean one."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    _reset_accelerate()
 
 
 def _cfg(shards, cache_dir, out, family="cogvideox", task="t2v", **kw) -> TrainConfig:
@@ -152,7 +137,7 @@ def test_resume_after_a_kill_mid_run(shards, cache_dir, tmp_path, monkeypatch):
         train(_cfg(shards, cache_dir, killed, **kw))
     monkeypatch.setattr(trainer, "_round_of", round_of)
     assert [r["step"] for r in _rows(killed)] == [1, 2, 3, 4]
-    _reset_accelerate()
+    reset_accelerate()
     train(_cfg(shards, cache_dir, killed, resume=True, **kw))
     rows_a, rows_b = _rows(straight), _rows(killed)
     assert [r["step"] for r in rows_b] == list(range(1, 7))
@@ -167,7 +152,7 @@ def test_trainer_phases_run_one_by_one(shards, cache_dir, tmp_path):
     """The phases `train` runs, called in order by hand: the same first step as `train` itself."""
     whole = tmp_path / "whole"
     train(_cfg(shards, cache_dir, whole, steps=1))
-    _reset_accelerate()
+    reset_accelerate()
     t = Trainer(_cfg(shards, cache_dir, tmp_path / "phases", steps=1))
     t.setup()
     assert t.frames == 9 and not (tmp_path / "phases" / "metrics.jsonl").exists()
@@ -247,7 +232,7 @@ def test_resume_passes_over_a_corrupt_checkpoint(shards, cache_dir, tmp_path, ca
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     for ckpt in (run / "checkpoints").iterdir():
         (ckpt / "trainable.safetensors").write_bytes(b"not safetensors")
-    _reset_accelerate()
+    reset_accelerate()
     with pytest.raises(UserError, match=r"no readable checkpoint in .*step-3: trainable.safetensors: .*step-1"):
         train(_cfg(shards, cache_dir, run, steps=4, resume=True, **kw))
 
@@ -263,17 +248,17 @@ def test_resume_checks_the_options_without_train_config_json(shards, cache_dir, 
     # a checkpoint with no copy of the options (older runs): the tensors' shapes tell, before anything is loaded
     kept = own.read_text()
     own.unlink()
-    _reset_accelerate()
+    reset_accelerate()
     with pytest.raises(UserError, match=r"\[4, \d+\] there, \[8, \d+\] here.*--lora-rank"):
         train(_cfg(shards, cache_dir, run, steps=3, resume=True, lora_rank=8))
     # ... and an unreadable train_config.json is the only record: refused in one line
     (run / "train_config.json").write_text('{"lora_rank": 4,')
-    _reset_accelerate()
+    reset_accelerate()
     with pytest.raises(UserError, match=r"cannot read .*train_config.json.*delete it"):
         train(_cfg(shards, cache_dir, run, steps=3, resume=True))
     # with the checkpoint's own copy the damaged file is not needed (and is written afresh)
     own.write_text(kept)
-    _reset_accelerate()
+    reset_accelerate()
     assert train(_cfg(shards, cache_dir, run, steps=3, resume=True)).steps == 3
     assert json.loads((run / "train_config.json").read_text())["steps"] == 3
 
@@ -284,7 +269,7 @@ def test_resume_of_a_complete_run(shards, cache_dir, tmp_path, capsys):
     with pytest.raises(UserError, match=r"already complete: 2 steps done, more than --steps 1"):
         train(_cfg(shards, cache_dir, run, steps=1, resume=True))
     assert json.loads((run / "train_config.json").read_text())["steps"] == 2  # a refused resume rewrites nothing
-    _reset_accelerate()
+    reset_accelerate()
     capsys.readouterr()
     assert train(_cfg(shards, cache_dir, run, steps=2, resume=True)).steps == 2
     assert "already complete (2 steps)" in capsys.readouterr().out
@@ -296,7 +281,7 @@ def test_blank_captions_are_trained_on_only_with_allow_blank_captions(cache_dir,
                              [(f"blank-{i:04d}", " ", synthetic_clip(frames=20, seed=20 + i)) for i in range(2)])
     with pytest.raises(UserError, match=r"no usable samples in 1 shard\(s\).*2 blank caption"):
         train(_cfg([str(shard)], cache_dir, tmp_path / "refused", steps=1))
-    _reset_accelerate()
+    reset_accelerate()
     result = train(_cfg([str(shard)], cache_dir, tmp_path / "text-free", steps=1, allow_blank_captions=True))
     assert result.steps == 1 and _rows(tmp_path / "text-free")[0]["loss"] > 0
 

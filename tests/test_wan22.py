@@ -13,17 +13,7 @@ from realaction.errors import UserError
 from realdpo.models import load_spec
 from realdpo.models.experts import ExpertPair
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate")
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,15 @@ _ROOT: Path | None = None
 _BUILT: dict[tuple[str, str, str | None], Path] = {}
 
 
+def reset_accelerate() -> None:
+    """accelerate keeps process-wide state; each train() call in one process starts from a clean one."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
 def _root() -> Path:
     global _ROOT
     if _ROOT is None:
