@@ -88,3 +88,19 @@ class Processes:
         from accelerate.utils import broadcast_object_list
 
         return broadcast_object_list([obj], from_process=0)[0]
+
+
+def step_progress(enabled: bool = True):
+    """The rich bar of a training loop: each task's description, done/total, elapsed and remaining time, and its
+    `info` field (the latest loss, ...). Disabled: nothing is drawn (non-main processes)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)

@@ -33,24 +33,11 @@ from realdpo.configs.lab import LabBuildConfig
 from realdpo.lab.sets import set_clip
 from realdpo.lab.world import FRAMES, derive_seed
 from realdpo.models.frames import to_tensor
+from realdpo.runtime import step_progress
 
 CHECKPOINT_EVERY = 250
 SCALE_CLIPS = 64  # clips whose latents set the VAE's scaling factor
 CHECK_CLIPS = 32  # real-set clips the tracker reads off VAE reconstructions (build_info.json)
-
-
-def _progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
 
 
 def _videos(clips) -> torch.Tensor:
@@ -125,7 +112,7 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
     rng = np.random.default_rng(derive_seed("lab-build-vae-windows", cfg.seed))
     full_from = cfg.vae_steps - int(round(cfg.vae_full_fraction * cfg.vae_steps)) if cfg.vae_crop else 0
     losses = []
-    with _progress() as bar:
+    with step_progress() as bar:
         task = bar.add_task("VAE", total=cfg.vae_steps, info="")
         for step in range(cfg.vae_steps):
             full = step >= full_from
@@ -179,7 +166,7 @@ def encode_data(cfg: LabBuildConfig, spec, path: Path) -> None:
 
     latents, images, captions = [], [], []
     data_seed = derive_seed("lab-build-data", cfg.seed)
-    with _progress() as bar:
+    with step_progress() as bar:
         task = bar.add_task("encode", total=cfg.clips, info="web-mix clips")
         for start in range(0, cfg.clips, 16):
             clips = [set_clip("web", i, data_seed) for i in range(start, min(start + 16, cfg.clips))]
@@ -249,7 +236,7 @@ def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path) -> 
             if old.name != f"step-{step}":
                 shutil.rmtree(old, ignore_errors=True)
 
-    with _progress() as bar:
+    with step_progress() as bar:
         task = bar.add_task("transformer", total=cfg.steps, completed=start, info="")
         for step in range(start, cfg.steps):
             g = torch.Generator().manual_seed(derive_seed("lab-build-step", cfg.seed, step) % (1 << 63))

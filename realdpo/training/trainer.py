@@ -21,6 +21,7 @@ import torch
 
 from realaction.errors import UserError
 from realdpo.configs.train import TrainConfig
+from realdpo.runtime import step_progress
 
 # options that may change between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = {"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "validate_every",
@@ -72,20 +73,6 @@ def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
 def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     keys = rows[0].keys()
     return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
-
-
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
 
 
 class Trainer:
@@ -442,7 +429,7 @@ class Trainer:
         last_ckpt: Path | None = self.resume_from
         if self.state["step"] < cfg.steps:  # the first round's negatives, before the training bar opens
             self.open_round(_round_of(int(self.state["step"]), cfg.steps, cfg.rounds))
-        with _progress(self.main) as bar, open(self.data_log, "a") as data_file:
+        with step_progress(self.main) as bar, open(self.data_log, "a") as data_file:
             task = bar.add_task("train", total=cfg.steps, completed=int(self.state["step"]), info="")
             while self.state["step"] < cfg.steps:
                 row = self.train_step()
