@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli.options import add_command
+from cli.options import CommandGroup, add_command
 from realaction.config import CurateConfig
 from realaction.errors import UserError
 from realdpo.configs.demo import DemoConfig
@@ -18,6 +18,7 @@ from realdpo.configs.train import TrainConfig
 
 app = typer.Typer(
     name="realdpo",
+    cls=CommandGroup,
     help="Curate real human-action clips and post-train video diffusion models with RealDPO.",
     no_args_is_help=True,
     add_completion=False,
@@ -36,10 +37,11 @@ add_command(app, "sample", SampleConfig, "realdpo.generation.sampling:sample",
 add_command(app, "eval", EvalConfig, "realdpo.evaluation.report:evaluate",
             "Score folders of generated videos side by side: motion, smoothness, flicker, CLIP, FVD.")
 add_command(app, "demo", DemoConfig, "realdpo.demo:demo",
-            "Curate the built-in footage, train the built-in model, and sample: all offline, on a CPU.")
+            "Curate the built-in footage, then RealDPO on the motion lab (its model, curated lab clips, physical rate "
+            "before and after): all offline, on a CPU.")
 
 lab_app = typer.Typer(name="lab", help="The motion lab: a physics world, its built-in CogVideoX image-to-video model "
-                      "and its physical-motion metric.", no_args_is_help=True)
+                      "and its physical-motion metric.", no_args_is_help=True, cls=CommandGroup)
 add_command(lab_app, "render", LabRenderConfig, "realdpo.lab.sets:render",
             "Write lab clips (web mix, real set or held-out prompts) as mp4 files with caption sidecars.")
 add_command(lab_app, "build", LabBuildConfig, "realdpo.lab.build:build",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from realaction.fields import option_name, read_config_file
 
@@ -20,6 +20,20 @@ def _resolve(target: str | Callable) -> Callable:
         return target
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def _hide_flag_types(params) -> None:
+    for p in params:
+        if getattr(p, "is_flag", False):
+            p.metavar = ""  # typer would show <bool>
+
+
+class CommandGroup(TyperGroup):
+    """A command group (`realdpo`, `realdpo lab`) whose help shows no type after a flag, as its commands' do."""
+
+    def format_help(self, ctx: typer.Context, formatter) -> None:
+        _hide_flag_types(self.get_params(ctx))
+        super().format_help(ctx, formatter)
 
 
 class _MultiValueCommand(TyperCommand):
@@ -34,9 +48,7 @@ class _MultiValueCommand(TyperCommand):
     def format_help(self, ctx: typer.Context, formatter) -> None:
         params = self.get_params(ctx)
         marked = [p for p in params if p.name in self.required_options]
-        for p in params:
-            if getattr(p, "is_flag", False):
-                p.metavar = ""  # typer would show <bool>
+        _hide_flag_types(params)
         for p in marked:
             p.required = True
         try:

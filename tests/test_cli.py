@@ -154,3 +154,11 @@ def test_a_required_option_may_come_from_the_config_file(tmp_path, capsys):
     cfg_file.write_text(f'shards = ["{tmp_path}/none-*.tar"]\n')
     assert run(["train", "--config", str(cfg_file)]) == 2
     assert "no shard files match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["lab", "--help"]])
+def test_group_help_shows_no_type_after_flags(argv, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run(argv) == 0
+    out = capsys.readouterr().out
+    assert "--help" in out and "<bool>" not in out
