@@ -25,13 +25,13 @@ class LabBuildConfig:
     vae_ball_weight: float = field(3.0, help="Extra weight of the pixels a ball covers in the VAE's MSE (balls are ~3% of a frame).")
     vae_lr: float = field(2e-3, help="Peak VAE learning rate (one-cycle schedule).")
     vae_kl: float = field(1e-4, help="Weight of the VAE's KL term (per latent element, against the pixel MSE).")
-    clips: int = field(800, help="Web-mix clips encoded for the transformer (stage 2).")
-    steps: int = field(600, help="Transformer (and text encoder) optimizer steps (stage 3).")
+    clips: int = field(2000, help="Web-mix clips encoded for the transformer (stage 2).")
+    steps: int = field(4000, help="Transformer (and text encoder) optimizer steps (stage 3).")
     batch: int = field(16, help="Clips per transformer step.")
     lr: float = field(1e-3, help="Peak transformer learning rate (warm-up, then cosine).")
     caption_dropout: float = field(0.1, help="Fraction of training captions replaced by the empty prompt (for guidance).")
     ema: float = field(0.999, help="Rate of the weight EMA that is saved (0 saves the raw weights).")
-    threads: int = field(1, help="torch threads (0: torch's default; 1 is immune to the slowdown a shared machine causes 2 threads). Weights are reproducible for a given seed and thread count.")
+    threads: int = field(2, help="torch threads (0: torch's default; the committed weights were built with 2). Weights are reproducible for a given seed and thread count.")
 
     def validate(self) -> None:
         for name in ("vae_steps", "vae_batch", "clips", "steps", "batch"):
