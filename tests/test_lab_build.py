@@ -10,7 +10,7 @@ import realdpo.lab.build as build_mod
 from realdpo.configs.lab import LabBuildConfig
 from realdpo.models import load_spec
 
-TOY = dict(vae_steps=2, vae_batch=2, vae_crop=32, clips=8, steps=4, batch=2, threads=1)
+TOY = dict(vae_steps=2, vae_batch=2, vae_crop=32, decoder_steps=2, clips=8, steps=4, batch=2, threads=1)
 
 
 def _weights(folder):
@@ -51,3 +51,20 @@ def test_toy_build_is_reproducible_and_resumes(tmp_path, monkeypatch):
         (tmp_path / ".other.build").mkdir()
         (tmp_path / ".other.build" / "info.json").write_text('{"config": {"seed": "5"}}')
         build_mod.build(LabBuildConfig(out=tmp_path / "other", **TOY))
+
+
+def test_decoder_stage_trains_the_decoder_and_leaves_the_latents_alone():
+    import torch
+    from diffusers import AutoencoderKLCogVideoX
+
+    from realdpo.lab.model import VAE_CONFIG
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(**VAE_CONFIG).eval()
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    result = build_mod.finetune_decoder(LabBuildConfig(**{**TOY, "decoder_steps": 3}), vae)
+    after = vae.state_dict()
+    assert result["decoder_noisy_mse_last50"] > 0
+    assert all((after[k] == v).all() for k, v in before.items() if k.startswith("encoder."))
+    assert any((after[k] != v).any() for k, v in before.items() if k.startswith("decoder."))
+    assert all(p.requires_grad for p in vae.parameters()) and not vae.training

@@ -25,6 +25,11 @@ class LabBuildConfig:
     vae_ball_weight: float = field(3.0, help="Extra weight of the pixels a ball covers in the VAE's MSE (balls are ~3% of a frame).")
     vae_lr: float = field(2e-3, help="Peak VAE learning rate (one-cycle schedule).")
     vae_kl: float = field(1e-4, help="Weight of the VAE's KL term (per latent element, against the pixel MSE).")
+    decoder_steps: int = field(1000, help="Decoder-only steps after the VAE's, on full frames whose latents get "
+                               "Gaussian noise, so the decoder turns a generator's imprecise latents into clean frames "
+                               "(the encoder, and so the latents, stay as they are; 0 skips).")
+    decoder_noise: float = field(0.25, help="Largest std of that noise, in units of the scaled latents (each clip draws "
+                                 "its std uniformly from [0, this]).")
     clips: int = field(2000, help="Web-mix clips encoded for the transformer (stage 2).")
     steps: int = field(4000, help="Transformer (and text encoder) optimizer steps (stage 3).")
     batch: int = field(16, help="Clips per transformer step.")
@@ -43,6 +48,8 @@ class LabBuildConfig:
             raise UserError("--vae-crop must be 0 or a multiple of 4 between 16 and 64")
         if not 0 <= self.vae_full_fraction <= 1 or self.vae_ball_weight < 0:
             raise UserError("--vae-full-fraction must be in [0, 1], --vae-ball-weight not negative")
+        if self.decoder_steps < 0 or self.decoder_noise < 0:
+            raise UserError("--decoder-steps and --decoder-noise must not be negative")
         if self.vae_lr <= 0 or self.lr <= 0 or self.vae_kl < 0:
             raise UserError("--vae-lr and --lr must be positive, --vae-kl not negative")
         if not 0 <= self.caption_dropout < 1 or not 0 <= self.ema < 1:

@@ -3,7 +3,9 @@
 1. VAE: `vae_steps` steps of pixel MSE (ball pixels weighted up) + `vae_kl` x KL on random `vae_frames`-frame
    windows of fresh web-mix clips, most of them recoloured; first on `vae_crop` crops around a ball, the last
    `vae_full_fraction` on full frames. Then the latents' scaling factor is set to 1 / std of the latents of 64 clips,
-   and the tracker's reading of 32 reconstructed real clips is recorded.
+   the decoder alone trains `decoder_steps` more steps on latents with Gaussian noise added (the encoder, and so
+   every latent the later stages see, is unchanged), and the tracker's reading of 32 reconstructed real clips is
+   recorded.
 2. Data: `clips` web-mix clips encoded once through the spec (`encode_videos`, `encode_first_frames`), exactly as
    `realdpo train` encodes its real clips.
 3. Transformer and text encoder, jointly: `steps` steps of the v-prediction loss `ModelSpec.per_sample_error`
@@ -135,9 +137,48 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
                      for i in range(SCALE_CLIPS)]).permute(0, 2, 1, 3, 4)
         z = torch.cat([vae.encode(x[i:i + 8]).latent_dist.mode() for i in range(0, SCALE_CLIPS, 8)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    results = {"vae_weighted_mse_last50": float(np.mean(losses[-50:])), "latent_std": float(z.std()),
+               **finetune_decoder(cfg, vae)}
     _save_atomic(lambda tmp: vae.save_pretrained(tmp, safe_serialization=True), folder)
-    return {"vae_weighted_mse_last50": float(np.mean(losses[-50:])), "latent_std": float(z.std()),
-            **vae_tracking_error(vae, cfg.seed, CHECK_CLIPS)}
+    return {**results, **vae_tracking_error(vae, cfg.seed, CHECK_CLIPS)}
+
+
+def finetune_decoder(cfg: LabBuildConfig, vae) -> dict:
+    """Train the decoder alone on full frames whose (frozen) encoder latents get noise of std ~ U(0, decoder_noise)
+    in scaled-latent units. A generator's latents are never exact, and a decoder that has only seen exact latents
+    turns small errors into speckle that the tracker reads as extra balls."""
+    from realdpo.lab.world import SIZE
+
+    if not cfg.decoder_steps:
+        return {}
+    torch.manual_seed(derive_seed("lab-build-decoder", cfg.seed) % (1 << 31))
+    rng = np.random.default_rng(derive_seed("lab-build-decoder-windows", cfg.seed))
+    params = list(vae.decoder.parameters())
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.train()
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr / 4, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.vae_lr / 4, total_steps=cfg.decoder_steps, pct_start=0.05)
+    scale, n, losses = float(vae.config.scaling_factor), max(1, cfg.vae_batch // 2), []
+    with step_progress() as bar:
+        task = bar.add_task("decoder", total=cfg.decoder_steps, info="")
+        for step in range(cfg.decoder_steps):
+            x, w = _vae_batch(cfg, cfg.vae_steps + step, rng, SIZE, n)  # clips the VAE steps did not see
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.mode()
+            std = torch.from_numpy(rng.uniform(0, cfg.decoder_noise, n)).float().view(-1, 1, 1, 1, 1) / scale
+            recon = vae.decode(z + std * torch.randn(z.shape)).sample
+            mse = ((recon - x).pow(2) * w).mean() / w.mean()
+            mse.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(mse.item())
+            bar.update(task, advance=1, info=f"noisy-latent mse {np.mean(losses[-20:]):.5f}")
+    vae.requires_grad_(True)
+    vae.eval()
+    return {"decoder_noisy_mse_last50": float(np.mean(losses[-50:]))}
 
 
 @torch.no_grad()
