@@ -45,9 +45,6 @@ def test_vae_reconstruction_keeps_balls_within_a_pixel(spec):
     assert len(errors) >= 20 and np.median(errors) < 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="the committed weights (4000 transformer steps) draw frame 0's balls at about "
-                   "the right places, then let them flicker, split and change hue (issue 10: the lab model is not "
-                   "good enough yet)")
 def test_samples_hold_the_first_frames_balls(spec):
     prompts = heldout_prompts(4)
     videos = generate_videos(spec, prompts, steps=10, guidance=SAMPLE_GUIDANCE)
