@@ -8,7 +8,9 @@ import torch
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 [T, H, W, 3] -> float [T, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    # a read-only array (e.g. decoded into a bytes buffer) is copied: torch.from_numpy warns on one, though .float()
+    # never writes to it
+    return torch.from_numpy(np.require(frames, requirements=["C", "W"])).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
