@@ -100,6 +100,25 @@ def _vae_batch(cfg: LabBuildConfig, step: int, rng: np.random.Generator, crop: i
     return x, torch.from_numpy(np.stack(weights)).float()[:, None]
 
 
+def _weighted_mse(recon: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Pixel MSE with the weights `_vae_batch` gives (ball pixels count 1 + vae_ball_weight times)."""
+    return ((recon - x).pow(2) * w).mean() / w.mean()
+
+
+def _one_cycle(params, lr: float, steps: int):
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+
+
+def _optimizer_step(loss: torch.Tensor, params, opt, sched) -> None:
+    """Backward, clip the gradient norm at 1, step the optimizer and its schedule (every stage's step)."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
     from diffusers import AutoencoderKLCogVideoX
 
@@ -109,8 +128,8 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
     torch.manual_seed(derive_seed("lab-build-vae", cfg.seed) % (1 << 31))
     vae = AutoencoderKLCogVideoX(**VAE_CONFIG)
     vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.vae_lr, total_steps=cfg.vae_steps, pct_start=0.05)
+    params = list(vae.parameters())
+    opt, sched = _one_cycle(params, cfg.vae_lr, cfg.vae_steps)
     rng = np.random.default_rng(derive_seed("lab-build-vae-windows", cfg.seed))
     full_from = cfg.vae_steps - int(round(cfg.vae_full_fraction * cfg.vae_steps)) if cfg.vae_crop else 0
     losses = []
@@ -122,13 +141,9 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
                               max(1, cfg.vae_batch // 2) if full and cfg.vae_crop else cfg.vae_batch)
             posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.sample()).sample
-            mse = ((recon - x).pow(2) * w).mean() / w.mean()
+            mse = _weighted_mse(recon, x, w)
             kl = posterior.kl().mean() / posterior.mean[0].numel()
-            (mse + cfg.vae_kl * kl).backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            _optimizer_step(mse + cfg.vae_kl * kl, params, opt, sched)
             losses.append(mse.item())
             bar.update(task, advance=1, info=f"{'full' if full else 'crop'} mse {np.mean(losses[-20:]):.5f}")
     vae.eval()
@@ -157,8 +172,7 @@ def finetune_decoder(cfg: LabBuildConfig, vae) -> dict:
     vae.requires_grad_(False)
     vae.decoder.requires_grad_(True)
     vae.train()
-    opt = torch.optim.AdamW(params, lr=cfg.vae_lr / 4, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.vae_lr / 4, total_steps=cfg.decoder_steps, pct_start=0.05)
+    opt, sched = _one_cycle(params, cfg.vae_lr / 4, cfg.decoder_steps)
     scale, n, losses = float(vae.config.scaling_factor), max(1, cfg.vae_batch // 2), []
     with step_progress() as bar:
         task = bar.add_task("decoder", total=cfg.decoder_steps, info="")
@@ -168,12 +182,8 @@ def finetune_decoder(cfg: LabBuildConfig, vae) -> dict:
                 z = vae.encode(x).latent_dist.mode()
             std = torch.from_numpy(rng.uniform(0, cfg.decoder_noise, n)).float().view(-1, 1, 1, 1, 1) / scale
             recon = vae.decode(z + std * torch.randn(z.shape)).sample
-            mse = ((recon - x).pow(2) * w).mean() / w.mean()
-            mse.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            mse = _weighted_mse(recon, x, w)
+            _optimizer_step(mse, params, opt, sched)
             losses.append(mse.item())
             bar.update(task, advance=1, info=f"noisy-latent mse {np.mean(losses[-20:]):.5f}")
     vae.requires_grad_(True)
@@ -291,11 +301,7 @@ def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path) -> 
             err = spec.per_sample_error(spec.transformer, x0, noise, t,
                                         {"prompt_embeds": embeds, "image_latents": image_latents[idx]})
             loss = err.mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            _optimizer_step(loss, list(params.values()), opt, sched)
             with torch.no_grad():
                 rate = min(cfg.ema, (1 + step) / (10 + step))  # the usual EMA warm-up
                 for k, p in params.items():
