@@ -71,3 +71,14 @@ def test_eval_hook_scores_upscaled_lab_videos():
     big = np.stack([np.kron(f, np.ones((2, 2, 1), np.uint8)) for f in clip.frames])  # 128x128
     scores = score_lab_frames(big)
     assert scores["lab_physical"] and scores["lab_residual"] < 0.5
+
+
+def test_graded_scores_follow_how_long_the_balls_last():
+    clip = render_clip(derive_seed("tracker-test", "graded"), n_balls=2)
+    whole = score_video(clip.frames)
+    assert whole.consistent_frames == 1.0 and whole.balls_found == 1.0
+    cut = clip.frames.copy()
+    cut[9:] = np.median(cut[0].reshape(-1, 3), axis=0).astype(np.uint8)  # both balls gone from frame 9 on
+    gone = score_video(cut)
+    assert gone.consistent_frames == pytest.approx(8 / 16) and gone.balls_found == pytest.approx(8 / 16)
+    assert score_video(np.full((17, 64, 64, 3), 50, np.uint8)).balls_found == 0.0

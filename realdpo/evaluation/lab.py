@@ -53,7 +53,8 @@ def generate_videos(spec, prompts: Prompts, *, steps: int, guidance: float, batc
 
 def score_videos(videos: Sequence[np.ndarray]) -> dict:
     """The lab's metrics over videos (uint8 [F, H, W, 3] each): physical rate (%), mean residual (px, over the
-    videos the tracker could follow), dynamic degree (%) and motion smoothness, and how often each check failed (%)."""
+    videos the tracker could follow), the graded consistent frames and balls found (%, mean over all videos),
+    dynamic degree (%) and motion smoothness, and how often each check failed (%)."""
     scores = [score_video(v) for v in videos]
     motion = [motion_scores(v, FPS, FPS) for v in videos]
     resid = [s.residual for s in scores if s.residual is not None]
@@ -64,6 +65,8 @@ def score_videos(videos: Sequence[np.ndarray]) -> dict:
         "physical_rate": 100.0 * float(np.mean([s.physical for s in scores])),
         "residual": float(np.mean(resid)) if resid else None,
         "tracked": len(resid),
+        "consistent_frames": 100.0 * float(np.mean([s.consistent_frames for s in scores])),
+        "balls_found": 100.0 * float(np.mean([s.balls_found for s in scores])),
         "dynamic_degree": 100.0 * float(np.mean(dyn)) if dyn else None,
         "motion_smoothness": float(np.mean(smooth)) if smooth else None,
         "failed": {c: 100.0 * float(np.mean([c in s.failed for s in scores])) for c in CHECKS},

@@ -21,6 +21,12 @@ tests/test_lab_tracker.py on rendered clips):
 - `residual`: the best physical fit (free start position and velocity per ball, under either of the world's two
   laws: constant velocity, or gravity `GRAVITY`; elastic walls at the ball's measured radius) leaves an RMS
   error <= `RESIDUAL_RMS` px and a largest error <= `RESIDUAL_MAX` px.
+
+Two graded scores sit beside the checks, for videos far from physical (a weak model's samples fail `count` on
+a single frame with one stray blob, so the pass/fail rate alone can sit at 0 for every method):
+`consistent_frames`, the share of frames after frame 0 that hold exactly frame 0's balls (as many blobs, of the same
+palette colours), and `balls_found`, the share of (frame-0 ball, later frame) pairs where a blob of that ball's colour
+is found. Both are 0 for a video whose frame 0 holds no ball.
 """
 
 from __future__ import annotations
@@ -142,6 +148,8 @@ class VideoScore:
     physical: bool
     failed: list[str] = field(default_factory=list)  # the checks that failed, in CHECKS order
     objects: int = 0
+    consistent_frames: float = 0.0  # share of frames 1.. holding exactly frame 0's balls (count and colours)
+    balls_found: float = 0.0  # share of (frame-0 ball, later frame) pairs whose colour is found
     residual: float | None = None  # RMS px of the best physical fit, worst ball (None when not tracked)
     residual_max: float | None = None
     size_ratio: float | None = None
@@ -168,6 +176,7 @@ def score_video(frames: np.ndarray) -> VideoScore:
     if len(set(names)) != len(names):
         failed.add("color")  # two balls of one colour never happen in the world
     tracks: dict[str, list[Blob]] = {n: [] for n in names}
+    consistent = 0
     for blobs in per_frame:
         if len(blobs) != len(first):
             failed.add("count")
@@ -176,10 +185,13 @@ def score_video(frames: np.ndarray) -> VideoScore:
             seen.setdefault(b.color, b)
         if set(seen) != set(names):
             failed.add("color")
+        consistent += len(blobs) == len(first) and set(seen) == set(names)
         for n in names:
             if n in seen:
                 tracks[n].append(seen[n])
-    score = VideoScore(False, objects=len(first))
+    later = max(len(frames) - 1, 1)
+    score = VideoScore(False, objects=len(first), consistent_frames=(consistent - 1) / later,
+                       balls_found=(sum(len(t) for t in tracks.values()) - len(tracks)) / (later * len(tracks)))
     if any(len(t) != len(frames) for t in tracks.values()):  # a colour went missing: "color" or "count" failed
         score.failed = [c for c in CHECKS if c in failed]
         return score
