@@ -10,15 +10,17 @@ Protocol (fixed before any DPO arm was run; README, "The motion lab"):
 - negatives: K = 3 per real clip from the model's own pipeline at the sampler settings below (round 1: the base);
 - evaluation: PROMPTS held-out first frames + captions (the `heldout` set), sampler seed 1000 + i for prompt i,
   SAMPLE_STEPS DDIM steps at guidance SAMPLE_GUIDANCE; every video scored by realdpo.lab.tracker (physical rate,
-  residual) and realdpo.evaluation.motion (dynamic degree, motion smoothness);
+  residual, and the graded consistent frames and balls found) and realdpo.evaluation.motion (dynamic degree, motion
+  smoothness);
 - seeds: 0, 1, 2 (training seed: LoRA init, data order, noise, and the negatives' sampler seeds); mean +- std.
 
 Outputs in --out: results.json, table.md, physical_rate.png (bar chart), strip.png (held-out prompt 0, every
-method, seed 0), runs/<arm>-s<seed>/ (the training run and its held-out scores; a rerun reuses finished runs).
+method, seed 0), runs/<arm>-s<seed>-r<real>-k<steps>/ (the training run and its held-out scores). A rerun reuses
+finished runs; a run scored before the current metric (SCORES_VERSION) is scored again from its saved LoRA.
 The last line printed is `physical_rate base=<a> sft=<b> dpo=<c>`.
 
     python bench/motion_lab.py                 # the experiment (3 seeds, 64 prompts)
-    python bench/motion_lab.py --quick         # 1 seed, 32 prompts, 32 real clips, fewer steps
+    python bench/motion_lab.py --quick         # 1 seed, 16 prompts, 16 real clips, 40 steps: a preview
     python bench/motion_lab.py --extra dpo-b500:loss=dpo,beta=500   # an ablation arm (repeatable)
 """
 
@@ -47,12 +49,14 @@ ARMS = {
     "dpo+sft": {"loss": "dpo+sft"},
     "dpo-r2": {"loss": "dpo", "rounds": 2},
 }
-COMMON = dict(steps=200, batch_size=4, lr=1e-3, lr_scheduler="constant", warmup_steps=10, lora_rank=16, beta=5000.0,
+COMMON = dict(steps=100, batch_size=4, lr=1e-3, lr_scheduler="constant", warmup_steps=10, lora_rank=16, beta=5000.0,
               t_min=0.0, t_max=0.5, negatives=3, neg_steps=SAMPLE_STEPS, neg_guidance=SAMPLE_GUIDANCE,
               neg_batch_size=16, checkpoint_every=0)
 FULL = dict(seeds=[0, 1, 2], prompts=64, real=64)
-QUICK = dict(seeds=[0], prompts=32, real=32, steps=80)
+QUICK = dict(seeds=[0], prompts=16, real=16, steps=40)
 STRIP_PROMPT = 0
+SCORES_VERSION = 2  # 2: the tracker's graded consistent_frames and balls_found
+METRICS = ("physical_rate", "residual", "consistent_frames", "balls_found", "dynamic_degree", "motion_smoothness")
 
 
 def _parse_extra(spec: str) -> tuple[str, dict]:
@@ -83,19 +87,33 @@ def _console():
 
 def evaluate(spec, prompts, batch: int = 16) -> tuple[dict, np.ndarray]:
     videos = generate_videos(spec, prompts, steps=SAMPLE_STEPS, guidance=SAMPLE_GUIDANCE, batch_size=batch)
-    return score_videos(videos), videos[STRIP_PROMPT]
+    return {**score_videos(videos), "scores_version": SCORES_VERSION}, videos[STRIP_PROMPT]
 
 
-def run_arm(name: str, overrides: dict, seed: int, shards: list[str], prompts, out: Path, steps: int) -> dict:
-    """Train one arm at one seed (or reuse a finished run) and score it on the held-out prompts."""
+def _current(path: Path) -> dict | None:
+    """The saved scores at `path` if they were made by the current metric."""
+    if not path.is_file():
+        return None
+    scores = json.loads(path.read_text())
+    return scores if scores.get("scores_version") == SCORES_VERSION else None
+
+
+def run_arm(name: str, overrides: dict, seed: int, shards: list[str], n_real: int, prompts, out: Path,
+            steps: int) -> dict:
+    """Train one arm at one seed (or reuse a finished run: its training is then only checked complete) and score
+    it on the held-out prompts."""
     from realdpo.generation.sampling import load_lora
     from realdpo.models import load_spec
     from realdpo.training.trainer import train
 
-    run = out / "runs" / f"{name}-s{seed}"
-    done = run / "heldout.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    run = out / "runs" / f"{name}-s{seed}-r{n_real}-k{steps}"
+    done = run / f"heldout-{len(prompts.captions)}.json"
+    previous = json.loads(done.read_text()) if done.is_file() else None
+    if previous is not None and previous.get("overrides") != overrides:
+        raise SystemExit(f"{run} was trained as {name}:{previous.get('overrides')}, not {overrides}; give the arm "
+                         "another name or another --out")
+    if (scores := _current(done)) is not None:
+        return scores
     t0, c0 = time.perf_counter(), time.process_time()
     cfg = TrainConfig(**{**COMMON, "steps": steps, **overrides}, shards=shards, out=run / "train",
                       model=lab_model_path(), seed=seed, cache_dir=out / "cache", resume=True)
@@ -108,6 +126,9 @@ def run_arm(name: str, overrides: dict, seed: int, shards: list[str], prompts, o
     metrics.update(arm=name, seed=seed, overrides=overrides, train_seconds=round(t_train, 1),
                    eval_seconds=round(time.perf_counter() - t0 - t_train, 1), train_cpu_seconds=round(c_train, 1),
                    eval_cpu_seconds=round(time.process_time() - c0 - c_train, 1))
+    if previous is not None:  # re-scored: the training times are the original run's
+        metrics.update({k: previous[k] for k in ("train_seconds", "train_cpu_seconds") if k in previous},
+                       rescored_from_version=previous.get("scores_version", 1))
     np.save(run / "strip.npy", strip)
     tmp = run / ".heldout.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1))
@@ -119,7 +140,7 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     table = {}
     for name, rows in results.items():
         entry = {"n_seeds": len(rows)}
-        for key in ("physical_rate", "residual", "dynamic_degree", "motion_smoothness"):
+        for key in METRICS:
             vals = [r[key] for r in rows if r.get(key) is not None]
             entry[key] = (float(np.mean(vals)), float(np.std(vals))) if vals else (None, None)
         entry["failed"] = {c: float(np.mean([r["failed"][c] for r in rows])) for c in rows[0]["failed"]}
@@ -132,11 +153,12 @@ def markdown_table(summary: dict[str, dict]) -> str:
         m, s = v
         return "—" if m is None else f"{m:{fmt}} ± {s:{fmt}}"
 
-    lines = ["| method | seeds | physical rate (%) ↑ | residual (px) ↓ | dynamic degree (%) | motion smoothness | "
-             "failed checks (% of videos) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | seeds | physical rate (%) ↑ | residual (px) ↓ | consistent frames (%) ↑ | balls found (%) ↑ | "
+             "dynamic degree (%) | motion smoothness | failed checks (% of videos) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in summary.items():
         failed = ", ".join(f"{c} {v:.0f}" for c, v in e["failed"].items() if v > 0)
         lines.append(f"| {name} | {e['n_seeds']} | {cell(e['physical_rate'], '.1f')} | {cell(e['residual'], '.2f')} | "
+                     f"{cell(e['consistent_frames'], '.1f')} | {cell(e['balls_found'], '.1f')} | "
                      f"{cell(e['dynamic_degree'], '.1f')} | {cell(e['motion_smoothness'], '.2f')} | {failed} |")
     return "\n".join(lines)
 
@@ -148,11 +170,12 @@ def bar_chart(summary: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = [("physical_rate", "physical rate (%) ↑"), ("residual", "residual (px) ↓"),
+            ("consistent_frames", "consistent frames (%) ↑"), ("balls_found", "balls found (%) ↑"),
             ("dynamic_degree", "dynamic degree (%)"), ("motion_smoothness", "motion smoothness")]
     names = list(summary)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.4))
+    fig, axes = plt.subplots(2, len(keys) // 2, figsize=(3.4 * len(keys) // 2, 6.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (key, title) in zip(axes, keys):
+    for ax, (key, title) in zip(axes.flat, keys):
         means = [np.nan if summary[n][key][0] is None else summary[n][key][0] for n in names]
         stds = [0 if summary[n][key][1] is None else summary[n][key][1] for n in names]
         bars = ax.bar(range(len(names)), means, yerr=stds, capsize=3,
@@ -169,12 +192,12 @@ def bar_chart(summary: dict[str, dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench_out/motion_lab"))
-    ap.add_argument("--quick", action="store_true", help="1 seed, 32 prompts, 32 real clips, 80 steps (< 5 min)")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 16 prompts, 16 real clips, 40 steps (a preview; < 5 min on 2 cores)")
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; --quick: 0)")
     ap.add_argument("--prompts", type=int, help="held-out prompts (default 64; --quick: 32)")
     ap.add_argument("--real", type=int, help="real clips (default 64; --quick: 32)")
     ap.add_argument("--steps", type=int, help=f"optimizer steps per arm (default {COMMON['steps']}; --quick: 80)")
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), help=f"arms to run (default {' '.join(ARMS)})")
+    ap.add_argument("--arms", nargs="*", default=list(ARMS), help=f"arms to run (default {' '.join(ARMS)})")
     ap.add_argument("--extra", action="append", default=[], help="an extra arm NAME:option=value,... (ablations)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
@@ -198,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     from realdpo.models import load_spec
 
     t0 = time.perf_counter()
-    shards = curated_real_set(out / "real", n_real)
+    shards = curated_real_set(out / f"real-{n_real}", n_real)
     timings["curate_real_set"] = round(time.perf_counter() - t0, 1)
     prompts = heldout_prompts(n_prompts)
 
@@ -206,8 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     strips: dict[str, np.ndarray] = {}
     base_file = out / f"base-{n_prompts}.json"
     t0 = time.perf_counter()
-    if base_file.is_file():
-        base = json.loads(base_file.read_text())
+    if (base := _current(base_file)) is not None:
         strips["base"] = np.load(out / "base_strip.npy")
     else:
         base, strips["base"] = evaluate(load_spec(lab_model_path()), prompts)
@@ -220,12 +242,12 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = []
         for seed in seeds:
             console.rule(f"{name} seed {seed}")
-            r = run_arm(name, overrides, seed, shards, prompts, out, steps)
+            r = run_arm(name, overrides, seed, shards, n_real, prompts, out, steps)
             results[name].append(r)
             timings[f"{name}-s{seed}"] = r.get("train_seconds", 0) + r.get("eval_seconds", 0)
             console.print(f"{name} seed {seed}: physical rate {r['physical_rate']:.1f}%")
             if seed == seeds[0]:
-                strips[name] = np.load(out / "runs" / f"{name}-s{seed}" / "strip.npy")
+                strips[name] = np.load(out / "runs" / f"{name}-s{seed}-r{n_real}-k{steps}" / "strip.npy")
 
     summary = summarize(results)
     table = markdown_table(summary)
@@ -245,6 +267,10 @@ def main(argv: list[str] | None = None) -> dict:
     def rate(name):
         return f"{summary[name]['physical_rate'][0]:.1f}" if name in summary else "n/a"
 
+    def graded(name):
+        return f"{summary[name]['consistent_frames'][0]:.1f}" if name in summary else "n/a"
+
+    console.print(f"consistent_frames base={graded('base')} sft={graded('sft')} dpo={graded('dpo')}")
     print(f"physical_rate base={rate('base')} sft={rate('sft')} dpo={rate('dpo')}")
     return report
 
