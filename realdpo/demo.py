@@ -77,11 +77,13 @@ def demo(cfg: DemoConfig) -> dict:
     scores = {"base": score_videos(before), "RealDPO": score_videos(after)}
     strip = write_strip_png({"base": before[0], "RealDPO": after[0]}, out / "strip.png")
     table = Table(title=f"the lab's metric on {cfg.prompts} held-out prompts")
-    for col in ("model", "physical rate (%)", "residual (px)", "dynamic degree (%)"):
+    for col in ("model", "physical rate (%)", "residual (px)", "consistent frames (%)", "balls found (%)",
+                "dynamic degree (%)"):
         table.add_column(col, justify="right")
     for name, s in scores.items():
         resid = "—" if s["residual"] is None else f"{s['residual']:.2f}"
-        table.add_row(name, f"{s['physical_rate']:.1f}", resid, f"{s['dynamic_degree'] or 0:.1f}")
+        table.add_row(name, f"{s['physical_rate']:.1f}", resid, f"{s['consistent_frames']:.1f}",
+                      f"{s['balls_found']:.1f}", f"{s['dynamic_degree'] or 0:.1f}")
     console.print(table)
     console.print(f"physical rate before {scores['base']['physical_rate']:.1f}% -> after "
                   f"{scores['RealDPO']['physical_rate']:.1f}%")

@@ -23,6 +23,8 @@ def test_eval_lab_reports_physical_rate(tmp_path):
     assert report["methods"]["real"]["physical_rate"] == 100.0
     assert report["methods"]["glitch"]["physical_rate"] == 0.0
     assert report["methods"]["real"]["lab_residual"] < 0.8
+    assert report["methods"]["real"]["lab_consistent_frames"] == 100.0
+    assert report["methods"]["glitch"]["lab_balls_found"] == 100.0  # a teleport keeps every ball in view
     assert "teleport" in report["per_video"]["glitch"][0]["lab_failed"]
     assert report["settings"]["lab"]["tolerances"]["residual_rms"] == 0.8
 

@@ -31,6 +31,8 @@ METRICS = {
     "pref_margin": True,
     "physical_rate": True,  # --lab only
     "lab_residual": False,
+    "lab_consistent_frames": True,
+    "lab_balls_found": True,
 }
 
 
@@ -241,9 +243,10 @@ def _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_e
 def _lab_metrics(ok: list[Result]) -> dict:
     phys = [r.scores["lab_physical"] for r in ok if "lab_physical" in r.scores]
     out = {"physical_rate": 100.0 * float(np.mean(phys))} if phys else {}
-    resid = _mean(r.scores.get("lab_residual") for r in ok)
-    if resid is not None:
-        out["lab_residual"] = resid
+    for key in ("lab_residual", "lab_consistent_frames", "lab_balls_found"):
+        value = _mean(r.scores.get(key) for r in ok)
+        if value is not None:
+            out[key] = value
     return out
 
 
@@ -251,7 +254,9 @@ def _lab_settings() -> dict:
     from realdpo.lab.tracker import TOLERANCES
 
     return {"tolerances": TOLERANCES, "definition": "physical_rate: percentage of videos whose tracked balls pass "
-            "every check of realdpo.lab.tracker; lab_residual: mean RMS px of the best physical fit (tracked videos)"}
+            "every check of realdpo.lab.tracker; lab_residual: mean RMS px of the best physical fit (tracked videos); "
+            "lab_consistent_frames: % of frames after frame 0 holding exactly frame 0's balls; lab_balls_found: % of "
+            "(frame-0 ball, later frame) pairs whose colour is found (both means over videos)"}
 
 
 def _finite(obj):

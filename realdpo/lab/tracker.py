@@ -236,4 +236,5 @@ def score_lab_frames(frames: np.ndarray) -> dict:
     if frames.shape[1:3] != (SIZE, SIZE):
         frames = np.stack([cv2.resize(f, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for f in frames])
     s = score_video(frames)
-    return {"lab_physical": s.physical, "lab_failed": s.failed, "lab_residual": s.residual}
+    return {"lab_physical": s.physical, "lab_failed": s.failed, "lab_residual": s.residual,
+            "lab_consistent_frames": 100.0 * s.consistent_frames, "lab_balls_found": 100.0 * s.balls_found}
