@@ -19,7 +19,7 @@ method, seed 0), runs/<arm>-s<seed>-r<real>-k<steps>/ (the training run and its 
 finished runs; a run scored before the current metric (SCORES_VERSION) is scored again from its saved LoRA.
 The last line printed is `physical_rate base=<a> sft=<b> dpo=<c>`.
 
-    python bench/motion_lab.py                 # the experiment (3 seeds, 64 prompts)
+    python bench/motion_lab.py --workers 2     # the experiment (3 seeds, 64 prompts) on a 2-core machine
     python bench/motion_lab.py --quick         # 1 seed, 16 prompts, 16 real clips, 40 steps: a preview
     python bench/motion_lab.py --extra dpo-b500:loss=dpo,beta=500   # an ablation arm (repeatable)
 """
@@ -189,17 +189,69 @@ def bar_chart(summary: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _job_order(arms: dict[str, dict], seeds: list[int]) -> list[tuple[str, int]]:
+    """Every (arm, seed), arm by arm with the seeds interleaved, the arms that generate negatives first and sft
+    last: parallel workers then start on different seeds' round-1 negatives (which the later arms of a seed reuse
+    from the cache) and finish on the cheapest runs."""
+    order = sorted(arms, key=lambda name: arms[name].get("loss", "dpo") == "sft")
+    return [(name, seed) for name in order for seed in seeds]
+
+
+def _claim(folder: Path, job: str) -> bool:
+    try:
+        os.close(os.open(folder / job, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_workers(n: int, argv: list[str], out: Path, console) -> None:
+    """Run this command's training runs in n single-thread worker processes that share the job list through
+    claim files (a fresh claims folder per call, so a rerun after a kill claims the unfinished runs again)."""
+    import subprocess
+    import tempfile
+
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    claims = Path(tempfile.mkdtemp(prefix="claims-", dir=out))
+    rest, skip = [], False
+    for a in argv:  # this command's arguments less --workers and --threads (and their values)
+        if not skip and not a.startswith(("--workers", "--threads")):
+            rest.append(a)
+        skip = a in ("--workers", "--threads")
+    cmd = [sys.executable, str(Path(__file__).resolve()), *rest, "--threads", "1", "--claims", str(claims)]
+    console.print(f"{n} workers, logs in {logs}")
+    files = [open(logs / f"worker-{i}.log", "w") for i in range(n)]
+    procs = [subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT) for f in files]
+    codes = [p.wait() for p in procs]
+    for f in files:
+        f.close()
+    if any(codes):
+        raise SystemExit(f"a worker failed (exit codes {codes}); see {logs}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench_out/motion_lab"))
     ap.add_argument("--quick", action="store_true", help="1 seed, 16 prompts, 16 real clips, 40 steps (a preview; < 5 min on 2 cores)")
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; --quick: 0)")
-    ap.add_argument("--prompts", type=int, help="held-out prompts (default 64; --quick: 32)")
-    ap.add_argument("--real", type=int, help="real clips (default 64; --quick: 32)")
-    ap.add_argument("--steps", type=int, help=f"optimizer steps per arm (default {COMMON['steps']}; --quick: 80)")
+    ap.add_argument("--prompts", type=int, help="held-out prompts (default 64; --quick: 16)")
+    ap.add_argument("--real", type=int, help="real clips (default 64; --quick: 16)")
+    ap.add_argument("--steps", type=int, help=f"optimizer steps per arm (default {COMMON['steps']}; --quick: 40)")
     ap.add_argument("--arms", nargs="*", default=list(ARMS), help=f"arms to run (default {' '.join(ARMS)})")
     ap.add_argument("--extra", action="append", default=[], help="an extra arm NAME:option=value,... (ablations)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="train and score the runs in this many single-thread processes (2 on a 2-core machine: "
+                         "two 2-thread processes would slow each other down); logs in OUT/logs/")
+    ap.add_argument("--claims", type=Path, help=argparse.SUPPRESS)  # set for the worker processes
     args = ap.parse_args(argv)
     preset = QUICK if args.quick else FULL
     seeds = args.seeds or preset["seeds"]
@@ -238,6 +290,14 @@ def main(argv: list[str] | None = None) -> dict:
     timings["base_eval"] = round(time.perf_counter() - t0, 1)
     results["base"] = [base]
     console.print(f"base: physical rate {base['physical_rate']:.1f}%")
+    jobs = _job_order(arms, seeds)
+    if args.claims is not None:  # a worker: run whatever jobs no other worker has claimed, then stop
+        for name, seed in jobs:
+            if _claim(args.claims, f"{name}-s{seed}"):
+                run_arm(name, arms[name], seed, shards, n_real, prompts, out, steps)
+        return {}
+    if args.workers > 1:
+        _run_workers(args.workers, argv if argv is not None else sys.argv[1:], out, console)
     for name, overrides in arms.items():
         results[name] = []
         for seed in seeds:
@@ -251,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = summarize(results)
     table = markdown_table(summary)
-    total, total_cpu = round(time.perf_counter() - started, 1), round(time.process_time() - cpu_started, 1)
+    total = round(time.perf_counter() - started, 1)
+    total_cpu = round(time.process_time() - cpu_started + _children_cpu_seconds(), 1)
     (out / "table.md").write_text(table + "\n")
     bar_chart(summary, out / "physical_rate.png")
     write_strip_png(strips, out / "strip.png")
