@@ -23,10 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realdpo.evaluation.lab import heldout_prompts, score_videos  # noqa: E402
+from realdpo.evaluation.lab import generate_videos, heldout_prompts, score_videos  # noqa: E402
 from realdpo.lab.model import SAMPLE_GUIDANCE, SAMPLE_STEPS, lab_model_path  # noqa: E402
 from realdpo.lab.sets import set_clip  # noqa: E402
-from realdpo.lab.world import FRAMES, SIZE  # noqa: E402
 from realdpo.models.frames import to_tensor, to_uint8  # noqa: E402
 
 
@@ -57,16 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'strength':>8s} {'physical':>9s} {'consistent':>11s} {'balls found':>12s}  failed checks (% of videos)")
     for strength in [0.0, *args.strengths]:  # 0.0: the clips' VAE reconstructions, no model step
         t0 = time.perf_counter()
-        videos = [] if strength else [to_uint8(v) for v in spec.decode_latents(init)]
-        for i in range(0, args.prompts if strength else 0, 16):
-            sl = slice(i, i + 16)
-            caps = prompts.captions[sl]
-            lat = spec.generate_latents(caps, spec.encode_prompts(caps), num_frames=FRAMES,
-                                        height=SIZE, width=SIZE, steps=SAMPLE_STEPS, guidance=SAMPLE_GUIDANCE,
-                                        seeds=prompts.seeds[sl], images=prompts.images[sl],
-                                        init_latents=None if strength >= 1.0 else init[sl], strength=strength)
-            videos += [to_uint8(v) for v in spec.decode_latents(lat)]
-        s = score_videos(np.stack(videos))
+        if strength:
+            videos = generate_videos(spec, prompts, steps=SAMPLE_STEPS, guidance=SAMPLE_GUIDANCE, strength=strength,
+                                     init_latents=None if strength >= 1.0 else init)
+        else:
+            videos = np.stack([to_uint8(v) for v in spec.decode_latents(init)])
+        s = score_videos(videos)
         failed = ", ".join(f"{c} {v:.0f}" for c, v in s["failed"].items() if v > 0)
         print(f"{strength:8.2f} {s['physical_rate']:8.1f}% {s['consistent_frames']:10.1f}% {s['balls_found']:11.1f}%  "
               f"{failed}  ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -36,15 +36,19 @@ def heldout_prompts(count: int, seed: int = 0) -> Prompts:
 
 
 def generate_videos(spec, prompts: Prompts, *, steps: int, guidance: float, batch_size: int = 16,
-                    progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """One video per prompt from `spec` (with whatever LoRA is loaded into it): uint8 [N, F, H, W, 3]."""
+                    progress: Callable[[int], None] | None = None, init_latents: torch.Tensor | None = None,
+                    strength: float = 1.0) -> np.ndarray:
+    """One video per prompt from `spec` (with whatever LoRA is loaded into it): uint8 [N, F, H, W, 3].
+    `init_latents` [N, ...] with `strength` < 1: start from those clean latents noised part-way (SDEdit, as in
+    `ModelSpec.generate_latents`)."""
     out = []
     for i in range(0, len(prompts.captions), batch_size):
         caps = prompts.captions[i:i + batch_size]
         cond = spec.encode_prompts(caps)
         latents = spec.generate_latents(caps, cond, num_frames=FRAMES, height=SIZE, width=SIZE, steps=steps,
                                         guidance=guidance, seeds=prompts.seeds[i:i + batch_size],
-                                        images=prompts.images[i:i + batch_size])
+                                        images=prompts.images[i:i + batch_size], strength=strength,
+                                        init_latents=None if init_latents is None else init_latents[i:i + batch_size])
         out += [to_uint8(v) for v in spec.decode_latents(latents)]
         if progress is not None:
             progress(len(caps))
