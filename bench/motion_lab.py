@@ -90,12 +90,17 @@ def evaluate(spec, prompts, batch: int = 16) -> tuple[dict, np.ndarray]:
     return {**score_videos(videos), "scores_version": SCORES_VERSION}, videos[STRIP_PROMPT]
 
 
-def _current(path: Path) -> dict | None:
-    """The saved scores at `path` if they were made by the current metric."""
-    if not path.is_file():
-        return None
-    scores = json.loads(path.read_text())
-    return scores if scores.get("scores_version") == SCORES_VERSION else None
+def _saved(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _current(scores: dict | None) -> dict | None:
+    """Saved scores if they were made by the current metric."""
+    return scores if scores is not None and scores.get("scores_version") == SCORES_VERSION else None
+
+
+def run_dir(out: Path, name: str, seed: int, n_real: int, steps: int) -> Path:
+    return out / "runs" / f"{name}-s{seed}-r{n_real}-k{steps}"
 
 
 def run_arm(name: str, overrides: dict, seed: int, shards: list[str], n_real: int, prompts, out: Path,
@@ -106,13 +111,13 @@ def run_arm(name: str, overrides: dict, seed: int, shards: list[str], n_real: in
     from realdpo.models import load_spec
     from realdpo.training.trainer import train
 
-    run = out / "runs" / f"{name}-s{seed}-r{n_real}-k{steps}"
+    run = run_dir(out, name, seed, n_real, steps)
     done = run / f"heldout-{len(prompts.captions)}.json"
-    previous = json.loads(done.read_text()) if done.is_file() else None
+    previous = _saved(done)
     if previous is not None and previous.get("overrides") != overrides:
         raise SystemExit(f"{run} was trained as {name}:{previous.get('overrides')}, not {overrides}; give the arm "
                          "another name or another --out")
-    if (scores := _current(done)) is not None:
+    if (scores := _current(previous)) is not None:
         return scores
     t0, c0 = time.perf_counter(), time.process_time()
     cfg = TrainConfig(**{**COMMON, "steps": steps, **overrides}, shards=shards, out=run / "train",
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     strips: dict[str, np.ndarray] = {}
     base_file = out / f"base-{n_prompts}.json"
     t0 = time.perf_counter()
-    if (base := _current(base_file)) is not None:
+    if (base := _current(_saved(base_file))) is not None:
         strips["base"] = np.load(out / "base_strip.npy")
     else:
         base, strips["base"] = evaluate(load_spec(lab_model_path()), prompts)
@@ -290,9 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
     timings["base_eval"] = round(time.perf_counter() - t0, 1)
     results["base"] = [base]
     console.print(f"base: physical rate {base['physical_rate']:.1f}%")
-    jobs = _job_order(arms, seeds)
     if args.claims is not None:  # a worker: run whatever jobs no other worker has claimed, then stop
-        for name, seed in jobs:
+        for name, seed in _job_order(arms, seeds):
             if _claim(args.claims, f"{name}-s{seed}"):
                 run_arm(name, arms[name], seed, shards, n_real, prompts, out, steps)
         return {}
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
             timings[f"{name}-s{seed}"] = r.get("train_seconds", 0) + r.get("eval_seconds", 0)
             console.print(f"{name} seed {seed}: physical rate {r['physical_rate']:.1f}%")
             if seed == seeds[0]:
-                strips[name] = np.load(out / "runs" / f"{name}-s{seed}-r{n_real}-k{steps}" / "strip.npy")
+                strips[name] = np.load(run_dir(out, name, seed, n_real, steps) / "strip.npy")
 
     summary = summarize(results)
     table = markdown_table(summary)
