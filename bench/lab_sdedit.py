@@ -72,4 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from realaction.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # a missing or broken --model / --lora folder: one line, not a traceback
+        raise SystemExit(f"lab_sdedit: {e}") from None
