@@ -10,7 +10,8 @@ import realdpo.lab.build as build_mod
 from realdpo.configs.lab import LabBuildConfig
 from realdpo.models import load_spec
 
-TOY = dict(vae_steps=2, vae_batch=2, vae_crop=32, decoder_steps=2, clips=8, steps=4, batch=2, threads=1)
+TOY = dict(vae_steps=2, vae_batch=2, vae_crop=32, decoder_steps=2, clips=8, steps=4, batch=2, refine_steps=2,
+           refine_clips=4, threads=1)
 
 
 def _weights(folder):

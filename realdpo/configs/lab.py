@@ -34,14 +34,21 @@ class LabBuildConfig:
     steps: int = field(4000, help="Transformer (and text encoder) optimizer steps (stage 3).")
     batch: int = field(16, help="Clips per transformer step.")
     lr: float = field(1e-3, help="Peak transformer learning rate (warm-up, then cosine).")
+    refine_steps: int = field(3000, help="Steps of a second transformer stage (stage 4) that continues from stage 3's "
+                              "saved (EMA) weights on `refine_clips` fresh web-mix clips, with its own warm-up and "
+                              "cosine decay from `refine_lr` (0 skips).")
+    refine_clips: int = field(2000, help="Web-mix clips encoded for stage 4 (drawn apart from stage 2's).")
+    refine_lr: float = field(3e-4, help="Peak learning rate of stage 4.")
     caption_dropout: float = field(0.1, help="Fraction of training captions replaced by the empty prompt (for guidance).")
     ema: float = field(0.999, help="Rate of the weight EMA that is saved (0 saves the raw weights).")
     threads: int = field(2, help="torch threads (0: torch's default; the committed weights were built with 2). Weights are reproducible for a given seed and thread count.")
 
     def validate(self) -> None:
-        for name in ("vae_steps", "vae_batch", "clips", "steps", "batch"):
+        for name in ("vae_steps", "vae_batch", "clips", "steps", "batch", "refine_clips"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.refine_steps < 0 or self.refine_lr <= 0:
+            raise UserError("--refine-steps must not be negative, --refine-lr must be positive")
         if self.vae_frames < 1 or self.vae_frames > 17 or self.vae_frames % 2 == 0:
             raise UserError("--vae-frames must be odd, between 1 and 17")
         if self.vae_crop and not 16 <= self.vae_crop <= 64 or self.vae_crop % 4:

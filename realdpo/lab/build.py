@@ -1,4 +1,4 @@
-"""`realdpo lab build`: train the lab model from a seed on the web mix, in three resumable stages.
+"""`realdpo lab build`: train the lab model from a seed on the web mix, in four resumable stages.
 
 1. VAE: `vae_steps` steps of pixel MSE (ball pixels weighted up) + `vae_kl` x KL on random `vae_frames`-frame
    windows of fresh web-mix clips, most of them recoloured; first on `vae_crop` crops around a ball, the last
@@ -11,9 +11,11 @@
 3. Transformer and text encoder, jointly: `steps` steps of the v-prediction loss `ModelSpec.per_sample_error`
    (timesteps uniform over the whole schedule; `caption_dropout` of the captions replaced by ""), AdamW with
    warm-up then cosine decay, gradient clipping at 1, and an EMA of the weights that is what gets saved.
+4. Refine: `refine_steps` more steps of stage 3's loss from its saved (EMA) weights, on `refine_clips` fresh web-mix
+   clips, with a fresh optimizer, warm-up and cosine decay from `refine_lr` (0 skips the stage).
 
 Each stage leaves its result in OUT/.build (the VAE folder, the encoded data, transformer checkpoints every 250
-steps), so a killed build restarts where it stopped; the finished pipeline is written to a temporary folder and
+steps, stage 3's pipeline), so a killed build restarts where it stopped; the finished pipeline is written to a temporary folder and
 renamed to OUT. Stage wall and CPU times and final losses go to OUT/build_info.json.
 """
 
@@ -212,15 +214,16 @@ def vae_tracking_error(vae, seed: int, n: int = 32) -> dict:
 
 # ---------------------------------------------------------------------------------------------- stage 2: data
 
-def encode_data(cfg: LabBuildConfig, spec, path: Path) -> None:
+def encode_data(cfg: LabBuildConfig, spec, path: Path, count: int, tag: str = "lab-build-data") -> None:
+    """`count` web-mix clips drawn from the seed derived from `tag` (each stage that trains gets its own clips)."""
     from safetensors.torch import save_file
 
     latents, images, captions = [], [], []
-    data_seed = derive_seed("lab-build-data", cfg.seed)
+    data_seed = derive_seed(tag, cfg.seed)
     with step_progress() as bar:
-        task = bar.add_task("encode", total=cfg.clips, info="web-mix clips")
-        for start in range(0, cfg.clips, 16):
-            clips = [set_clip("web", i, data_seed) for i in range(start, min(start + 16, cfg.clips))]
+        task = bar.add_task("encode", total=count, info="web-mix clips")
+        for start in range(0, count, 16):
+            clips = [set_clip("web", i, data_seed) for i in range(start, min(start + 16, count))]
             video = _videos([c.frames for c in clips])
             latents.append(spec.encode_videos(video))
             images.append(spec.encode_first_frames(video[:, 0], FRAMES)["image_latents"])
@@ -240,7 +243,10 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path) -> dict:
+def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path, steps: int, lr: float,
+                      stage: str = "transformer") -> dict:
+    """`steps` steps from the spec's current weights on the clips in `data`; `stage` names the progress bar, the
+    training order's seed and the loss reported (stage 3 and the refine stage both run here)."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -254,9 +260,9 @@ def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path) -> 
     for mod in modules.values():
         mod.requires_grad_(True).train()
     ema = {k: p.detach().clone() for k, p in params.items()}
-    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=0.01)
-    warmup = min(200, cfg.steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.steps, warmup))
+    opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.01)
+    warmup = min(200, steps // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
     max_len = spec.max_sequence_length
 
     start, losses = 0, []
@@ -288,9 +294,10 @@ def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path) -> 
                 shutil.rmtree(old, ignore_errors=True)
 
     with step_progress() as bar:
-        task = bar.add_task("transformer", total=cfg.steps, completed=start, info="")
-        for step in range(start, cfg.steps):
-            g = torch.Generator().manual_seed(derive_seed("lab-build-step", cfg.seed, step) % (1 << 63))
+        task = bar.add_task(stage, total=steps, completed=start, info="")
+        for step in range(start, steps):
+            tag = "lab-build-step" if stage == "transformer" else f"lab-build-{stage}-step"
+            g = torch.Generator().manual_seed(derive_seed(tag, cfg.seed, step) % (1 << 63))
             idx = torch.randint(0, n, (cfg.batch,), generator=g)
             drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
             text = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
@@ -308,14 +315,14 @@ def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path) -> 
                     ema[k].lerp_(p.detach(), 1 - rate)
             losses.append(loss.item())
             bar.update(task, advance=1, info=f"loss {np.mean(losses[-50:]):.4f}")
-            if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < cfg.steps:
+            if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
                 save_checkpoint(step + 1)
     with torch.no_grad():  # the EMA is what is saved (with --ema 0 it equals the raw weights)
         for k, p in params.items():
             p.copy_(ema[k])
     for mod in modules.values():
         mod.requires_grad_(False).eval()
-    return {"transformer_loss_last200": float(np.mean(losses[-200:]))}
+    return {f"{stage}_loss_last200": float(np.mean(losses[-200:]))}
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -352,22 +359,36 @@ def build(cfg: LabBuildConfig) -> Path:
     def clock() -> tuple[float, float]:
         return time.perf_counter(), time.process_time()
 
-    if not (work / "vae" / "config.json").is_file():
+    pretrained = work / "pretrained"
+    if not (pretrained / "model_index.json").is_file():
+        if not (work / "vae" / "config.json").is_file():
+            t0 = clock()
+            stage_done("vae", t0, **train_vae(cfg, work / "vae"))
+        if not (work / "init" / "model_index.json").is_file():
+            pipe = untrained_pipeline(derive_seed("lab-build-init", cfg.seed) % (1 << 31))
+            with quiet_progress():
+                pipe.vae = AutoencoderKLCogVideoX.from_pretrained(work / "vae")
+                _save_atomic(lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), work / "init")
+        spec = load_spec(work / "init")
+        if not (work / "data.safetensors").is_file():
+            t0 = clock()
+            encode_data(cfg, spec, work / "data.safetensors", cfg.clips)
+            stage_done("data", t0)
         t0 = clock()
-        stage_done("vae", t0, **train_vae(cfg, work / "vae"))
-    if not (work / "init" / "model_index.json").is_file():
-        pipe = untrained_pipeline(derive_seed("lab-build-init", cfg.seed) % (1 << 31))
+        results = train_transformer(cfg, spec, work / "data.safetensors", work / "checkpoints", cfg.steps, cfg.lr)
         with quiet_progress():
-            pipe.vae = AutoencoderKLCogVideoX.from_pretrained(work / "vae")
-            _save_atomic(lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), work / "init")
-    spec = load_spec(work / "init")
-    if not (work / "data.safetensors").is_file():
+            _save_atomic(lambda tmp: spec.pipeline().save_pretrained(tmp, safe_serialization=True), pretrained)
+        stage_done("transformer", t0, **results)
+    spec = load_spec(pretrained)
+    if cfg.refine_steps:
+        if not (work / "refine_data.safetensors").is_file():
+            t0 = clock()
+            encode_data(cfg, spec, work / "refine_data.safetensors", cfg.refine_clips, "lab-build-refine-data")
+            stage_done("refine_data", t0)
         t0 = clock()
-        encode_data(cfg, spec, work / "data.safetensors")
-        stage_done("data", t0)
-    t0 = clock()
-    results = train_transformer(cfg, spec, work / "data.safetensors", work / "checkpoints")
-    stage_done("transformer", t0, **results)
+        results = train_transformer(cfg, spec, work / "refine_data.safetensors", work / "refine_checkpoints",
+                                    cfg.refine_steps, cfg.refine_lr, stage="refine")
+        stage_done("refine", t0, **results)
 
     probe = ["a red ball moves to the left", ""]  # the saved text encoder must serve the pipeline's own encoding
     with torch.no_grad():
