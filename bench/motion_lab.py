@@ -1,7 +1,8 @@
 """The motion-lab experiment: does RealDPO make the lab model's motion more physical than SFT does?
 
 Protocol (fixed before any DPO arm was run; README, "The motion lab"):
-- base model: the committed lab model (realdpo/lab/model), a CogVideoX image-to-video pipeline trained on the web mix;
+- base model: the committed lab model (realdpo/lab/model), a CogVideoX image-to-video pipeline trained on the web mix
+  (`--model DIR` runs the same protocol from another saved lab pipeline, in its own --out);
 - real set: REAL clips of the lab's `real` set (physical only), written as mp4 + caption files and curated with
   `realdpo curate`; every arm trains on the same shards;
 - arms (`realdpo train` with the same steps, batch, lr schedule, LoRA rank, t-range and seed set): sft (--loss sft),
@@ -104,7 +105,7 @@ def run_dir(out: Path, name: str, seed: int, n_real: int, steps: int) -> Path:
 
 
 def run_arm(name: str, overrides: dict, seed: int, shards: list[str], n_real: int, prompts, out: Path,
-            steps: int) -> dict:
+            steps: int, model: Path) -> dict:
     """Train one arm at one seed (or reuse a finished run: its training is then only checked complete) and score
     it on the held-out prompts."""
     from realdpo.generation.sampling import load_lora
@@ -121,11 +122,11 @@ def run_arm(name: str, overrides: dict, seed: int, shards: list[str], n_real: in
         return scores
     t0, c0 = time.perf_counter(), time.process_time()
     cfg = TrainConfig(**{**COMMON, "steps": steps, **overrides}, shards=shards, out=run / "train",
-                      model=lab_model_path(), seed=seed, cache_dir=out / "cache", resume=True)
+                      model=model, seed=seed, cache_dir=out / "cache", resume=True)
     cfg.validate()
     train(cfg)
     t_train, c_train = time.perf_counter() - t0, time.process_time() - c0
-    spec = load_spec(lab_model_path())
+    spec = load_spec(model)
     load_lora(spec, run / "train" / "lora")
     metrics, strip = evaluate(spec, prompts)
     metrics.update(arm=name, seed=seed, overrides=overrides, train_seconds=round(t_train, 1),
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, help=f"optimizer steps per arm (default {COMMON['steps']}; --quick: 40)")
     ap.add_argument("--arms", nargs="*", default=list(ARMS), help=f"arms to run (default {' '.join(ARMS)})")
     ap.add_argument("--extra", action="append", default=[], help="an extra arm NAME:option=value,... (ablations)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="base model folder (default: the committed lab model); one --out holds runs of one model")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--workers", type=int, default=1,
                     help="train and score the runs in this many single-thread processes (2 on a 2-core machine: "
@@ -266,6 +269,13 @@ def main(argv: list[str] | None = None) -> dict:
     arms.update(_parse_extra(e) for e in args.extra)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    model = (args.model or lab_model_path()).resolve()
+    if not (model / "model_index.json").is_file():
+        raise SystemExit(f"--model {model}: not a saved pipeline folder (no model_index.json)")
+    model_file = out / "model.txt"  # runs, negatives and scores in OUT all belong to this one base model
+    if model_file.is_file() and model_file.read_text().strip() != str(model):
+        raise SystemExit(f"{out} holds runs of the base model {model_file.read_text().strip()}; use another --out")
+    model_file.write_text(f"{model}\n")
     if args.threads:
         import torch
 
@@ -289,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     if (base := _current(_saved(base_file))) is not None:
         strips["base"] = np.load(out / "base_strip.npy")
     else:
-        base, strips["base"] = evaluate(load_spec(lab_model_path()), prompts)
+        base, strips["base"] = evaluate(load_spec(model), prompts)
         np.save(out / "base_strip.npy", strips["base"])
         base_file.write_text(json.dumps(base, indent=1))
     timings["base_eval"] = round(time.perf_counter() - t0, 1)
@@ -298,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.claims is not None:  # a worker: run whatever jobs no other worker has claimed, then stop
         for name, seed in _job_order(arms, seeds):
             if _claim(args.claims, f"{name}-s{seed}"):
-                run_arm(name, arms[name], seed, shards, n_real, prompts, out, steps)
+                run_arm(name, arms[name], seed, shards, n_real, prompts, out, steps, model)
         return {}
     if args.workers > 1:
         _run_workers(args.workers, argv if argv is not None else sys.argv[1:], out, console)
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = []
         for seed in seeds:
             console.rule(f"{name} seed {seed}")
-            r = run_arm(name, overrides, seed, shards, n_real, prompts, out, steps)
+            r = run_arm(name, overrides, seed, shards, n_real, prompts, out, steps, model)
             results[name].append(r)
             timings[f"{name}-s{seed}"] = r.get("train_seconds", 0) + r.get("eval_seconds", 0)
             console.print(f"{name} seed {seed}: physical rate {r['physical_rate']:.1f}%")
@@ -320,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "table.md").write_text(table + "\n")
     bar_chart(summary, out / "physical_rate.png")
     write_strip_png(strips, out / "strip.png")
-    report = {"protocol": {"common": {**COMMON, "steps": steps}, "arms": arms, "seeds": seeds, "prompts": n_prompts,
+    report = {"protocol": {"model": str(model), "common": {**COMMON, "steps": steps}, "arms": arms, "seeds": seeds,
+                           "prompts": n_prompts,
                            "real_clips": n_real, "sample_steps": SAMPLE_STEPS, "sample_guidance": SAMPLE_GUIDANCE},
               "summary": summary, "runs": results, "timings_s": timings, "wall_seconds": total,
               "cpu_seconds": total_cpu, "torch_threads": torch_threads()}
