@@ -1,4 +1,4 @@
-"""`realdpo lab build`: train the lab model from a seed on the web mix, in four resumable stages.
+"""`realdpo lab build`: train the lab model from a seed on the web mix, in resumable stages (the fourth optional).
 
 1. VAE: `vae_steps` steps of pixel MSE (ball pixels weighted up) + `vae_kl` x KL on random `vae_frames`-frame
    windows of fresh web-mix clips, most of them recoloured; first on `vae_crop` crops around a ball, the last
@@ -15,8 +15,8 @@
    clips, with a fresh optimizer, warm-up and cosine decay from `refine_lr` (0 skips the stage).
 
 Each stage leaves its result in OUT/.build (the VAE folder, the encoded data, transformer checkpoints every 250
-steps, stage 3's pipeline), so a killed build restarts where it stopped; the finished pipeline is written to a temporary folder and
-renamed to OUT. Stage wall and CPU times and final losses go to OUT/build_info.json.
+steps, stage 3's pipeline), so a killed build restarts where it stopped; the finished pipeline is written to a
+temporary folder and renamed to OUT. Stage wall and CPU times and final losses go to OUT/build_info.json.
 """
 
 from __future__ import annotations
