@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     bar_chart(summary, out / "physical_rate.png")
     write_strip_png(strips, out / "strip.png")
     report = {"protocol": {"model": str(model), "common": {**COMMON, "steps": steps}, "arms": arms, "seeds": seeds,
-                           "prompts": n_prompts,
-                           "real_clips": n_real, "sample_steps": SAMPLE_STEPS, "sample_guidance": SAMPLE_GUIDANCE},
+                           "prompts": n_prompts, "real_clips": n_real, "sample_steps": SAMPLE_STEPS,
+                           "sample_guidance": SAMPLE_GUIDANCE},
               "summary": summary, "runs": results, "timings_s": timings, "wall_seconds": total,
               "cpu_seconds": total_cpu, "torch_threads": torch_threads()}
     (out / "results.json").write_text(json.dumps(report, indent=1))

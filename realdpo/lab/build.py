@@ -214,7 +214,7 @@ def vae_tracking_error(vae, seed: int, n: int = 32) -> dict:
 
 # ---------------------------------------------------------------------------------------------- stage 2: data
 
-def encode_data(cfg: LabBuildConfig, spec, path: Path, count: int, tag: str = "lab-build-data") -> None:
+def encode_data(cfg: LabBuildConfig, spec, path: Path, count: int, tag: str) -> None:
     """`count` web-mix clips drawn from the seed derived from `tag` (each stage that trains gets its own clips)."""
     from safetensors.torch import save_file
 
@@ -293,10 +293,10 @@ def train_transformer(cfg: LabBuildConfig, spec, data: Path, ckpt_dir: Path, ste
             if old.name != f"step-{step}":
                 shutil.rmtree(old, ignore_errors=True)
 
+    tag = "lab-build-step" if stage == "transformer" else f"lab-build-{stage}-step"  # stage 3's, as first built
     with step_progress() as bar:
         task = bar.add_task(stage, total=steps, completed=start, info="")
         for step in range(start, steps):
-            tag = "lab-build-step" if stage == "transformer" else f"lab-build-{stage}-step"
             g = torch.Generator().manual_seed(derive_seed(tag, cfg.seed, step) % (1 << 63))
             idx = torch.randint(0, n, (cfg.batch,), generator=g)
             drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
@@ -359,6 +359,15 @@ def build(cfg: LabBuildConfig) -> Path:
     def clock() -> tuple[float, float]:
         return time.perf_counter(), time.process_time()
 
+    def encoded(spec, name: str, count: int, tag: str, stage: str) -> Path:
+        """WORK/name: `count` web-mix clips encoded by `encode_data` (once; a resumed build reuses them)."""
+        path = work / name
+        if not path.is_file():
+            t0 = clock()
+            encode_data(cfg, spec, path, count, tag)
+            stage_done(stage, t0)
+        return path
+
     pretrained = work / "pretrained"
     if not (pretrained / "model_index.json").is_file():
         if not (work / "vae" / "config.json").is_file():
@@ -370,24 +379,18 @@ def build(cfg: LabBuildConfig) -> Path:
                 pipe.vae = AutoencoderKLCogVideoX.from_pretrained(work / "vae")
                 _save_atomic(lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), work / "init")
         spec = load_spec(work / "init")
-        if not (work / "data.safetensors").is_file():
-            t0 = clock()
-            encode_data(cfg, spec, work / "data.safetensors", cfg.clips)
-            stage_done("data", t0)
+        data = encoded(spec, "data.safetensors", cfg.clips, "lab-build-data", "data")
         t0 = clock()
-        results = train_transformer(cfg, spec, work / "data.safetensors", work / "checkpoints", cfg.steps, cfg.lr)
+        results = train_transformer(cfg, spec, data, work / "checkpoints", cfg.steps, cfg.lr)
         with quiet_progress():
             _save_atomic(lambda tmp: spec.pipeline().save_pretrained(tmp, safe_serialization=True), pretrained)
         stage_done("transformer", t0, **results)
     spec = load_spec(pretrained)
     if cfg.refine_steps:
-        if not (work / "refine_data.safetensors").is_file():
-            t0 = clock()
-            encode_data(cfg, spec, work / "refine_data.safetensors", cfg.refine_clips, "lab-build-refine-data")
-            stage_done("refine_data", t0)
+        data = encoded(spec, "refine_data.safetensors", cfg.refine_clips, "lab-build-refine-data", "refine_data")
         t0 = clock()
-        results = train_transformer(cfg, spec, work / "refine_data.safetensors", work / "refine_checkpoints",
-                                    cfg.refine_steps, cfg.refine_lr, stage="refine")
+        results = train_transformer(cfg, spec, data, work / "refine_checkpoints", cfg.refine_steps, cfg.refine_lr,
+                                    stage="refine")
         stage_done("refine", t0, **results)
 
     probe = ["a red ball moves to the left", ""]  # the saved text encoder must serve the pipeline's own encoding
