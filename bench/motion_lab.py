@@ -56,7 +56,7 @@ COMMON = dict(steps=100, batch_size=4, lr=1e-3, lr_scheduler="constant", warmup_
 FULL = dict(seeds=[0, 1, 2], prompts=64, real=64)
 QUICK = dict(seeds=[0], prompts=16, real=16, steps=40)
 STRIP_PROMPT = 0
-SCORES_VERSION = 2  # 2: the tracker's graded consistent_frames and balls_found
+SCORES_VERSION = 3  # 2: the graded consistent_frames and balls_found; 3: balls_found counts a frame-0 colour once
 METRICS = ("physical_rate", "residual", "consistent_frames", "balls_found", "dynamic_degree", "motion_smoothness")
 
 

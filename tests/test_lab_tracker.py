@@ -82,3 +82,13 @@ def test_graded_scores_follow_how_long_the_balls_last():
     gone = score_video(cut)
     assert gone.consistent_frames == pytest.approx(8 / 16) and gone.balls_found == pytest.approx(8 / 16)
     assert score_video(np.full((17, 64, 64, 3), 50, np.uint8)).balls_found == 0.0
+
+
+def test_balls_found_counts_a_colour_once_when_frame_0_holds_it_twice():
+    clip = render_clip(derive_seed("tracker-test", "twin"), n_balls=1)
+    twin = np.maximum(clip.frames, np.roll(clip.frames, 32, axis=2))  # the same ball again, 32 px to the side
+    first = find_blobs(twin[0])
+    assert len(first) == 2 and first[0].color == first[1].color
+    score = score_video(twin)
+    assert not score.physical and "color" in score.failed
+    assert score.balls_found == 1.0 and score.consistent_frames == 1.0

@@ -186,7 +186,7 @@ def score_video(frames: np.ndarray) -> VideoScore:
         if set(seen) != set(names):
             failed.add("color")
         consistent += len(blobs) == len(first) and set(seen) == set(names)
-        for n in names:
+        for n in tracks:  # once per colour: a frame 0 holding two blobs of one colour must not count them twice
             if n in seen:
                 tracks[n].append(seen[n])
     later = max(len(frames) - 1, 1)
