@@ -192,7 +192,8 @@ def score_video(frames: np.ndarray) -> VideoScore:
     later = max(len(frames) - 1, 1)
     score = VideoScore(False, objects=len(first), consistent_frames=(consistent - 1) / later,
                        balls_found=(sum(len(t) for t in tracks.values()) - len(tracks)) / (later * len(tracks)))
-    if any(len(t) != len(frames) for t in tracks.values()):  # a colour went missing: "color" or "count" failed
+    if len(tracks) != len(names) or any(len(t) != len(frames) for t in tracks.values()):
+        # two balls of one colour in frame 0, or a colour went missing: "color" failed, and no ball can be followed
         score.failed = [c for c in CHECKS if c in failed]
         return score
 
