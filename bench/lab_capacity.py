@@ -14,10 +14,10 @@ equal number of steps*, side by side with the committed architecture under one p
   SDEdit strengths, and its training seconds per step are recorded (the ratio to w128p4 is what every arm of the
   experiment would cost more).
 
-Written to OUT: one folder per variant (its pipeline, resumable checkpoints while it trains), results.json and
-table.md. A rerun reuses finished variants. Variants trained in parallel processes share the machine, so their
-seconds per step in results.json are inflated; `--time-only` times one step of every variant side by side in one
-process (OUT/step_seconds.json), which is the ratio to quote.
+Written to OUT: one folder per variant, step count and clip count (its pipeline, resumable checkpoints while it
+trains), results.json and table.md. A rerun reuses finished variants. Variants trained in parallel processes
+share the machine, so their seconds per step in results.json are inflated; `--time-only` times one step of every
+variant side by side in one process (OUT/step_seconds.json), which is the ratio to quote.
 
     python bench/lab_capacity.py [--variants w128p4 w256p4 w128p2] [--steps 600] [--clips 1000] [--threads 2]
     python bench/lab_capacity.py --time-only
@@ -53,7 +53,7 @@ def train_variant(name: str, args) -> dict:
     from realdpo.models.common import quiet_progress
 
     cfg = LabBuildConfig(steps=args.steps, clips=args.clips)
-    folder = args.out / name
+    folder = args.out / f"{name}-k{args.steps}-c{args.clips}"  # a rerun at other steps must not resume this one
     init = folder / "init"
     if not (init / "model_index.json").is_file():
         pipe = untrained_pipeline(derive_seed("lab-build-init", cfg.seed) % (1 << 31))
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
                **train_variant(name, args)}
         row["seconds_per_step"] = row["train_seconds"] / args.steps
         t0 = time.perf_counter()
-        row["validation"] = lab_sdedit.main(["--model", str(args.out / name / "model"), "--prompts",
+        row["validation"] = lab_sdedit.main(["--model", str(args.out / key / "model"), "--prompts",
                                              str(args.prompts), "--strengths", *map(str, args.strengths)])["rows"]
         row["score_seconds"] = round(time.perf_counter() - t0, 1)
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}  # another process's rows
