@@ -3,6 +3,7 @@ writing (libx264), and the frame-level helpers both share: timestamps, fast resi
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from fractions import Fraction
@@ -57,6 +58,27 @@ def encode_mp4(frames: np.ndarray | Sequence[np.ndarray], fps: float, crf: int =
     return data
 
 
+def x264_options(crf: int) -> dict[str, str]:
+    """libx264's options for our encodes. On CPUs with AVX-512, x264 is held to its AVX2 code: its AVX-512
+    kernels made different bitstreams from the same frames in one process once torch had run in between (4
+    different files from 8 encodes of one video, measured on a Xeon with AVX-512), so a seed no longer gave the
+    same video. Capped at AVX2 (or with no asm) the 8 encodes are byte-identical."""
+    options = {"crf": str(crf), "preset": "veryfast"}
+    if _cpu_has_avx512():
+        options["x264-params"] = "asm=AVX2"
+    return options
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_avx512() -> bool:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: x264 keeps its own choice
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return "avx512f" in flags and "avx2" in flags
+
+
 def encode_video_frames(frames: Iterable, fps: float, width: int, height: int, crf: int = 18) -> bytes:
     """Encode frames (uint8 RGB arrays, cropped to width x height, or decoded `av.VideoFrame`s, scaled to it)
     as H.264 yuv420p MP4 bytes, limited ("tv") range and tagged so. Passing decoded frames skips the round trip
@@ -72,7 +94,7 @@ def encode_video_frames(frames: Iterable, fps: float, width: int, height: int, c
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.color_range = LIMITED_RANGE
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        stream.options = x264_options(crf)
         for frame in frames:
             if isinstance(frame, av.VideoFrame):
                 vf = resize_frame(frame, width, height)
