@@ -41,7 +41,7 @@ from realdpo.lab.model import TRANSFORMER_CONFIG, lab_model_path  # noqa: E402
 VARIANTS = {"w128p4": {}, "w256p4": {"num_attention_heads": 8}, "w128p2": {"patch_size": 2}}
 
 
-def train_variant(name: str, args) -> dict:
+def train_variant(name: str, folder: Path, args) -> dict:
     import torch
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
@@ -53,7 +53,6 @@ def train_variant(name: str, args) -> dict:
     from realdpo.models.common import quiet_progress
 
     cfg = LabBuildConfig(steps=args.steps, clips=args.clips)
-    folder = args.out / f"{name}-k{args.steps}-c{args.clips}"  # a rerun at other steps must not resume this one
     init = folder / "init"
     if not (init / "model_index.json").is_file():
         pipe = untrained_pipeline(derive_seed("lab-build-init", cfg.seed) % (1 << 31))
@@ -128,11 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name in args.variants:
-        key = f"{name}-k{args.steps}-c{args.clips}"
+        key = f"{name}-k{args.steps}-c{args.clips}"  # also its folder: a rerun at other steps must not resume it
         if key in results:
             continue
         row = {"variant": name, "steps": args.steps, "clips": args.clips, "threads": args.threads,
-               **train_variant(name, args)}
+               **train_variant(name, args.out / key, args)}
         row["seconds_per_step"] = row["train_seconds"] / args.steps
         t0 = time.perf_counter()
         row["validation"] = lab_sdedit.main(["--model", str(args.out / key / "model"), "--prompts",
