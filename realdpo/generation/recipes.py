@@ -29,6 +29,7 @@ class NegativeRecipe:
     strength: float = 1.0  # noised-real
     edits: tuple[str, ...] = field(default=EDITS)  # edited-real
     weights: str = "base"  # the generating transformer: "base", "lora:<hash>", or a run's policy at a round
+    latents: str = "raw"  # sampled sources: "raw" sampler latents or "reencode"d through the winners' VAE path
 
     @property
     def sampled(self) -> bool:
@@ -44,6 +45,8 @@ class NegativeRecipe:
                    negative_prompt=self.negative_prompt, weights=self.weights)
         if self.source == "noised-real":
             out["strength"] = self.strength
+        if self.latents != "raw":  # (raw negatives keep the tags they had before the option existed)
+            out["latents"] = self.latents
         return out
 
     @property
@@ -83,7 +86,8 @@ class NegativePlan:
             parts.append((NegativeRecipe(source, round=round, steps=opts.neg_steps, guidance=guidance,
                                          negative_prompt=prompt, sampler=opts.neg_sampler,
                                          strength=float(opts.neg_strength) if source == "noised-real" else 1.0,
-                                         edits=tuple(opts.neg_edits), weights=weights), count))
+                                         edits=tuple(opts.neg_edits), weights=weights,
+                                         latents=opts.neg_latents), count))
         return cls(tuple(parts), int(opts.seed))
 
 

@@ -130,7 +130,7 @@ class Trainer:
             cfg.chunk_size = cfg.chunk_size or 1
         cfg.gradient_checkpointing = bool(cfg.gradient_checkpointing)
         self.frames, self.height, self.width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
-        self.defaults = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt)  # the model's where not given
+        self.defaults = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt, cfg.beta)  # the model's where not given
         spec.set_experts(cfg.train_experts, cfg.expert_ranges(), default="both" if cfg.loss == "sft" else "low",
                          t_range=(cfg.t_min, cfg.t_max))
         if self.fsdp and spec.expert_names:
@@ -151,7 +151,7 @@ class Trainer:
         """What the options left to the model became (train_config.json's "resolved")."""
         run, spec = self.defaults, self.spec
         return {"task": spec.task, "frames": self.frames, "height": self.height, "width": self.width, "fps": run.fps,
-                "neg_guidance": run.guidance, "neg_prompt": run.negative_prompt,
+                "neg_guidance": run.guidance, "neg_prompt": run.negative_prompt, "beta": run.beta,
                 "trained_experts": list(spec.trained_experts)}
 
     # ---- the trained module, the reference, the optimizer ----------------------------------------------------
@@ -255,7 +255,7 @@ class Trainer:
 
         from realdpo.generation.recipes import NegativePlan
 
-        weights = "base"
+        weights = "base-fp8" if self.cfg.fp8_base else "base"  # fp8 storage changes what the base generates
         if r > 1:
             fixed = {k: v for k, v in _config_dict(self.cfg).items() if k not in RESUMABLE_CHANGES}
             weights = "run:" + hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
@@ -335,11 +335,14 @@ class Trainer:
             inputs = build_inputs(batch.winners, None if cfg.loss == "sft" else batch.losers, batch.cond, noise,
                                   timesteps)
             sync = micro == cfg.grad_accum - 1
+            # chunks suppress their own sync only in the micro-batch that syncs: nested in the outer no_sync, an
+            # inner one's exit turns sync back on under FSDP2, and the last chunk would reduce-scatter
+            chunk_no_sync = (lambda: acc.no_sync(self.synced)) if sync else contextlib.nullcontext
             with (contextlib.nullcontext() if sync else acc.no_sync(self.synced)), acc.autocast():
                 micro_rows.append(preference_step(
-                    policy, self.reference, self.spec, inputs, kind=cfg.loss, beta=cfg.beta,
+                    policy, self.reference, self.spec, inputs, kind=cfg.loss, beta=self.defaults.beta,
                     sft_weight=cfg.sft_weight, chunk_size=cfg.chunk_size, keep_graph=cfg.keep_graph,
-                    backward=acc.backward, no_sync=lambda: acc.no_sync(self.synced)))
+                    backward=acc.backward, no_sync=chunk_no_sync))
         params = list(self.trainable.values())
         if cfg.max_grad_norm > 0:
             grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
