@@ -137,3 +137,21 @@ def test_cache_entries_are_told_apart_by_dtype_and_fp8_storage(tmp_path):
         trainer.spec = fp32
         tags[fp8] = {recipe.tag for recipe, _ in trainer.negative_plan(1).parts}
     assert tags[False].isdisjoint(tags[True])
+
+
+def test_a_run_with_other_neg_options_says_which_differ(shards, tmp_path, caplog):
+    """`realdpo negatives` and `realdpo train` given different --neg-* options: the cache was silently unused."""
+    import logging
+
+    model, cache = tiny_model("cogvideox", "t2v"), tmp_path / "c"
+    precompute(_negatives(shards, cache, model=model, negatives=1, neg_steps=2))
+    for _ in range(2):  # the second time the run's own negatives are there: nothing to say
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            precompute(_negatives(shards, cache, model=model, negatives=1, neg_steps=3, neg_latents="reencode"))
+        lines = [r.getMessage() for r in caplog.records if "no cached generated negatives" in r.getMessage()]
+        if _ == 0:
+            assert len(lines) == 1 and "--neg-steps 2 (this run: 3)" in lines[0], lines
+            assert '--neg-latents "raw" (this run: "reencode")' in lines[0]
+        else:
+            assert not lines

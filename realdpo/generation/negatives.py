@@ -32,7 +32,7 @@ from realdpo.data.clips import BadClip, ClipSample, decode_clip
 from realdpo.data.losers import negative_seed
 from realdpo.generation.edits import edit_video
 from realdpo.generation.progress import SharedProgress, Summary, merged
-from realdpo.generation.recipes import NegativePlan, NegativeRecipe
+from realdpo.generation.recipes import NegativePlan, NegativeRecipe, option_differences
 from realdpo.models.base import Cond, ModelSpec
 from realdpo.models.frames import to_tensor, to_uint8
 from realdpo.runtime import Processes
@@ -208,6 +208,26 @@ class _Run:
         return reencode(self.spec, latents) if recipe.latents == "reencode" else latents
 
 
+def other_recipes(cache: LatentCache, plan: NegativePlan) -> list[str]:
+    """A line per sampled recipe of `plan` that the cache has never made while it holds negatives of the same
+    source made with other options (`realdpo negatives` and `realdpo train` given different --neg-* options): which
+    options differ, so the user can pass the same ones instead of generating everything again."""
+    made = cache.recipes()
+    lines = []
+    for recipe, count in plan.parts:
+        if not count or recipe.tag in made:
+            continue
+        mine = recipe.settings()
+        others = [option_differences(mine, s) for s in made.values() if s.get("source") == recipe.source]
+        others = [d for d in others if d]
+        if others:
+            closest = min(others, key=len)
+            lines.append(f"no cached {recipe.source} negatives for this run's options, but {cache.dir} holds "
+                         f"{len(others)} set(s) made with others; the closest differs in {'; '.join(closest)}. "
+                         "Pass the same options to `realdpo negatives` and `realdpo train` to reuse them")
+    return lines
+
+
 def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentCache, plan: NegativePlan, *,
                   frames: int, height: int, width: int, fps: float, transformer: torch.nn.Module | None = None,
                   progress: bool = True, batch_size: int = 4, processes: Processes | None = None) -> Summary:
@@ -221,6 +241,8 @@ def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentC
     spec.check_size(frames, height, width)
     if processes.main:
         cache.sweep_temporaries()
+        for line in other_recipes(cache, plan):
+            logger.warning("%s", line)
         for recipe, count in plan.parts:
             if count:
                 cache.write_recipe(recipe.tag, recipe.settings())

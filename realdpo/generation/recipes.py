@@ -91,6 +91,26 @@ class NegativePlan:
         return cls(tuple(parts), int(opts.seed))
 
 
+# recipe settings -> the option that sets them
+_OPTION_OF = {"steps": "--neg-steps", "guidance": "--neg-guidance", "negative_prompt": "--neg-prompt",
+              "sampler": "--neg-sampler", "strength": "--neg-strength", "edits": "--neg-edits",
+              "latents": "--neg-latents", "weights": "the generating weights (--lora, --fp8-base)",
+              "round": "the round", "version": "the realdpo version that made them"}
+
+
+def option_differences(mine: dict, other: dict) -> list[str]:
+    """What set another recipe's negatives apart from `mine` (two `NegativeRecipe.settings()`), as options:
+    e.g. ["--neg-steps 50 (this run: 2)"]."""
+    def value(settings: dict, key: str):
+        return settings.get(key, "raw" if key == "latents" else None)  # raw recipes do not name it
+
+    def shown(v) -> str:
+        return json.dumps(v) if isinstance(v, str) else str(v)
+
+    return [f"{_OPTION_OF.get(key, key)} {shown(value(other, key))} (this run: {shown(value(mine, key))})"
+            for key in sorted(set(mine) | set(other)) if key != "source" and value(mine, key) != value(other, key)]
+
+
 def generation_defaults(opts: NegativeOptions, spec) -> tuple[float, str]:
     """(--neg-guidance, --neg-prompt), an unset one taken from the model where its spec has defaults
     (`run_defaults`), else 6.0 and no negative prompt."""
