@@ -89,7 +89,7 @@ def test_full_depth_on_the_meta_device(name, task):
     x = x0.expand(2, *x0.shape[1:])
     t = torch.tensor([100, 950] if cfg.family == "cogvideox" else [100.0, 950.0], device="meta")
     for module in modules:  # (on the meta device the experts' routing cannot read timesteps: run each expert)
-        err = spec.per_sample_error(module, x, torch.empty_like(x), t, cond)
+        err = spec.per_sample_error(module, x, torch.empty(spec.noise_shape(tuple(x.shape)), device="meta"), t, cond)
         assert tuple(err.shape) == (2,)
     for h in hooks:
         h.remove()
@@ -187,7 +187,7 @@ def test_dpo_step_at_true_width(name, task, encoded):
     n = len(t)
     batch = {key: v.expand(n, *v.shape[1:]) for key, v in cond.items()}
     inputs = build_inputs(x0.expand(n, *x0.shape[1:]), losers[None].expand(n, *losers.shape), batch,
-                          torch.randn((n, *x0.shape[1:]), generator=g), t)
+                          torch.randn(spec.noise_shape((n, *x0.shape[1:])), generator=g), t)
     first = preference_step(policy, reference, spec, inputs, kind="dpo", beta=5000.0)
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6) and first["reward_margin"] == 0  # ref == policy
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
