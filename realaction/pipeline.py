@@ -12,7 +12,7 @@ from realaction.dedup import DuplicateIndex
 from realaction.errors import UserError
 from realaction.probe import Skipped, Source, discover
 from realaction.process_pool import ProcessPool, WorkerDied
-from realaction.report import build_summary, write_card, write_summary
+from realaction.report import build_summary, record_config, write_card, write_summary
 from realaction.shards import ShardCommitter, append_jsonl, iter_jsonl, prepare_out
 from realaction.source_tasks import init_pool_worker, run_in_pool_worker, worker_died_row
 from realaction.worker import Models, SourceCurator, SourceResult, config_hash
@@ -92,16 +92,21 @@ def _curate(cfg: CurateConfig, sources: list[Source], skipped: list[Skipped], mo
     src, out = Path(cfg.src), Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     state = prepare_out(out)
+    known_configs = record_config(out, config_hash(cfg), _config_dict(cfg))  # before any clip is made with them
     append_jsonl(out / "sources.jsonl", [{"source": k.rel, "status": "skipped", "reason": k.reason} for k in skipped])
     todo = [s for s in sources if s.rel not in state.done]
     if uses_pool(cfg, len(todo)):
         models = None  # free them here: every worker process loads its own
     console = Console(stderr=True)
+    if state.non_finite:
+        console.print(f"note: {out / 'manifest.jsonl'} held {state.non_finite} bare NaN/Infinity value(s) (not JSON, "
+                      "written by an older version): read as null and rewritten as valid JSON", markup=False)
     if state.done:
         console.print(f"resuming: {len(sources) - len(todo)} of {len(sources)} sources already done")
         if any(r.get("config_hash") != config_hash(cfg) for r in state.done.values()):
             console.print("[yellow]warning:[/yellow] some finished sources were curated with other options; "
-                          "their clips stay as they are (use a new --out to redo them)")
+                          "their clips stay as they are (use a new --out to redo them); DATA_CARD.md lists which "
+                          "sources and clips came from which options")
     committer = ShardCommitter(out, state.next_shard, cfg.shard_max_count, cfg.shard_max_mb * 1024 * 1024,
                                cfg.commit_seconds)
     # Near-duplicates are judged here, as results are committed: one index over every kept clip of every
@@ -127,9 +132,12 @@ def _curate(cfg: CurateConfig, sources: list[Source], skipped: list[Skipped], mo
             counts["kept"] += result.kept
             progress.update(t_src, advance=1, info=f"{counts['kept']} clips kept, {counts['error']} unreadable")
         committer.close()
+    from realaction.captioners import flush_warnings
+
+    flush_warnings()
     summary = build_summary(out)
     write_summary(out, summary)
-    write_card(out, summary, _config_dict(cfg))
+    write_card(out, summary, _config_dict(cfg), known_configs)
     _print_table(console, summary, out)
     if summary["sources"]["done"] == 0:
         raise UserError(f"none of the {len(sources)} videos under {src} could be read (reasons in {out / 'sources.jsonl'})")

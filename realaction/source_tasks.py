@@ -26,6 +26,9 @@ def worker_died_row(source: Source, why: str) -> SourceResult:
 # -- the local engine's pool (realaction.process_pool) --------------------------------------------------------
 
 def init_pool_worker(cfg, emit) -> SourceCurator:
+    from realaction.captioners import quiet_csv_warnings
+
+    quiet_csv_warnings()  # the driver has reported --captions-csv's problems
     return SourceCurator(cfg, Models(cfg), Path(cfg.src), emit)
 
 
@@ -44,6 +47,9 @@ def curate_source_task(cfg, source: Source) -> SourceResult:
     global _CURATOR
     key = (config_hash(cfg), str(cfg.src))
     if _CURATOR is None or _CURATOR[0] != key:
+        from realaction.captioners import quiet_csv_warnings
+
+        quiet_csv_warnings()
         _CURATOR = (key, SourceCurator(cfg, Models(cfg), Path(cfg.src)))
     exit_if_asked(source)
     return _CURATOR[1].run(source).resolve()
