@@ -379,12 +379,12 @@ class SourceCurator:
             reasons.append("too-short")
         reasons += [r for r in quality_reasons(scores, cfg) + motion_reasons(scores, cfg) if r not in reasons]
         reasons = _non_finite(scores) + reasons  # a NaN compares false with every threshold: it must never pass
-        hashes = []
+        hashes, moving = [], []
         if not reasons:  # the model filters cost more than the rest together: only for clips still in the running
             verdict = self.models.filters.judge(rgb)
             scores.update(verdict.scores)
             reasons += _non_finite(verdict.scores) + verdict.reasons
-            hashes = verdict.hashes
+            hashes, moving = verdict.hashes, verdict.motion_hashes
         if b <= a:  # black throughout: the row keeps the candidate's range
             a, b = 0, s.length
         trimmed = Segment(s.start + a, s.start + b, s.scene, s.too_short)
@@ -407,6 +407,8 @@ class SourceCurator:
             row["trimmed"] = [lead, trail]
         if hashes and not reasons:
             row["phash"] = hashes  # the driver's near-duplicate check (realaction.dedup)
+            if moving:
+                row["mhash"] = moving
         self.progress(0, 1)
         if reasons:
             return ClipResult(row)
