@@ -84,3 +84,14 @@ def test_curate_escapes_file_names_reasons_and_caps_repeats(tmp_path, carphone_p
     assert err.count("unreadable caption sidecar s") == 10 and "... and 4 more unreadable caption sidecars" in err
     kept = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {r["caption"] for r in kept if r["kept"] and r["source"] == "car.mp4"} == {"FAKE PROMPT$A man on the phone."}
+
+
+def test_an_error_line_naming_a_hostile_path_is_escaped(tmp_path):
+    bad = tmp_path / "src\x1b]0;PWNED\x07\x1b[2J"
+    bad.write_bytes(b"a file, not a folder")
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "curate", "--src", str(bad), "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, timeout=120)
+    assert proc.returncode == 2
+    _no_terminal_codes(proc.stderr + proc.stdout)
+    lines = proc.stderr.decode().splitlines()
+    assert lines == [f"Error: --src is not a folder: {tmp_path}/src\\x1b]0;PWNED\\x07\\x1b[2J"], lines
