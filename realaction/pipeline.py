@@ -27,8 +27,8 @@ IN_PROCESS_ENV = "REALACTION_IN_PROCESS"
 
 def uses_pool(cfg: CurateConfig, n_sources: int) -> bool:
     """Whether sources run in worker processes: always, even with one worker, so that a native crash (a decoder
-    or OpenCV segfault on a hostile file) takes one source with it, not the run. In-process only for tests
-    that need to reach into the curator (REALACTION_IN_PROCESS=1)."""
+    or OpenCV segfault on a hostile file) takes one source with it, not the run. REALACTION_IN_PROCESS=1 runs
+    them in this process instead, for debugging (bench/isolation.py measures what the worker costs)."""
     return cfg.engine == "ray" or os.environ.get(IN_PROCESS_ENV) != "1"
 
 
