@@ -229,7 +229,7 @@ def _read_csv(path: Path, src_root: Path | None = None, warn: bool = True) -> di
         raise UserError(f"--captions-csv not found: {printable(path)}")
     out: dict[str, dict[int | None, str]] = {}
     cap = _CapCounter(path)
-    warnings = CappedWarnings(log if warn else logging.getLogger(__name__ + ".quiet"), WARN_LIMIT)
+    warnings = CappedWarnings(log if warn else None, WARN_LIMIT)
     first_line: dict[tuple[str, int | None], int] = {}
     where = printable(path)
     try:
@@ -267,7 +267,8 @@ def _read_csv(path: Path, src_root: Path | None = None, warn: bool = True) -> di
                 out.setdefault(key, {})[index] = text
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"--captions-csv {where} is not a readable UTF-8 CSV: {printable(e)}") from None
-    cap.warn()
+    if warn:
+        cap.warn()
     warnings.flush()
     return out
 

@@ -66,17 +66,17 @@ class CappedWarnings:
     """`warn(kind, message)` logs the first `limit` messages of each kind; `flush()` then says how many more of
     each kind there were, in one line each (and starts counting again)."""
 
-    def __init__(self, log: logging.Logger, limit: int = 10):
-        self.log, self.limit = log, int(limit)
+    def __init__(self, log: logging.Logger | None, limit: int = 10):
+        self.log, self.limit = log, int(limit)  # log None: count only, say nothing
         self.counts: Counter = Counter()
 
     def warn(self, kind: str, message: str) -> None:
         self.counts[kind] += 1
-        if self.counts[kind] <= self.limit:
+        if self.log is not None and self.counts[kind] <= self.limit:
             self.log.warning("%s", printable(message, 500))
 
     def flush(self) -> None:
         for kind, n in sorted(self.counts.items()):
-            if n > self.limit:
+            if self.log is not None and n > self.limit:
                 self.log.warning("... and %d more %s", n - self.limit, kind)
         self.counts.clear()

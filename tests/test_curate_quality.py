@@ -191,3 +191,19 @@ def test_a_rerun_with_other_options_says_which_clips_came_from_which(tmp_path, c
     assert '"min_motion": 2.0' in sections[h1] and '"min_motion": 1.0' in sections[h2]
     rows = {r["source"]: r["config_hash"] for r in read_jsonl(out / "sources.jsonl")}
     assert rows == {"car.mp4": h1, "more.mp4": h2}
+
+
+def test_csv_problems_are_reported_once_not_once_per_worker(tmp_path, carphone_path, capfd, caplog):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(carphone_path, src / "car.mp4")
+    csv = tmp_path / "c.csv"
+    csv.write_text("path,caption\ncar.mp4,A man on the phone.\ncar.mp4,A man talks.\nghost.mp4,nobody\n"
+                   f"car.mp4,{'word ' * 2000}\n")
+    with caplog.at_level(logging.WARNING):
+        curate(CurateConfig(src=src, out=tmp_path / "out", captions_csv=csv, **FAST))  # the driver and a worker read it
+    # This process's warnings go to pytest's log capture, the worker process's to its stderr: both count.
+    said = " ".join(capfd.readouterr().err.split()) + " ".join(r.getMessage() for r in caplog.records)
+    assert said.count("line 3: car.mp4 already has a caption on line 2") == 1, said
+    assert said.count("ghost.mp4 is not a file under --src") == 1, said
+    assert said.count("cut to the cap") == 1, said
