@@ -14,7 +14,13 @@ Sidecar lookup for a video `DIR/name.mp4`, first match wins:
    - a list (index = clip index), or an object with "captions" holding a list or a
      {"<clip index>": caption} mapping: per-clip captions; a clip missing there falls back to
      the object's "caption"/"text" when present.
-Blank captions count as missing. An unreadable sidecar gives no caption (logged), not an error.
+Blank captions count as missing. An unreadable sidecar (bad UTF-8 or JSON, nested too deeply) gives no caption
+(one warning; the clip rows name the error), not a failed source. A JSON caption that is not text, and CSV rows
+that are malformed, repeat an earlier row or name no video under --src, are reported with a warning each (at
+most `WARN_LIMIT` of each kind, then a count).
+
+Every caption, whatever its source, loses control characters, escape sequences and bidi controls
+(`realaction.text.clean_caption`).
 
 Size limits: every caption, whatever its source, is capped at `MAX_CAPTION_BYTES` (4 KiB) of UTF-8, cut at the
 last word boundary before the cap, with a warning. A `.txt` sidecar is read only as far as the cap needs; a
@@ -35,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from realaction.errors import UserError, one_line
+from realaction.text import CappedWarnings, clean_caption, printable
 
 if TYPE_CHECKING:
     from realaction.clip_model import ClipModel
@@ -45,6 +52,20 @@ log = logging.getLogger(__name__)
 MAX_CAPTION_BYTES = 4096
 MAX_JSON_SIDECAR_BYTES = 16 << 20
 _TXT_READ_BYTES = 4 * MAX_CAPTION_BYTES  # whitespace is collapsed after reading, so read a little more than the cap
+WARN_LIMIT = 10  # warnings of one kind (per CSV, per worker for sidecars) before they are only counted
+_SIDECAR_WARNINGS = CappedWarnings(log, WARN_LIMIT)
+_quiet_csv = False  # worker processes: the driver has already reported the CSV's problems
+
+
+def quiet_csv_warnings() -> None:
+    """Called in worker processes: the driver reads --captions-csv first and reports its rows' problems once."""
+    global _quiet_csv
+    _quiet_csv = True
+
+
+def flush_warnings() -> None:
+    """Say how many sidecar warnings were held back (called when a run ends)."""
+    _SIDECAR_WARNINGS.flush()
 
 
 @dataclass
@@ -61,6 +82,7 @@ class CaptionRequest:
 class Caption:
     text: str
     source: str  # "csv", "sidecar-txt", "sidecar-json", "clip" or "vlm"
+    error: str | None = None  # why a sidecar that is there gave no caption (the text is then empty)
 
 
 class Captioner(Protocol):
@@ -79,16 +101,20 @@ def cap_caption(text: str) -> str:
 
 def _warn_cut(origin: object, n: int = 1) -> None:
     what = "a caption" if n == 1 else f"{n} captions"
-    log.warning("%s from %s longer than %d bytes: cut to the cap", what, origin, MAX_CAPTION_BYTES)
+    _SIDECAR_WARNINGS.warn("captions cut to the cap", f"{what} from {origin} longer than {MAX_CAPTION_BYTES} bytes: "
+                           "cut to the cap")
 
 
 class _CapCounter:
-    """Caps captions read from one file and warns once for all that were cut."""
+    """Caps captions read from one file and warns once for all that were cut, and once for all values that
+    should have been a caption but are not text (a number, a list, an object)."""
 
     def __init__(self, origin: object):
-        self.origin, self.cut = origin, 0
+        self.origin, self.cut, self.not_text = origin, 0, []
 
     def __call__(self, text: Any) -> Any:
+        if text is not None and not isinstance(text, str):
+            self.not_text.append(type(text).__name__)
         text = _clean(text)
         if text is None:
             return None
@@ -99,6 +125,10 @@ class _CapCounter:
     def warn(self) -> None:
         if self.cut:
             _warn_cut(self.origin, self.cut)
+        if self.not_text:
+            kinds = ", ".join(sorted(set(self.not_text)))
+            _SIDECAR_WARNINGS.warn("captions that are not text",
+                                   f"caption sidecar {self.origin}: {len(self.not_text)} caption(s) not text ({kinds}): ignored")
 
 
 class CappedCaptioner:
@@ -114,10 +144,11 @@ class CappedCaptioner:
         got = self.inner.caption(req)
         if got is None:
             return None
-        text = cap_caption(got.text)
-        if text is not got.text:
+        clean = clean_caption(got.text) or ""
+        text = cap_caption(clean)
+        if text is not clean:
             _warn_cut(f"{got.source} for {req.source} clip {req.clip_index}")
-        return Caption(text, got.source)
+        return Caption(text, got.source, got.error)
 
 
 def build_captioner(cfg: CurateConfig, clip: ClipModel | None = None) -> Captioner:
@@ -127,7 +158,7 @@ def build_captioner(cfg: CurateConfig, clip: ClipModel | None = None) -> Caption
 
 def _build(cfg: CurateConfig, clip: ClipModel | None) -> Captioner:
     if cfg.captioner == "sidecar":
-        return SidecarCaptioner(cfg.captions_csv)
+        return SidecarCaptioner(cfg.captions_csv, cfg.src)
     if cfg.captioner == "clip":
         if clip is None:
             if cfg.clip_checkpoint is None:
@@ -147,16 +178,14 @@ def _build(cfg: CurateConfig, clip: ClipModel | None) -> Captioner:
 
 
 def _clean(text: Any) -> str | None:
-    if not isinstance(text, str):
-        return None
-    text = " ".join(text.split())
-    return text or None
+    return clean_caption(text)
 
 
 class SidecarCaptioner:
-    def __init__(self, captions_csv: Path | None = None):
+    def __init__(self, captions_csv: Path | None = None, src_root: Path | None = None):
         # (relative posix path) -> {clip index or None: caption}
-        self._csv: dict[str, dict[int | None, str]] = _read_csv(Path(captions_csv)) if captions_csv else {}
+        self._csv: dict[str, dict[int | None, str]] = (_read_csv(Path(captions_csv), src_root, warn=not _quiet_csv)
+                                                       if captions_csv else {})
         self._cache: dict[Path, tuple[str, Any] | None] = {}  # the parsed sidecar of the last sources seen
 
     def caption(self, req: CaptionRequest) -> Caption | None:
@@ -170,6 +199,9 @@ class SidecarCaptioner:
         if sidecar is None:
             return None
         kind, value = sidecar
+        if kind == "error":
+            kind, why = value
+            return Caption("", kind, why)
         text = value if kind == "sidecar-txt" else _json_caption(value, req.clip_index)
         return Caption(text, kind) if text else None
 
@@ -189,47 +221,95 @@ def _relative(source: Path, root: Path) -> str:
         return source.as_posix()
 
 
-def _read_csv(path: Path) -> dict[str, dict[int | None, str]]:
+def _read_csv(path: Path, src_root: Path | None = None, warn: bool = True) -> dict[str, dict[int | None, str]]:
+    """Captions by relative path and clip index. Rows that are malformed (too few or too many fields, no path, no
+    caption), repeat an earlier row's path and clip (the later row wins), or name no video under `src_root` are
+    reported with one warning each (capped), not dropped in silence."""
     if not path.is_file():
-        raise UserError(f"--captions-csv not found: {path}")
+        raise UserError(f"--captions-csv not found: {printable(path)}")
     out: dict[str, dict[int | None, str]] = {}
     cap = _CapCounter(path)
+    warnings = CappedWarnings(log if warn else None, WARN_LIMIT)
+    first_line: dict[tuple[str, int | None], int] = {}
+    where = printable(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = set(reader.fieldnames or ())
             if not {"path", "caption"} <= fields:
-                raise UserError(f"--captions-csv {path} needs a header with columns path,caption (found {sorted(fields)})")
+                raise UserError(f"--captions-csv {where} needs a header with columns path,caption "
+                                f"(found {printable(sorted(fields))})")
             for n, row in enumerate(reader, start=2):
+                if None in row or any(v is None for v in row.values()):
+                    warnings.warn("malformed caption rows", f"--captions-csv {where} line {n}: "
+                                  f"{'more' if None in row else 'fewer'} fields than the header: row skipped")
+                    continue
                 text = cap(row.get("caption"))
-                if not row.get("path") or not text:
+                name = (row.get("path") or "").strip()
+                if not name or not text:
+                    warnings.warn("malformed caption rows", f"--captions-csv {where} line {n}: "
+                                  f"{'no path' if not name else 'empty caption'}: row skipped")
                     continue
                 clip = (row.get("clip") or "").strip()
                 if clip and not clip.isdigit():
-                    raise UserError(f"--captions-csv {path} line {n}: clip must be a clip index, got {clip!r}")
-                key = Path(row["path"].strip())
+                    raise UserError(f"--captions-csv {where} line {n}: clip must be a clip index, got {printable(clip)!r}")
+                key = Path(name)
                 key = key.resolve().as_posix() if key.is_absolute() else key.as_posix()
-                out.setdefault(key, {})[int(clip) if clip else None] = text
+                index = int(clip) if clip else None
+                if (key, index) in first_line:
+                    warnings.warn("duplicate caption rows", f"--captions-csv {where} line {n}: {name}"
+                                  f"{f' clip {index}' if index is not None else ''} already has a caption on line "
+                                  f"{first_line[key, index]}: this later one is used")
+                first_line.setdefault((key, index), n)
+                if src_root is not None and not _names_a_video(key, Path(src_root)):
+                    warnings.warn("caption rows for unknown videos", f"--captions-csv {where} line {n}: {name} is not "
+                                  "a file under --src: row unused")
+                out.setdefault(key, {})[index] = text
     except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"--captions-csv {path} is not a readable UTF-8 CSV: {e}") from None
-    cap.warn()
+        raise UserError(f"--captions-csv {where} is not a readable UTF-8 CSV: {printable(e)}") from None
+    if warn:
+        cap.warn()
+    warnings.flush()
     return out
 
 
+def _names_a_video(key: str, root: Path) -> bool:
+    path = Path(key)
+    if path.is_absolute():
+        try:
+            path.relative_to(root.resolve())
+        except ValueError:
+            return False
+    else:
+        path = root / path
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _read_sidecar(source: Path) -> tuple[str, Any] | None:
+    error = None
     for kind, suffix in (("sidecar-txt", ".txt"), ("sidecar-json", ".json")):
         for candidate in (source.with_name(source.name + suffix), source.with_suffix(suffix)):
             if candidate == source or not candidate.is_file():
                 continue
             try:
                 value = _read_txt(candidate) if kind == "sidecar-txt" else _read_json(candidate)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                log.warning("unreadable caption sidecar %s: %s", candidate, e)
+            except RecursionError:  # json nests one Python call per level: a few KB of [[[[ exhaust the stack
+                why = f"unreadable caption sidecar {candidate.name}: nested too deeply"
+            except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or JSON
+                why = f"unreadable caption sidecar {candidate.name}: {one_line(e, 200)}"
+            else:
+                why = None
+            if why is not None:
+                _SIDECAR_WARNINGS.warn("unreadable caption sidecars", f"{why} ({candidate})")
+                error = error or ("error", (kind, printable(why)))
                 continue
             if value is None:
                 continue
             return kind, value
-    return None
+    return error
 
 
 def _read_txt(path: Path) -> str | None:
@@ -249,8 +329,8 @@ def _read_json(path: Path) -> Any:
     """A .json sidecar with every caption in it capped; None (with a warning) when the file is too big to read."""
     size = path.stat().st_size
     if size > MAX_JSON_SIDECAR_BYTES:
-        log.warning("caption sidecar %s is %d MiB, over the %d MiB limit: not read", path, size >> 20,
-                    MAX_JSON_SIDECAR_BYTES >> 20)
+        _SIDECAR_WARNINGS.warn("oversized caption sidecars", f"caption sidecar {path} is {size >> 20} MiB, over the "
+                               f"{MAX_JSON_SIDECAR_BYTES >> 20} MiB limit: not read")
         return None
     value = json.loads(path.read_text(encoding="utf-8-sig"))
     cap = _CapCounter(path)  # applied where _json_caption looks, so the parsed file held in the cache is small
@@ -264,7 +344,12 @@ def _read_json(path: Path) -> Any:
             per_clip = [cap(v) for v in per_clip]
         elif isinstance(per_clip, dict):
             per_clip = {k: cap(v) for k, v in per_clip.items()}
+        elif per_clip is not None:
+            cap(per_clip)  # counted as not text
+            per_clip = None
         value = {"captions": per_clip, "caption": cap(value.get("caption")), "text": cap(value.get("text"))}
+    elif value is not None:
+        value = cap(value)  # a number or a boolean: counted as not text
     cap.warn()
     return value
 

@@ -5,4 +5,12 @@ def one_line(e: BaseException, limit: int = 300) -> str:
 
 
 class UserError(Exception):
-    """A mistake the user can make (bad option, missing file). The CLI prints it on one line and exits 2."""
+    """A mistake the user can make (bad option, missing file). The CLI prints it on one line and exits 2.
+
+    The message is stored with control characters escaped: it often names a file, and a file name can hold
+    escape sequences (no byte from a file reaches the terminal as is)."""
+
+    def __init__(self, message: object = "", *args):
+        from realaction.text import printable
+
+        super().__init__(printable(message, limit=2000), *args)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from realaction.dedup import clip_hashes
+from realaction.dedup import clip_hashes, motion_hashes
 
 if TYPE_CHECKING:
     from realaction.clip_model import ClipModel
@@ -27,6 +27,7 @@ class Verdict:
     scores: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)  # for the near-duplicate check; only when nothing rejected
+    motion_hashes: list[str] = field(default_factory=list)  # the same frames' moving content (realaction.dedup)
 
 
 class ModelFilters:
@@ -68,4 +69,5 @@ class ModelFilters:
                 v.reasons.append("no-person")
         if not v.reasons and self.dedup:
             v.hashes = clip_hashes(rgb)
+            v.motion_hashes = motion_hashes(rgb)
         return v

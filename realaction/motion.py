@@ -10,8 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 GRID_STEP = 8  # pixels between flow samples used for the camera fit
-MIN_FLOW_SIDE = 8  # DIS flow refuses frames whose short side is below 8 pixels (or long side below 12)
-MIN_ANALYSIS_SIDE = 32  # smallest --analysis-side: the flow's minimum with room for a 4:1 frame
+# DIS flow refuses frames under 12 pixels a side, and OpenCV 4.14's DIS *segfaults* on wide frames 12-24 pixels
+# high (48x12, 128x16, 256x24: measured); from 32 pixels up every shape we tried (to 2048x32) is safe. Frames
+# with a shorter side are stretched to it before the flow (scores of such extreme shapes are approximate).
+MIN_FLOW_SIDE = 32
+MIN_ANALYSIS_SIDE = 32  # smallest --analysis-side; an analysis frame is stretched to MIN_FLOW_SIDE if shorter
 SUBJECT_PERCENTILE = 90  # the moving subject covers a fraction of the frame: use the upper tail of the residual
 
 
@@ -48,6 +51,12 @@ def motion_scores(gray: np.ndarray, times: np.ndarray) -> dict[str, float]:
     (mean change of the camera's velocity between pairs), all per second."""
     if len(gray) < 2:
         return {"camera_motion": 0.0, "subject_motion": 0.0, "subject_motion_mean": 0.0, "camera_jitter": 0.0}
+    h, w = gray.shape[1:3]
+    if min(h, w) < MIN_FLOW_SIDE:  # never hand DIS a shape that crashes it
+        import cv2
+
+        size = (max(w, MIN_FLOW_SIDE), max(h, MIN_FLOW_SIDE))
+        gray = np.stack([cv2.resize(np.ascontiguousarray(g), size, interpolation=cv2.INTER_LINEAR) for g in gray])
     dis = _flow()
     cams, subs, means, vel = [], [], [], []
     for i in range(len(gray) - 1):

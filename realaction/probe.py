@@ -66,7 +66,8 @@ def discover(src: Path, skipped: list[Skipped] | None = None) -> list[Source]:
     Symlinked files and folders are followed, after everything reachable without links (so a folder found
     both directly and through a link is curated once, under its real path). What cannot be scanned is appended
     to `skipped` with the reason: a symlink loop, a dangling symlink, an unreadable folder, a link to a folder
-    or file already found by another path (curating it twice would duplicate its clips).
+    or file already found by another path (curating it twice would duplicate its clips), a link to a system
+    folder (/etc, /proc, /usr, ...) or to a folder that contains --src (/, a home folder): those are not followed.
     """
     src = Path(src)
     found: list[Source] = []
@@ -93,7 +94,10 @@ def discover(src: Path, skipped: list[Skipped] | None = None) -> list[Source]:
             return
         ident = (st.st_dev, st.st_ino)
         if stat.S_ISDIR(st.st_mode):
-            if ident in ancestors:
+            system = _system_folder(os.path.realpath(path), src_real) if is_link else None
+            if system is not None:
+                notes.append(Skipped(rel, f"symlink to {system}: not followed"))
+            elif ident in ancestors:
                 notes.append(Skipped(rel, "symlink loop: links to a folder that contains it"))
             elif ident in seen:
                 notes.append(Skipped(rel, f"same folder as {seen[ident]}"))
@@ -119,6 +123,7 @@ def discover(src: Path, skipped: list[Skipped] | None = None) -> list[Source]:
                 visit(entry.path, prefix + entry.name, ancestors, entry.is_symlink())
 
     root = os.stat(src)
+    src_real = os.path.realpath(src)
     seen[(root.st_dev, root.st_ino)] = "."
     following = False  # links met in the first walk wait in `links`; those inside linked folders are followed at once
     walk(str(src), "", frozenset({(root.st_dev, root.st_ino)}))
@@ -128,6 +133,21 @@ def discover(src: Path, skipped: list[Skipped] | None = None) -> list[Source]:
     found.sort(key=lambda s: s.rel.split("/"))
     notes.sort(key=lambda k: k.rel.split("/"))
     return found
+
+
+# Folders no video collection lives in; walking them reads the whole system (and /proc, /sys never end).
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev", "/etc", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr",
+                  "/run", "/var/run", "/var/lib", "/var/cache", "/var/log", "/snap")
+
+
+def _system_folder(real: str, src_real: str) -> str | None:
+    """Why a linked folder resolving to `real` must not be walked, or None: a system folder (or one inside one),
+    or a folder above --src (the root, the home folder: all of it would be curated)."""
+    if real == "/" or src_real.startswith(real.rstrip("/") + "/"):
+        return f"a folder above --src ({real})"
+    if any(real == f or real.startswith(f + "/") for f in SYSTEM_FOLDERS):
+        return f"a system folder ({real})"
+    return None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from realaction.text import finite_or_none
 from realaction.worker import SourceResult
 
 SHARD_PATTERN = "realaction-%06d.tar"
@@ -39,23 +40,38 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def jsonl_text(rows) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    """JSON lines that are JSON: a non-finite float (which json would write as bare NaN) is written as null."""
+    return "".join(_json_line(r) + "\n" for r in rows)
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def _json_line(row) -> str:
+    try:
+        return json.dumps(row, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    except ValueError:
+        return json.dumps(finite_or_none(row), ensure_ascii=False, sort_keys=True, allow_nan=False)
+
+
+def read_jsonl(path: Path, non_finite: list | None = None) -> list[dict]:
     """Rows of a JSON-lines file; a torn or damaged line (from a kill) is skipped."""
-    return list(iter_jsonl(path))
+    return list(iter_jsonl(path, non_finite))
 
 
-def iter_jsonl(path: Path) -> Iterator[dict]:
-    """The rows of `read_jsonl`, one at a time (a manifest can be big)."""
+def iter_jsonl(path: Path, non_finite: list | None = None) -> Iterator[dict]:
+    """The rows of `read_jsonl`, one at a time (a manifest can be big). Bare NaN/Infinity (written by versions
+    before JSON lines were kept valid) are read as None, and each one is appended to `non_finite` if given."""
     if not Path(path).is_file():
         return
+
+    def constant(name: str) -> None:
+        if non_finite is not None:
+            non_finite.append(name)
+        return None
+
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(line, parse_constant=constant)
+            except (json.JSONDecodeError, RecursionError):
                 continue
             if isinstance(row, dict):
                 yield row
@@ -85,6 +101,7 @@ def _fsync_dir(path: Path) -> None:
 class OutState:
     done: dict[str, dict]  # source rel path -> its done row
     next_shard: int
+    non_finite: int = 0  # bare NaN/Infinity found in the JSON lines (read as null, rewritten as null)
 
 
 def prepare_out(out: Path) -> OutState:
@@ -93,7 +110,8 @@ def prepare_out(out: Path) -> OutState:
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}
-    for row in read_jsonl(out / "sources.jsonl"):
+    non_finite: list[str] = []
+    for row in read_jsonl(out / "sources.jsonl", non_finite):
         if row.get("status") == "done" and "source" in row:
             done[row["source"]] = row
     named = {name for row in done.values() for name in row.get("shards", [])}
@@ -105,13 +123,13 @@ def prepare_out(out: Path) -> OutState:
     # Errors are retried; rows of sources that never finished are dropped with their clips.
     write_atomic(out / "sources.jsonl", jsonl_text(done.values()))
     seen, manifest = set(), []
-    for row in read_jsonl(out / "manifest.jsonl"):
+    for row in read_jsonl(out / "manifest.jsonl", non_finite):
         if row.get("source") in done and row.get("key") not in seen:
             seen.add(row.get("key"))
             manifest.append(row)
     write_atomic(out / "manifest.jsonl", jsonl_text(manifest))
     indices = [int(m.group(1)) for name in named if (m := _SHARD_RE.match(name))]
-    return OutState(done=done, next_shard=max(indices, default=-1) + 1)
+    return OutState(done=done, next_shard=max(indices, default=-1) + 1, non_finite=len(non_finite))
 
 
 class ShardCommitter:

@@ -10,12 +10,18 @@ from realaction.probe import Source
 from realaction.worker import Models, SourceCurator, SourceResult, config_hash
 
 TEST_EXIT_ENV = "REALACTION_TEST_EXIT_ON"  # tests: a worker given the source with this relative path dies at once
+TEST_CRASH_ENV = "REALACTION_TEST_SEGFAULT_ON"  # tests: ... or crashes in native code (a real SIGSEGV)
 
 
 def exit_if_asked(source: Source) -> None:
-    """Test hook for a worker dying mid-source (as under the OOM killer); only ever called in worker processes."""
+    """Test hook for a worker dying mid-source (as under the OOM killer, or a decoder's segfault); only ever
+    called in worker processes."""
     if os.environ.get(TEST_EXIT_ENV) == source.rel:
         os._exit(70)
+    if os.environ.get(TEST_CRASH_ENV) == source.rel:
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
 
 
 def worker_died_row(source: Source, why: str) -> SourceResult:
@@ -26,6 +32,12 @@ def worker_died_row(source: Source, why: str) -> SourceResult:
 # -- the local engine's pool (realaction.process_pool) --------------------------------------------------------
 
 def init_pool_worker(cfg, emit) -> SourceCurator:
+    from multiprocessing.util import Finalize
+
+    from realaction.captioners import flush_warnings, quiet_csv_warnings
+
+    quiet_csv_warnings()  # the driver has reported --captions-csv's problems
+    Finalize(None, flush_warnings, exitpriority=10)  # "... and N more": run as the worker exits (atexit is not)
     return SourceCurator(cfg, Models(cfg), Path(cfg.src), emit)
 
 
@@ -44,6 +56,9 @@ def curate_source_task(cfg, source: Source) -> SourceResult:
     global _CURATOR
     key = (config_hash(cfg), str(cfg.src))
     if _CURATOR is None or _CURATOR[0] != key:
+        from realaction.captioners import quiet_csv_warnings
+
+        quiet_csv_warnings()
         _CURATOR = (key, SourceCurator(cfg, Models(cfg), Path(cfg.src)))
     exit_if_asked(source)
     return _CURATOR[1].run(source).resolve()

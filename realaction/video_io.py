@@ -15,9 +15,37 @@ import numpy as np
 VideoSource = str | Path | bytes
 
 
+@functools.lru_cache(maxsize=1)
+def _quiet_decord() -> None:
+    """decord's FFmpeg logs every damaged macroblock to stderr (thousands of lines for a shard of bad members)."""
+    import decord.logging
+
+    decord.logging.set_level(decord.logging.QUIET)
+
+
+def _check_openable(src: VideoSource) -> None:
+    """Raise ValueError (one line, escaped) unless PyAV opens `src` as a video. decord prints a source it cannot
+    open to stderr verbatim (the raw bytes of a shard member, or the file name): a crafted file could clear the
+    screen or set the terminal's title. PyAV's logging is off, so nothing from the file reaches the terminal."""
+    import av
+
+    from realaction.text import printable
+
+    try:
+        with av.open(io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray)) else str(src)) as container:
+            if not container.streams.video:
+                raise ValueError("not a readable video: no video stream")
+    except (av.error.FFmpegError, OSError) as e:
+        lines = str(e).strip().splitlines()
+        reason = getattr(e, "strerror", None) or (lines[0] if lines else type(e).__name__)
+        raise ValueError(f"not a readable video: {printable(reason, 200)}") from None
+
+
 def _reader(src: VideoSource, width: int = -1, height: int = -1):
     import decord
 
+    _quiet_decord()
+    _check_openable(src)
     if isinstance(src, (bytes, bytearray)):
         return decord.VideoReader(io.BytesIO(src), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     return decord.VideoReader(str(src), ctx=decord.cpu(0), width=width, height=height, num_threads=1)

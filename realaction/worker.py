@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from array import array
@@ -113,6 +114,11 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def _non_finite(scores: dict) -> list[str]:
+    """["non-finite-score"] when any score is NaN or infinite (its manifest value is then null), else []."""
+    return ["non-finite-score"] if any(not math.isfinite(v) for v in scores.values()) else []
 
 
 def _reason(e: BaseException) -> str:
@@ -372,31 +378,37 @@ class SourceCurator:
         elif s.too_short or c.times[b] - c.times[a] < cfg.min_seconds - 1e-6:
             reasons.append("too-short")
         reasons += [r for r in quality_reasons(scores, cfg) + motion_reasons(scores, cfg) if r not in reasons]
-        hashes = []
+        reasons = _non_finite(scores) + reasons  # a NaN compares false with every threshold: it must never pass
+        hashes, moving = [], []
         if not reasons:  # the model filters cost more than the rest together: only for clips still in the running
             verdict = self.models.filters.judge(rgb)
             scores.update(verdict.scores)
-            reasons += verdict.reasons
-            hashes = verdict.hashes
+            reasons += _non_finite(verdict.scores) + verdict.reasons
+            hashes, moving = verdict.hashes, verdict.motion_hashes
         if b <= a:  # black throughout: the row keeps the candidate's range
             a, b = 0, s.length
         trimmed = Segment(s.start + a, s.start + b, s.scene, s.too_short)
         start_s, end_s = float(c.times[a]), float(c.times[b])
-        caption = None
+        caption = caption_error = None
         if not reasons:
             from realaction.captioners import CaptionRequest
 
             caption = self.models.captioner.caption(CaptionRequest(
                 source=job.src.path, src_root=self.src_root, clip_index=clip_index,
                 start_s=start_s, end_s=end_s, frames=rgb))
+            caption_error = caption.error if caption is not None else None
             if caption is None or not caption.text.strip():
                 reasons.append("no-caption")
                 caption = None
         row = self._row(job, clip_index, trimmed, start_s, end_s, (c.numbers[a], c.numbers[b]), scores, reasons)
+        if caption_error:
+            row["caption_error"] = caption_error
         if lead or trail:
             row["trimmed"] = [lead, trail]
         if hashes and not reasons:
             row["phash"] = hashes  # the driver's near-duplicate check (realaction.dedup)
+            if moving:
+                row["mhash"] = moving
         self.progress(0, 1)
         if reasons:
             return ClipResult(row)
@@ -420,7 +432,7 @@ class SourceCurator:
             "start_frame_pts": int(numbers[0]), "end_frame_pts": int(numbers[1]),
             "start_s": round(float(start_s), 4), "end_s": round(float(end_s), 4),
             "kept": not reasons, "reason": reasons[0] if reasons else None, "reasons": reasons,
-            "scores": {k: round(v, 4) for k, v in scores.items()},
+            "scores": {k: round(v, 4) if math.isfinite(v) else None for k, v in scores.items()},  # JSON has no NaN
         }
 
     def _sample(self, job: _Job, s: Segment, row: dict, frames: list, caption) -> dict:

@@ -63,7 +63,8 @@ def test_sidecar_json_whole_video_and_per_clip(src):
     assert cap.caption(request(src / "c.mov", src, 0)) is None
     assert cap.caption(request(src / "e.mp4", src, 0)).text == "only clip zero"
     assert cap.caption(request(src / "e.mp4", src, 1)) is None
-    assert cap.caption(request(src / "f.mp4", src)) is None  # unreadable sidecar: no caption, no crash
+    unreadable = cap.caption(request(src / "f.mp4", src))  # no caption, no crash: the error for the clip's row
+    assert unreadable.text == "" and unreadable.error.startswith("unreadable caption sidecar f.json: Expecting")
     assert cap.caption(request(src / "g.mp4", src)).text == "A plain string."
 
 
