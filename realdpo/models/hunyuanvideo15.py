@@ -18,6 +18,7 @@ returns them (16x spatial, 4x temporal compression, 32 channels). Everything fol
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Callable, Sequence
@@ -131,9 +132,16 @@ class HunyuanVideo15Spec(DiffusersSpec):
 
     # ---- pipeline ------------------------------------------------------------------------------------------------
     def pipeline(self, transformer: torch.nn.Module | None = None, scheduler=None, guidance: float | None = None):
-        """The family's pipeline over the loaded components, with this spec's text lengths; `guidance` replaces the
-        guider's guidance_scale (1 turns classifier-free guidance off, as in the guider)."""
-        pipe = super().pipeline(transformer, scheduler=scheduler)
+        """The family's pipeline over the loaded components (with diffusers' LoRA loader: `with_lora_loader`), with
+        this spec's text lengths; `guidance` replaces the guider's guidance_scale (1 turns classifier-free guidance
+        off, as in the guider)."""
+        import diffusers
+
+        if scheduler is None:
+            scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        pipe_cls = with_lora_loader(getattr(diffusers, self.pipeline_classes[self.task]))
+        pipe = pipe_cls(**{**self.components, "scheduler": scheduler,
+                           **self.pipeline_modules(transformer if transformer is not None else self.transformer)})
         pipe.tokenizer_max_length = self.max_sequence_length
         pipe.tokenizer_2_max_length = self.max_sequence_length_2
         if guidance is not None:
@@ -340,3 +348,16 @@ def _use_cached_image_condition(pipe, image_latents: torch.Tensor, image_embeds:
 
     pipe.prepare_cond_latents_and_mask = prepare_cond_latents_and_mask
     pipe.encode_image = lambda image, batch_size, device, dtype: image_embeds.to(device, dtype).repeat(batch_size, 1, 1)
+
+
+@functools.cache
+def with_lora_loader(pipe_cls):
+    """`pipe_cls` with diffusers' LoRA loader for a pipeline whose one LoRA-loadable module is `transformer`
+    (HunyuanVideoLoraLoaderMixin: save_lora_weights / load_lora_weights in the diffusers format, keys
+    `transformer.*`). diffusers 0.42.1 gives the HunyuanVideo 1.5 pipelines no loader; the transformer itself loads
+    the same file with `transformer.load_lora_adapter(folder, prefix="transformer")`."""
+    from diffusers.loaders import HunyuanVideoLoraLoaderMixin
+
+    if issubclass(pipe_cls, HunyuanVideoLoraLoaderMixin) or hasattr(pipe_cls, "load_lora_weights"):
+        return pipe_cls
+    return type(pipe_cls.__name__, (pipe_cls, HunyuanVideoLoraLoaderMixin), {"__module__": __name__})
