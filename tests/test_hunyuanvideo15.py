@@ -49,6 +49,8 @@ def test_a_folder_without_its_guider_is_refused(tmp_path):
     assert run(["sample", "--prompt", "a", "--model", str(folder), "--out", str(tmp_path / "v.mp4")]) == 2
     with pytest.raises(UserError, match="missing components: guider"):
         load_spec(folder)
+    with pytest.raises(UserError, match="--task i2v: .* is a t2v model"):  # not its i2v components' absence
+        load_spec(tiny_model("hunyuanvideo15", "t2v"), task="i2v")
 
 
 def _output(spec, seed=0):

@@ -91,14 +91,17 @@ class HunyuanVideo15Spec(DiffusersSpec):
 
         path = Path(path)
         index = read_model_index(path)
-        task = kwargs.get("task") or cls.known_pipelines().get(index.get("_class_name"))
+        tasks = cls.tasks(path)
+        task = kwargs.get("task") or (tasks[0] if tasks else None)
+        if task not in tasks:  # an unsupported pipeline or the wrong --task: the common loader says which
+            return super().from_pretrained(path, *args, **kwargs)
         # the components missing_components cannot judge (a tokenizer folder, a guider's own config name)
         needs = {"tokenizer_2": "*", "guider": "*config.json"}
         if task == "i2v":
             needs["feature_extractor"] = "*.json"
         missing = [n for n, pattern in needs.items() if not (isinstance(index.get(n), list) and (path / n).is_dir()
                                                              and any((path / n).glob(pattern)))]
-        if missing and task in ("t2v", "i2v"):
+        if missing:
             raise UserError(f"model folder {path} is missing components: {', '.join(missing)}")
         return super().from_pretrained(path, *args, **kwargs)
 
