@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from realdpo.models import CogVideoXSpec, WanSpec
+from realdpo.models import CogVideoXSpec, HunyuanVideo15Spec, WanSpec
 from realdpo.models.builders import build_pipeline
 from realdpo.models.common import image_generator
 from realdpo.models.configs import CONFIGS, get_config
@@ -43,10 +43,14 @@ def _spec(name: str, task: str):
     overrides = {"max_text_seq_length": TEXT_TOKENS} if cfg.family == "cogvideox" else {}
     if cfg.transformer.get("use_learned_positional_embeddings"):  # runs only at its table's size: shrink the table
         overrides.update(sample_frames=9, sample_height=4, sample_width=4)
-    cls = CogVideoXSpec if cfg.family == "cogvideox" else WanSpec
+    if cfg.family == "hunyuanvideo15":  # the image-to-video pipeline buckets the first frame to this pixel size
+        overrides.update(target_size=32)
+    cls = {"cogvideox": CogVideoXSpec, "wan": WanSpec, "hunyuanvideo15": HunyuanVideo15Spec}[cfg.family]
     spec = cls.from_pipeline(build_pipeline(cfg, task=task, num_layers=1, transformer_overrides=overrides),
                              task=task, path=f"<{name}>")
     spec.max_sequence_length = TEXT_TOKENS
+    if cfg.family == "hunyuanvideo15":
+        spec.max_sequence_length_2 = TEXT_TOKENS
     return spec
 
 
@@ -144,6 +148,10 @@ def _pipeline_kwargs(spec, size, prompt, image, x0):
     g = torch.Generator().manual_seed(123)
     shape = spec.pipeline_latents(x0).shape
     kw["latents"] = torch.randn(shape, generator=g)
+    if spec.family == "hunyuanvideo15":  # guidance is its guider's (spec.pipeline(guidance=1) turns it off), text
+        del kw["guidance_scale"], kw["max_sequence_length"]  # lengths are pipeline attributes; i2v takes no size
+        if spec.task == "i2v":
+            del kw["height"], kw["width"]
     return kw
 
 
@@ -155,7 +163,7 @@ def test_training_feeds_the_transformer_what_the_pipeline_feeds_it(name, task):
     cond = {**spec.encode_prompts([prompt]), **spec.encode_first_frames(video[:, 0], size[0])}
     rec = Recorder(_experts(spec))
     try:
-        pipe = spec.pipeline()
+        pipe = spec.pipeline(guidance=1.0) if spec.family == "hunyuanvideo15" else spec.pipeline()
         pipe.set_progress_bar_config(disable=True)
         kw = _pipeline_kwargs(spec, size, prompt, image, x0)
         if spec.family == "cogvideox" and task == "i2v":
@@ -211,9 +219,11 @@ def test_training_feeds_the_transformer_what_the_pipeline_feeds_it(name, task):
 
 def _conditioning(spec, hidden: torch.Tensor, x0: torch.Tensor) -> dict:
     """The first-frame conditioning inside a transformer input: CogVideoX's and Wan's image channels, TI2V's first
-    latent frame."""
+    latent frame, HunyuanVideo 1.5's condition latents and mask."""
     if spec.family == "cogvideox":
         return {"image channels": hidden[:, :, x0.shape[2]:]}
+    if spec.family == "hunyuanvideo15":
+        return {"condition latents and mask": hidden[:, x0.shape[1]:]}
     if spec.expand_timesteps:
         return {"first frame": hidden[:, :, :1]}
     return {"mask and image latents": hidden[:, x0.shape[1]:]}

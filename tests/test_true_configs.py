@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from realdpo.models import CogVideoXSpec, WanSpec
+from realdpo.models import CogVideoXSpec, HunyuanVideo15Spec, WanSpec
 from realdpo.models.builders import build_pipeline
 from realdpo.models.configs import CONFIGS, get_config
 
@@ -29,15 +29,18 @@ TRUE_TOKENS = {
     "Wan2.1-T2V-1.3B": (21, 21 * 30 * 52), "Wan2.1-T2V-14B": (21, 21 * 30 * 52),
     "Wan2.1-I2V-14B-480P": (21, 21 * 30 * 52), "Wan2.2-TI2V-5B": (31, 31 * 22 * 40),
     "Wan2.2-T2V-A14B": (21, 21 * 30 * 52), "Wan2.2-I2V-A14B": (21, 21 * 30 * 52),
+    # 121 frames at 480x848 through a 4x16x16 VAE, patch 1
+    "HunyuanVideo-1.5-480p_t2v": (31, 31 * 30 * 53), "HunyuanVideo-1.5-480p_i2v": (31, 31 * 30 * 53),
 }
 # one checkpoint per VAE architecture, at its true training size
 VAES = {"CogVideoX-5b": (49, 480, 720), "CogVideoX1.5-5B": (81, 768, 1360), "Wan2.1-T2V-14B": (81, 480, 832),
-        "Wan2.2-TI2V-5B": (121, 704, 1280)}
+        "Wan2.2-TI2V-5B": (121, 704, 1280), "HunyuanVideo-1.5-480p_t2v": (121, 480, 848)}
+SPECS = {"cogvideox": CogVideoXSpec, "wan": WanSpec, "hunyuanvideo15": HunyuanVideo15Spec}
 
 
 def _spec(name: str, **kw):
     cfg = get_config(name)
-    cls = CogVideoXSpec if cfg.family == "cogvideox" else WanSpec
+    cls = SPECS[cfg.family]
     task = kw.pop("task", None)
     return cls.from_pipeline(build_pipeline(cfg, task=task, **kw), task=task, path=f"<{name}>")
 
@@ -47,6 +50,7 @@ def test_the_configs_are_the_issue_list():
     widths = {n: c.transformer["num_attention_heads"] * c.transformer["attention_head_dim"] for n, c in CONFIGS.items()}
     assert widths["CogVideoX-2b"] == 1920 and widths["CogVideoX-5b"] == 3072 and widths["Wan2.1-T2V-1.3B"] == 1536
     assert widths["Wan2.1-T2V-14B"] == widths["Wan2.2-T2V-A14B"] == 5120 and widths["Wan2.2-TI2V-5B"] == 3072
+    assert widths["HunyuanVideo-1.5-480p_t2v"] == widths["HunyuanVideo-1.5-480p_i2v"] == 2048
 
 
 def _blocks(transformer) -> torch.nn.ModuleList:
@@ -77,7 +81,14 @@ def test_full_depth_on_the_meta_device(name, task):
         kwargs["hidden_states"].shape if "hidden_states" in kwargs else args[0].shape), with_kwargs=True)
         for m in modules]
     cond = {"prompt_embeds": torch.empty(2, cfg.max_sequence_length, cfg.text_dim, device="meta")}
-    if spec.task == "i2v":
+    if cfg.family == "hunyuanvideo15":
+        cond.update(prompt_embeds_mask=torch.empty(2, cfg.max_sequence_length, device="meta"),
+                    prompt_embeds_2=torch.empty(2, cfg.max_sequence_length_2, cfg.text_dim_2, device="meta"),
+                    prompt_embeds_mask_2=torch.empty(2, cfg.max_sequence_length_2, device="meta"))
+        if spec.task == "i2v":  # the first frame's latents and SigLIP's 729 tokens (384 px in patches of 14)
+            cond.update(image_latents=torch.empty(2, z, 1, *x0.shape[3:], device="meta"),
+                        image_embeds=torch.empty(2, 729, cfg.image_encoder_dim, device="meta"))
+    elif spec.task == "i2v":
         if cfg.family == "cogvideox":
             cond["image_latents"] = torch.empty(2, 1, *x0.shape[2:], device="meta")
         elif spec.expand_timesteps:  # TI2V: the first frame's latents
@@ -88,8 +99,20 @@ def test_full_depth_on_the_meta_device(name, task):
                 cond["image_embeds"] = torch.empty(2, 257, cfg.image_encoder_dim, device="meta")  # ViT-H/14 at 224 px
     x = x0.expand(2, *x0.shape[1:])
     t = torch.tensor([100, 950] if cfg.family == "cogvideox" else [100.0, 950.0], device="meta")
-    for module in modules:  # (on the meta device the experts' routing cannot read timesteps: run each expert)
-        err = spec.per_sample_error(module, x, torch.empty(spec.noise_shape(tuple(x.shape)), device="meta"), t, cond)
+    if cfg.family == "hunyuanvideo15":
+        # its forward reads whether the image tokens are all zero and orders the text tokens by their masks
+        # (data-dependent values and shapes, which the meta device cannot give): here it runs up to there, the video
+        # tokens counted where they are embedded; the CPU test below runs it all at true width
+        for h in hooks:
+            h.remove()
+        hooks = [m.x_embedder.register_forward_hook(lambda mod, args, out: seen.append(out.shape)) for m in modules]
+        for module in modules:
+            with pytest.raises((NotImplementedError, RuntimeError), match="nonzero|meta tensors"):
+                spec.per_sample_error(module, x, torch.empty_like(x), t, cond)
+    for module in modules if cfg.family != "hunyuanvideo15" else ():
+        # (on the meta device the experts' routing cannot read timesteps: run each expert)
+        noise = torch.empty(spec.noise_shape(tuple(x.shape)), device="meta")  # (CogVideoX 1.5: its padding frame)
+        err = spec.per_sample_error(module, x, noise, t, cond)
         assert tuple(err.shape) == (2,)
     for h in hooks:
         h.remove()
@@ -106,7 +129,7 @@ def test_true_vaes_give_the_latent_shapes_at_training_size(name):
     with torch.no_grad():
         z = spec.vae.encode(torch.empty(1, 3, frames, height, width, device="meta")).latent_dist.mode()
         video = spec.vae.decode(z).sample
-    shape = tuple(z.shape[1:]) if spec.family == "wan" else (z.shape[2], z.shape[1], *z.shape[3:])
+    shape = tuple(z.shape[1:]) if spec.family != "cogvideox" else (z.shape[2], z.shape[1], *z.shape[3:])
     assert shape == spec.latent_shape(frames, height, width) and tuple(video.shape) == (1, 3, frames, height, width)
 
 
@@ -157,14 +180,17 @@ def test_dpo_step_at_true_width(name, task, encoded):
         spec = _spec(name, task=task, num_layers=1, transformer_overrides=overrides, vae=vae)
         if spec.family == "wan":
             spec.max_sequence_length = 16  # the pipeline's 512 text tokens
+        if spec.family == "hunyuanvideo15":
+            spec.max_sequence_length = spec.max_sequence_length_2 = 16  # the pipeline's 1000 and 256
         return spec
 
     spec, clip = encoded(cfg, spec_for)
     size, video, x0 = clip["size"], clip["video"], clip["x0"]
     spec.check_size(*size)
     k, prompt = 2, "a cyclist rides down a street"
-    cond = {**spec.encode_prompts([prompt]), **spec.encode_first_frames(video[:, 0], size[0])}
-    assert (spec.task == "i2v") == (len(cond) > 1) and cond["prompt_embeds"].shape[1] == 16
+    first_frame = spec.encode_first_frames(video[:, 0], size[0])
+    cond = {**spec.encode_prompts([prompt]), **first_frame}
+    assert (spec.task == "i2v") == bool(first_frame) and cond["prompt_embeds"].shape[1] == 16
     images = video[:, 0].expand(k, -1, -1, -1) if spec.task == "i2v" else None
     losers = spec.generate_latents([prompt] * k, {"prompt_embeds": cond["prompt_embeds"].expand(k, -1, -1)},
                                    num_frames=size[0], height=size[1], width=size[2], steps=1,

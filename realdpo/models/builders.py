@@ -105,7 +105,8 @@ def _image_encoder(width: int):
     return encoder, processor
 
 
-INPUT_SIZE_FIELDS = {"sample_frames", "sample_height", "sample_width", "max_text_seq_length"}
+# HunyuanVideo 1.5's target_size is the pixel size its image-to-video pipeline buckets the first frame to
+INPUT_SIZE_FIELDS = {"sample_frames", "sample_height", "sample_width", "max_text_seq_length", "target_size"}
 
 
 def build_pipeline(cfg: ModelConfig | str, *, task: str | None = None, num_layers: int | None = 1,
@@ -113,7 +114,8 @@ def build_pipeline(cfg: ModelConfig | str, *, task: str | None = None, num_layer
                    transformer_overrides: dict[str, Any] | None = None, vae: torch.nn.Module | None = None):
     """The checkpoint's diffusers pipeline with random weights. `task` picks the pipeline class for a model that
     does both (Wan2.2-TI2V-5B: "i2v" gives WanImageToVideoPipeline). `transformer_overrides` may change only input
-    sizes: CogVideoX's latent sample size (which sizes its sin-cos or learned position table) and text length;
+    sizes: CogVideoX's latent sample size (which sizes its sin-cos or learned position table) and text length,
+    HunyuanVideo 1.5's target_size;
     anything else is refused. `vae` reuses an already built VAE of this configuration."""
     import diffusers
     from transformers import ByT5Tokenizer
@@ -123,6 +125,17 @@ def build_pipeline(cfg: ModelConfig | str, *, task: str | None = None, num_layer
     if set(overrides) - INPUT_SIZE_FIELDS:
         raise ValueError(f"only input sizes may change, got {sorted(overrides)}")
     task = task or cfg.task
+    if cfg.family == "hunyuanvideo15":
+        from realdpo.models.tiny import build_hunyuan15_pipeline
+
+        if task != cfg.task:
+            raise ValueError(f"{cfg.name} is a {cfg.task} model")
+        # SigLIP stand-in at 56 px in patches of 14: 16 tokens (the real one takes 384 px: 729)
+        return build_hunyuan15_pipeline(
+            task, build_transformer(cfg, num_layers=num_layers, device=device, seed=seed, dtype=dtype, **overrides),
+            vae if vae is not None else build_vae(cfg, device=device, seed=seed),
+            getattr(diffusers, cfg.scheduler_class)(**cfg.scheduler), cfg.guidance, cfg.text_dim, cfg.text_dim_2,
+            cfg.image_encoder_dim or 1152, image_size=56, patch_size=14)
     pipe_name = cfg.pipeline
     if cfg.pipeline_config.get("expand_timesteps") and task == "i2v":
         pipe_name = "WanImageToVideoPipeline"

@@ -8,6 +8,7 @@ latents (`realdpo.models.builders`); benchmarks build them on the meta device at
 
 Sources: the diffusers conversion scripts (`scripts/convert_cogvideox_to_diffusers.py`,
 `scripts/convert_wan_to_diffusers.py`), the model classes' defaults in diffusers 0.42.1, and the model cards.
+HunyuanVideo 1.5's 480p transformer config is the one copied in several public repositories' tests.
 Fields that could not be checked against a downloaded `config.json` here are listed in `UNVERIFIED`.
 """
 
@@ -76,10 +77,24 @@ def _wan_scheduler(flow_shift: float) -> dict[str, Any]:
                 flow_shift=flow_shift)
 
 
+# ---- HunyuanVideo 1.5 -------------------------------------------------------------------------------------------
+_HY15_TRANSFORMER = dict(  # 8.3B: 54 dual-stream blocks of 2048 (16 heads of 128)
+    in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54,
+    num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=3584,
+    text_embed_2_dim=1472, image_embed_dim=1152, rope_theta=256.0, rope_axes_dim=[16, 56, 56], target_size=640,
+    task_type="t2v", use_meanflow=False,
+)
+_HY15_VAE = dict(  # AutoencoderKLHunyuanVideo15's defaults: 16x spatial, 4x temporal, 32 channels
+    in_channels=3, out_channels=3, latent_channels=32, block_out_channels=[128, 256, 512, 1024, 1024],
+    layers_per_block=2, spatial_compression_ratio=16, temporal_compression_ratio=4, downsample_match_channel=True,
+    upsample_match_channel=True, scaling_factor=1.03682,
+)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    family: str  # "cogvideox" or "wan"
+    family: str  # "cogvideox", "wan" or "hunyuanvideo15"
     pipeline: str  # the diffusers pipeline class of the checkpoint (model_index.json's _class_name)
     task: str  # "t2v" or "i2v" (TI2V-5B does both; its folder is a WanPipeline)
     transformer: dict[str, Any]
@@ -93,14 +108,19 @@ class ModelConfig:
     two_experts: bool = False  # Wan 2.2 A14B: `transformer_2` has the same config as `transformer`
     pipeline_config: dict[str, Any] = field(default_factory=dict)  # boundary_ratio, expand_timesteps
     image_encoder_dim: int | None = None  # Wan 2.1 I2V: CLIP ViT-H/14 hidden size (the transformer's image_dim)
+    text_dim_2: int | None = None  # HunyuanVideo 1.5: the second text encoder's width (ByT5)
+    max_sequence_length_2: int | None = None  # and its token count
+    guidance: float | None = None  # HunyuanVideo 1.5: its guider's guidance_scale
 
     @property
     def vae_class(self) -> str:
-        return "AutoencoderKLCogVideoX" if self.family == "cogvideox" else "AutoencoderKLWan"
+        return {"cogvideox": "AutoencoderKLCogVideoX", "wan": "AutoencoderKLWan",
+                "hunyuanvideo15": "AutoencoderKLHunyuanVideo15"}[self.family]
 
     @property
     def transformer_class(self) -> str:
-        return "CogVideoXTransformer3DModel" if self.family == "cogvideox" else "WanTransformer3DModel"
+        return {"cogvideox": "CogVideoXTransformer3DModel", "wan": "WanTransformer3DModel",
+                "hunyuanvideo15": "HunyuanVideo15Transformer3DModel"}[self.family]
 
 
 def _cog(name, pipeline, task, transformer, vae, scheduler, size, fps) -> ModelConfig:
@@ -111,6 +131,13 @@ def _cog(name, pipeline, task, transformer, vae, scheduler, size, fps) -> ModelC
 def _wan(name, pipeline, task, transformer, vae, flow_shift, size, fps, **kw) -> ModelConfig:
     return ModelConfig(name, "wan", pipeline, task, transformer, vae, "UniPCMultistepScheduler",
                        _wan_scheduler(flow_shift), size, fps, max_sequence_length=512, **kw)
+
+
+def _hy15(name, pipeline, task, transformer, flow_shift, size) -> ModelConfig:
+    return ModelConfig(name, "hunyuanvideo15", pipeline, task, transformer, _HY15_VAE, "FlowMatchEulerDiscreteScheduler",
+                       dict(num_train_timesteps=1000, shift=flow_shift), size, 24.0, text_dim=3584,
+                       max_sequence_length=1000, image_encoder_dim=1152 if task == "i2v" else None, text_dim_2=1472,
+                       max_sequence_length_2=256, guidance=6.0)
 
 
 _COG5_SCHED = {**_COG_SCHEDULER, "snr_shift_scale": 1.0}
@@ -139,6 +166,9 @@ CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (
          pipeline_config={"boundary_ratio": 0.875}),
     _wan("Wan2.2-I2V-A14B", "WanImageToVideoPipeline", "i2v", {**_WAN_14B, "in_channels": 36}, _WAN21_VAE, 3.0,
          _WAN480, 16.0, two_experts=True, pipeline_config={"boundary_ratio": 0.9}),
+    _hy15("HunyuanVideo-1.5-480p_t2v", "HunyuanVideo15Pipeline", "t2v", _HY15_TRANSFORMER, 5.0, (121, 480, 848)),
+    _hy15("HunyuanVideo-1.5-480p_i2v", "HunyuanVideo15ImageToVideoPipeline", "i2v",
+          {**_HY15_TRANSFORMER, "task_type": "i2v"}, 5.0, (121, 480, 848)),
 )}
 
 # What could not be checked here against the checkpoints' own config.json files (no hub access):
@@ -149,6 +179,10 @@ UNVERIFIED = {
     "Wan2.1-T2V-14B, Wan2.2-*-A14B": "flow_shift 3.0 (from the conversion script; the official Wan 2.2 sampler "
                                      "uses 12.0 for T2V-A14B and 5.0 for I2V-A14B)",
     "Wan2.1-I2V-14B-480P": "image encoder: only its hidden size 1280 (CLIP ViT-H/14) is used here",
+    "HunyuanVideo-1.5-480p_*": "transformer config from third-party copies of the diffusers config.json (they agree); "
+                               "VAE config = AutoencoderKLHunyuanVideo15's defaults; scheduler shift 5.0 and guider "
+                               "guidance_scale 6.0 from the official 480p sampler settings, not from the folders; "
+                               "image encoder: only SigLIP's width 1152 and 729 tokens are used here",
 }
 
 

@@ -68,6 +68,87 @@ WAN22_VAE = dict(
 )
 WAN_VARIANTS = (None, "2.2-ti2v", "2.2-a14b")
 
+# HunyuanVideo 1.5: 8 latent channels in a 16x spatial / 4x temporal VAE; [noisy, condition, mask] on channels
+HUNYUAN15_TRANSFORMER = dict(
+    in_channels=2 * 8 + 1, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+    num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=TEXT_DIM,
+    text_embed_2_dim=TEXT_DIM, image_embed_dim=16, rope_axes_dim=(4, 6, 6), target_size=64,
+)
+HUNYUAN15_VAE = dict(latent_channels=8, block_out_channels=(8, 8, 16, 16, 16), layers_per_block=1,
+                     spatial_compression_ratio=16, temporal_compression_ratio=4, scaling_factor=0.9)
+HUNYUAN15_SCHEDULER = dict(num_train_timesteps=1000, shift=5.0)  # 480p's flow shift
+HUNYUAN15_GUIDANCE = 6.0
+# Qwen2.5-VL's chat template with the system message cut to its first 92 characters: with the byte-level tiny
+# tokenizer the prompt then starts at token 108, where the pipeline crops (prompt_template_encode_start_idx), as
+# with the real tokenizer and the full system message
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'system' %}{{ message['content'][:92] }}{% else %}{{ message['content'] }}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen2_tokenizer():
+    """A byte-level Qwen2 tokenizer over the 256 byte symbols (no merges) with Qwen's chat tokens, built offline."""
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    tok.chat_template = QWEN_TINY_CHAT_TEMPLATE
+    return tok
+
+
+def hunyuan15_text_parts(text_dim: int, text_dim_2: int) -> dict:
+    """HunyuanVideo 1.5's two tokenizers and text encoders as random stand-ins of the given output widths: a
+    two-layer Qwen2.5-VL text model (the pipeline reads its third-to-last hidden state) and a one-layer ByT5."""
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    tokenizer = tiny_qwen2_tokenizer()
+    head_dim = 128 if text_dim % 128 == 0 else 16  # Qwen2.5-VL-7B's 128 (28 heads of 3584) where the width allows
+    quarter = head_dim // 16  # mrope's (time, height, width) sections of head_dim / 2: 7B's [16, 24, 24] at 128
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    qwen = Qwen2_5_VLTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=text_dim // head_dim, num_key_value_heads=1, max_position_embeddings=2048,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                             mrope_section=[2 * quarter, 3 * quarter, 3 * quarter]),
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLTextModel(qwen)
+    byt5 = T5EncoderModel(T5Config(**{**T5_CONFIG, "d_model": text_dim_2, "num_layers": 1, "num_heads": 2}))
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, tokenizer_2=ByT5Tokenizer(), text_encoder_2=byt5)
+
+
+def siglip_parts(width: int, image_size: int = 32, patch_size: int = 8) -> dict:
+    """A one-layer SigLIP vision tower of the given width and its processor (the image-to-video image encoder)."""
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    encoder = SiglipVisionModel(SiglipVisionConfig(hidden_size=width, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=image_size,
+                                                   patch_size=patch_size))
+    return dict(image_encoder=encoder,
+                feature_extractor=SiglipImageProcessor(size={"height": image_size, "width": image_size}))
+
+
+def build_hunyuan15_pipeline(task: str, transformer, vae, scheduler, guidance: float, text_dim: int,
+                             text_dim_2: int, image_dim: int, image_size: int = 32, patch_size: int = 8):
+    """A HunyuanVideo 1.5 pipeline of `task` around the given transformer, VAE and scheduler, with stand-in text
+    (and image) encoders of the given widths and a ClassifierFreeGuidance guider."""
+    import diffusers
+
+    parts = dict(transformer=transformer, vae=vae, scheduler=scheduler,
+                 guider=diffusers.ClassifierFreeGuidance(guidance_scale=guidance),
+                 **hunyuan15_text_parts(text_dim, text_dim_2))
+    if task == "i2v":
+        return diffusers.HunyuanVideo15ImageToVideoPipeline(**parts, **siglip_parts(image_dim, image_size, patch_size))
+    return diffusers.HunyuanVideo15Pipeline(**parts)
+
 
 def build_tiny_pipeline(family: str, task: str = "t2v", seed: int = 0, variant: str | None = None):
     """A tiny random-weight diffusers pipeline (deterministic for a given seed). variant="1.5": CogVideoX 1.5's
@@ -76,9 +157,19 @@ def build_tiny_pipeline(family: str, task: str = "t2v", seed: int = 0, variant: 
     "2.2-a14b": A14B's two experts split at boundary_ratio (T2V 0.875, I2V 0.9; no CLIP image encoder)."""
     from transformers import ByT5Tokenizer
 
-    if family not in ("cogvideox", "wan") or task not in ("t2v", "i2v"):
+    if family not in ("cogvideox", "wan", "hunyuanvideo15") or task not in ("t2v", "i2v"):
         raise UserError(f"no tiny model for family={family!r} task={task!r}")
     torch.manual_seed(seed)
+    if family == "hunyuanvideo15":
+        if variant is not None:
+            raise UserError(f"unknown tiny HunyuanVideo 1.5 variant {variant!r}")
+        import diffusers
+
+        transformer = diffusers.HunyuanVideo15Transformer3DModel(**HUNYUAN15_TRANSFORMER, task_type=task)
+        vae = diffusers.AutoencoderKLHunyuanVideo15(**HUNYUAN15_VAE)
+        return build_hunyuan15_pipeline(task, transformer, vae,
+                                        diffusers.FlowMatchEulerDiscreteScheduler(**HUNYUAN15_SCHEDULER),
+                                        HUNYUAN15_GUIDANCE, TEXT_DIM, TEXT_DIM, HUNYUAN15_TRANSFORMER["image_embed_dim"])
     tokenizer = ByT5Tokenizer()
     if family == "cogvideox":
         from diffusers import (
@@ -155,7 +246,7 @@ def save_tiny_pipeline(family: str, task: str, out: Path, seed: int = 0, variant
 
     with quiet_progress():
         pipe.save_pretrained(out, safe_serialization=True)
-    if family == "wan":  # Wan's transformer config has no sample size; tell the spec what this toy model runs at
+    if family in ("wan", "hunyuanvideo15"):  # no frame count in their configs: what this toy model runs at
         (out / "realdpo.json").write_text(json.dumps({"default_size": [9, 64, 64]}))
     return out
 
