@@ -49,10 +49,22 @@ add_command(lab_app, "build", LabBuildConfig, "realdpo.lab.build:build",
 app.add_typer(lab_app, name="lab")
 
 
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
+
+
+def _interrupted() -> int:
+    print("Interrupted (Ctrl-C): stopped before finishing. What was written is kept; run the command again to go on "
+          "(train: add --resume).", file=sys.stderr)
+    return INTERRUPTED
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (expected mistakes print one line and return 2)."""
+    """Run the CLI and return its exit code (expected mistakes print one line and return 2; Ctrl-C returns 130)."""
     try:
-        app(args=argv, prog_name="realdpo", standalone_mode=False)
+        # Commands return None, so a number here is typer's own exit code: 130 when it caught KeyboardInterrupt.
+        code = app(args=argv, prog_name="realdpo", standalone_mode=False)
+    except KeyboardInterrupt:
+        return _interrupted()
     except UserError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
@@ -61,11 +73,12 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
-        print("Aborted.", file=sys.stderr)
-        return 130
+        return _interrupted()
     except typer.TyperException as e:  # click's usage errors, as typer vendors click
         e.show()
         return getattr(e, "exit_code", 2)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        return _interrupted() if code == INTERRUPTED else code
     return 0
 
 

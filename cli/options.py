@@ -12,7 +12,7 @@ from typing import Any, Callable
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from realaction.fields import option_name, read_config_file
+from realaction.fields import check_numbers, option_name, read_config_file
 
 
 def _resolve(target: str | Callable) -> Callable:
@@ -119,9 +119,10 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
             if isinstance(kwargs.get(f.name), tuple):
                 kwargs[f.name] = list(kwargs[f.name])
         cfg = config_cls(**kwargs)
+        check_numbers(cfg)  # every command: nan, inf, negative or too large, before any work
         if hasattr(cfg, "validate"):
             cfg.validate()
-        _resolve(target)(cfg)
+        _resolve(target)(cfg)  # its return value is dropped: `run` reads a number from typer as an exit code
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import typer
@@ -162,3 +163,64 @@ def test_group_help_shows_no_type_after_flags(argv, capsys, monkeypatch):
     assert run(argv) == 0
     out = capsys.readouterr().out
     assert "--help" in out and "<bool>" not in out
+
+
+def _number_options():
+    """(command words, option) for every int or float option of the commands that do work."""
+    import dataclasses
+    import typing
+
+    from realaction.config import CurateConfig
+    from realaction.fields import option_name
+    from realdpo.configs.eval import EvalConfig
+    from realdpo.configs.negatives import NegativesConfig
+    from realdpo.configs.sample import SampleConfig
+    from realdpo.configs.train import TrainConfig
+
+    for command, cls in (("curate", CurateConfig), ("train", TrainConfig), ("negatives", NegativesConfig),
+                         ("sample", SampleConfig), ("eval", EvalConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if {hints[f.name], *typing.get_args(hints[f.name])} & {int, float}:
+                yield command, option_name(f), float in {hints[f.name], *typing.get_args(hints[f.name])}
+
+
+@pytest.mark.parametrize("command, option, is_float", list(_number_options()))
+def test_every_number_option_refuses_nan_inf_and_negative_in_one_line(command, option, is_float, capsys):
+    for bad in (["nan", "inf", "-inf", "-1"] if is_float else ["-1", str(2**64)]):
+        assert run([command, option, bad]) == 2, (option, bad)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"Error: {option} must"), (option, bad, err)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--shards", "x.tar", "--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["train", "--shards", "x.tar", "--beta", "inf"], "--beta must be a finite number, got inf"),
+    (["train", "--shards", "x.tar", "--lr", "50"], "--lr must be at most 1"),
+    (["sample", "--prompt", "a", "--guidance", "nan"], "--guidance must be a finite number"),
+    (["sample", "--prompt", "a", "--guidance", "1e6"], "--guidance must be at most 100"),
+    (["sample", "--prompt", "a", "--fps", "inf"], "--fps must be a finite number"),
+    (["sample", "--prompt", "a", "--seed", str(2**32)], "--seed must be at most 4294967295"),
+    (["sample", "--prompt", "a", "--seed", "-3"], "--seed must not be negative"),
+    (["curate", "--src", ".", "--max-side", "-640"], "--max-side must not be negative"),
+    (["curate", "--src", ".", "--fps", "1e9"], "--fps must be at most 1000"),
+])
+def test_number_options_out_of_range(argv, message, capsys):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_a_config_file_number_is_checked_too(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("shards: [x.tar]\nbeta: .nan\n")
+    assert run(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "--beta must be a finite number, got nan" in capsys.readouterr().err
+
+
+def test_library_validate_checks_numbers_too():
+    from realdpo.configs.sample import SampleConfig
+
+    with pytest.raises(UserError, match="--seeds-per-prompt runs past the largest seed"):
+        SampleConfig(prompts=Path(__file__), out=Path("o"), seed=2**32 - 1, seeds_per_prompt=2).validate()
+    with pytest.raises(UserError, match="--guidance must be a finite number"):
+        SampleConfig(prompt="a", guidance=float("nan")).validate()

@@ -162,3 +162,31 @@ def test_curation_skips_broken_files(world, tmp_path):
     rows = {r["source"]: r for r in map(json.loads, (tmp_path / "out" / "sources.jsonl").read_text().splitlines())}
     assert rows["good.mp4"]["status"] == "done"
     assert {rows[n]["status"] for n in ("truncated.mp4", "notes.mp4", "empty.mp4")} == {"error"}
+
+
+def test_ctrl_c_exits_130_with_one_line(world, tmp_path):
+    """SIGINT in the middle of a real `sample --prompts` run: exit 130 (what `&&` chains stop on), one line, no
+    traceback; the run had written its samples.jsonl, so it was past loading the model."""
+    import signal
+    import time
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(50)))
+    out = tmp_path / "videos"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "REALDPO_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "sample", "--prompts", str(prompts), "--out", str(out),
+                             "--model", str(world["model"]), "--steps", "1000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while not (out / "samples.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    lines = [line for line in stderr.splitlines() if "Interrupted" in line]
+    assert len(lines) == 1 and lines[0].startswith("Interrupted (Ctrl-C)"), stderr[-2000:]
+    assert len(list(out.glob("*.mp4"))) < 50  # it was stopped, not finished

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from realaction.errors import UserError
-from realaction.fields import field
+from realaction.fields import check_numbers, field
 from realdpo.configs.common import ModelOptions, NegativeOptions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -44,6 +44,7 @@ class EvalConfig(ModelOptions, NegativeOptions):
     beta: float = field(5000.0, help="DPO beta used for the pref_margin (the implicit reward margin).")
 
     def validate(self) -> None:
+        check_numbers(self)
         if not self.videos:
             raise UserError("--videos NAME=DIR is required (once per method)")
         seen = set()
