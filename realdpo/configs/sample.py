@@ -30,6 +30,9 @@ class SampleConfig(ModelOptions):
     steps: int = field(50, help="Sampler steps.")
     guidance: Optional[float] = field(None, at_most=100, help="Classifier-free guidance scale; default is the model's (CogVideoX 6, Wan 5).")
     out: Optional[Path] = field(None, help="Output: an .mp4 file for --prompt (default sample.mp4), a folder for --prompts.")
+    overwrite: bool = field(False, help="With --prompts: make again the videos in --out that other settings made "
+                            "(another model, LoRA, prompt, seed or sampler setting; samples.jsonl records them) and "
+                            "delete those beyond this run's; without it such a folder is refused.")
     group_offload: bool = field(False, help="Keep the transformer in CPU memory and copy it to the accelerator one block "
                                 "at a time as it runs (diffusers group offloading), for cards it does not fit; "
                                 "costs one host-to-device copy of its weights per sampler step. No effect on a CPU.")
