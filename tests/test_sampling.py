@@ -225,3 +225,38 @@ def test_sample_prompts_never_relabels_videos_made_with_other_settings(tiny_cogv
     (out / "samples.jsonl").unlink()
     with pytest.raises(UserError, match="samples.jsonl has no record of 0.mp4"):
         sample(tuned)
+
+
+def test_a_lora_that_matches_no_layer_is_refused_and_a_partial_one_warned(tiny_cogvideox_t2v, lora_dir, tmp_path,
+                                                                          capsys):
+    """Through diffusers' own load_lora_weights: keys under another prefix load as nothing there (with only a
+    logged warning), keys of some missing layers load the rest."""
+    from safetensors.torch import load_file, save_file
+
+    from realdpo.generation.sampling import load_lora
+    from realdpo.models import load_spec
+
+    weights = load_file(next(lora_dir.glob("*.safetensors")))
+    (tmp_path / "other").mkdir()
+    save_file({k.replace("transformer.", "unet.", 1): v for k, v in weights.items()},
+              tmp_path / "other" / "pytorch_lora_weights.safetensors")
+    blocks = sorted({k.split(".")[2] for k in weights})  # transformer.transformer_blocks.<i>.
+    assert len(blocks) == 2
+    (tmp_path / "part").mkdir()
+    save_file({k.replace("transformer_blocks.1.", "missing_blocks.1.") if k.split(".")[2] == blocks[1] else k: v
+               for k, v in weights.items()}, tmp_path / "part" / "pytorch_lora_weights.safetensors")
+
+    assert run(["sample", "--prompt", "a wave", "--model", str(tiny_cogvideox_t2v), "--steps", "1",
+                "--lora", str(tmp_path / "other"), "--out", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "matches no layer of the cogvideox transformer" in err[0], err
+    assert not (tmp_path / "x.mp4").exists()
+
+    spec = load_spec(tiny_cogvideox_t2v)
+    load_lora(spec, tmp_path / "part")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: LoRA {tmp_path / 'part'}: only 4 of its 8 layers match the cogvideox transformer; "
+                   "the others are ignored"]
+    spec = load_spec(tiny_cogvideox_t2v)
+    load_lora(spec, lora_dir)
+    assert capsys.readouterr().err == ""

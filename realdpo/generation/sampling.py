@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from realaction.errors import UserError
@@ -24,10 +25,38 @@ from realdpo.models.frames import to_uint8
 from realdpo.runtime import default_device
 
 
+def _lora_layers_in(folder: Path) -> int | None:
+    """How many layers the LoRA files in `folder` adapt (their lora_A / lora_down weights); None for .bin files."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    n = 0
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                n += sum(1 for k in sf.keys() if k.endswith(("lora_A.weight", "lora_down.weight")))
+        except Exception as e:  # a damaged file: diffusers' own load below reports it
+            raise UserError(f"cannot read LoRA file {f}: {' '.join(str(e).split())[:200]}") from None
+    return n
+
+
+def _adapted_layers(transformer, adapter: str) -> int:
+    return sum(1 for m in transformer.modules() if adapter in (getattr(m, "lora_A", None) or {}))
+
+
 def load_lora(spec: ModelSpec, lora: Path) -> None:
     """Load a diffusers-format LoRA (e.g. `realdpo train`'s OUT/lora) into the spec's transformer. A two-expert
     model's OUT/lora holds one folder per trained expert, `transformer/` and `transformer_2/`; the second loads with
-    diffusers' `load_into_transformer_2=True`."""
+    diffusers' `load_into_transformer_2=True`.
+
+    diffusers applies a LoRA none of whose keys match the model as nothing (with a warning): that is refused, and a
+    LoRA of which only some layers match is loaded with a one-line warning."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+
     lora = Path(lora)
     parts = {name: lora / name for name in ("transformer", "transformer_2") if (lora / name).is_dir()}
     if parts and not spec.expert_names:
@@ -36,11 +65,29 @@ def load_lora(spec: ModelSpec, lora: Path) -> None:
     for name, folder in (parts or {"transformer": lora}).items():
         if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             raise UserError(f"--lora folder holds no LoRA weights (*.safetensors): {folder}")
+        expected = _lora_layers_in(folder)
+        transformer = getattr(pipe, name)
+        before = set(getattr(transformer, "peft_config", None) or {})
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its key-mismatch warnings run to many lines; the counts below say it
         try:
-            pipe.load_lora_weights(str(folder), **({"load_into_transformer_2": True} if name == "transformer_2" else {}))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pipe.load_lora_weights(str(folder),
+                                       **({"load_into_transformer_2": True} if name == "transformer_2" else {}))
         except (ValueError, KeyError, OSError, RuntimeError, AttributeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"cannot load LoRA {folder} into {spec.family} {spec.task}: {first}") from None
+            raise UserError(f"cannot load LoRA {folder} into {spec.family} {spec.task}: {first[:300]}") from None
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
+        added = sorted(set(getattr(transformer, "peft_config", None) or {}) - before)
+        loaded = sum(_adapted_layers(transformer, a) for a in added)
+        if loaded == 0:
+            raise UserError(f"LoRA {folder} matches no layer of the {spec.family} {name} in {spec.path} "
+                            f"(its {expected if expected is not None else 'weight'} layers are for another model)")
+        if expected is not None and loaded < expected:
+            print(f"warning: LoRA {folder}: only {loaded} of its {expected} layers match the {spec.family} {name}; "
+                  "the others are ignored", file=sys.stderr)
 
 
 def _load(cfg, device):
