@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 
 import typer
 
@@ -27,13 +28,15 @@ app = typer.Typer(
 )
 
 add_command(app, "curate", CurateConfig, "realaction.pipeline:curate",
-            "Curate raw videos into RealAction WebDataset shards (scene cuts, clips, filters, captions).")
+            "Curate raw videos into RealAction WebDataset shards (scene cuts, clips, filters, captions).",
+            out_folder=lambda cfg: cfg.out)
 add_command(app, "train", TrainConfig, "realdpo.training.trainer:train",
-            "Post-train a video diffusion transformer with RealDPO on curated shards.")
+            "Post-train a video diffusion transformer with RealDPO on curated shards.", out_folder=lambda cfg: cfg.out)
 add_command(app, "negatives", NegativesConfig, "realdpo.generation.negatives:precompute",
             "Precompute the generated 'lose' videos (as latents) for curated shards.")
 add_command(app, "sample", SampleConfig, "realdpo.generation.sampling:sample",
-            "Generate a video from a prompt (and a first frame), optionally with a trained LoRA.")
+            "Generate a video from a prompt (and a first frame), optionally with a trained LoRA.",
+            out_folder=lambda cfg: cfg.out if cfg.prompts is not None else None)
 add_command(app, "eval", EvalConfig, "realdpo.evaluation.report:evaluate",
             "Score folders of generated videos side by side: motion, smoothness, flicker, CLIP, FVD.")
 add_command(app, "demo", DemoConfig, "realdpo.demo:demo",
@@ -47,6 +50,14 @@ add_command(lab_app, "render", LabRenderConfig, "realdpo.lab.sets:render",
 add_command(lab_app, "build", LabBuildConfig, "realdpo.lab.build:build",
             "Retrain the built-in lab model from a seed: the VAE, then the transformer and text encoder.")
 app.add_typer(lab_app, name="lab")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` as one line with nothing the terminal would act on: whitespace runs become one space, control and
+    format characters (escape sequences, bidi overrides) are shown as \\x.. / \\u.... escapes."""
+    text = " ".join(text.split())
+    return "".join(c if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn") else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
@@ -66,7 +77,7 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except UserError as e:
-        print(f"Error: {e}", file=sys.stderr)
+        print(f"Error: {terminal_safe(str(e))}", file=sys.stderr)
         return 2
     except SystemExit as e:
         return int(e.code or 0)

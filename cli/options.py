@@ -12,6 +12,8 @@ from typing import Any, Callable
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from cli.guard import disk_full, disk_full_error, out_lock
+from realaction.errors import UserError
 from realaction.fields import check_numbers, option_name, read_config_file
 
 
@@ -70,10 +72,12 @@ class _MultiValueCommand(TyperCommand):
         return super().parse_args(ctx, rewritten)
 
 
-def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Callable, help: str) -> None:
+def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Callable, help: str,
+                out_folder: Callable[[Any], Path | None] | None = None) -> None:
     """Register `name` on `app`: options from `config_cls`, and `target` ("module:function") runs the config.
 
-    The target is imported only when the command runs, so `--help` stays fast.
+    The target is imported only when the command runs, so `--help` stays fast. `out_folder(cfg)` names the folder
+    the command writes, locked for the run (one run per folder).
     """
     hints = typing.get_type_hints(config_cls)
     params = []
@@ -122,7 +126,16 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
         check_numbers(cfg)  # every command: nan, inf, negative or too large, before any work
         if hasattr(cfg, "validate"):
             cfg.validate()
-        _resolve(target)(cfg)  # its return value is dropped: `run` reads a number from typer as an exit code
+        folder = out_folder(cfg) if out_folder is not None else None
+        try:
+            with out_lock(folder, name):
+                _resolve(target)(cfg)  # its return value is dropped: `run` reads a number from typer as an exit code
+        except UserError:
+            raise
+        except Exception as e:
+            if disk_full(e, folder if folder is not None else getattr(cfg, "out", None)):
+                raise disk_full_error(name) from None
+            raise
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")

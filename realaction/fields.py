@@ -67,6 +67,7 @@ def _number(v: float) -> str:
     return str(v) if isinstance(v, int) else f"{v:g}"
 
 
+CONFIG_MAX_BYTES = 1 << 20
 CONFIG_SUFFIXES = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
 
 
@@ -127,6 +128,9 @@ def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
     if kind is None:
         raise UserError(f"config file {path}: unknown format {path.suffix or '(no suffix)'}; name it .toml, .yaml "
                         "or .yml")
+    if path.stat().st_size > CONFIG_MAX_BYTES:
+        raise UserError(f"config file {path} is larger than {CONFIG_MAX_BYTES >> 20} MiB; a file of options is a few "
+                        "lines")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -137,7 +141,13 @@ def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
         else:
             import yaml
 
+            # An alias repeats a node without copying it: a few hundred bytes of nested aliases (a "billion laughs")
+            # stand for billions of values that every later step would walk. Options never need one.
+            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+                raise UserError(f"config file {path} uses YAML aliases (*name); write the values out")
             data = yaml.safe_load(text) or {}
+    except UserError:
+        raise
     except Exception as e:  # parse errors of either format
         raise UserError(f"cannot parse config file {path} as {kind}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

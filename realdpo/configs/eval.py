@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from realaction.config import check_writable_folder
 from realaction.errors import UserError
 from realaction.fields import check_numbers, field
 from realdpo.configs.common import ModelOptions, NegativeOptions
@@ -59,6 +60,7 @@ class EvalConfig(ModelOptions, NegativeOptions):
             seen.add(name)
             if not Path(folder).is_dir():
                 raise UserError(f"--videos {name}: not a folder: {folder}")
+        check_writable_folder(Path(self.out), "--out")
         if self.prompts is not None and not Path(self.prompts).is_file():
             raise UserError(f"--prompts not found: {self.prompts}")
         for name in ("clip_checkpoint", "i3d", "lora", "neg_lora"):

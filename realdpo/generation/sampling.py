@@ -105,6 +105,9 @@ def _load(cfg, device):
         raise UserError(f"{spec.path} is an image-to-video model: give its first frame with --image "
                         "(or --images DIR with --prompts)")
     size = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
+    schedule = spec.pipeline().scheduler.config.get("num_train_timesteps")
+    if schedule and cfg.steps > schedule:  # CogVideoX's scheduler raises on more; more are no finer anywhere
+        raise UserError(f"--steps {cfg.steps} is more than the model's {schedule} training timesteps")
     if cfg.lora is not None:
         load_lora(spec, cfg.lora)
     return spec, size, spec.run_defaults(cfg.fps, cfg.guidance, cfg.negative_prompt)
