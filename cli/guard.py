@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -84,3 +85,53 @@ def _existing(path: Path) -> Path:
 def disk_full_error(command: str) -> UserError:
     again = "with --resume" if command == "train" else "the same command"
     return UserError(f"out of disk space: free some and run {again} again; it resumes where it stopped")
+
+
+class _Quiet(logging.Filter):
+    """Drops a library's log record containing `text`; with `note`, the first such record is replaced by it."""
+
+    def __init__(self, text: str, note: str | None = None):
+        super().__init__()
+        self.text, self.note, self.noted = text, note, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.text not in record.getMessage():
+            return True
+        if self.note is None or self.noted:
+            return False
+        self.noted = True
+        record.msg, record.args = self.note, ()
+        return True
+
+
+# Logger names as the libraries create them (logging.getLogger(__name__)), so nothing is imported to quiet them.
+_CUT_PROMPT_LOGGERS = [f"diffusers.pipelines.cogvideo.pipeline_cogvideox{suffix}"
+                       for suffix in ("", "_image2video", "_video2video", "_fun_control")]
+_QUIETED = False
+
+
+def quiet_library_noise() -> None:
+    """Keep two libraries' messages off the terminal: bitsandbytes' note that an optional `kernels` package is
+    missing (printed at every torch command's start; nothing here uses its 4-bit CPU kernels), and diffusers'
+    truncated-prompt warning, which prints the cut-off caption text (any length, any bytes): one line says a
+    prompt was cut, once per run."""
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_Quiet("kernels-community"))
+    cut = _Quiet("was truncated because", "a prompt longer than the text encoder's token limit was cut to that "
+                 "limit (as the model's own pipeline does); further cuts are not reported")
+    for name in _CUT_PROMPT_LOGGERS:
+        logging.getLogger(name).addFilter(cut)
+    logging.getLogger("transformers.tokenization_utils_base").addFilter(
+        _Quiet("Token indices sequence length is longer than"))
+
+
+def outputs_line(folder: Path, entries: list[tuple[str, str]]) -> str | None:
+    """One line naming what a finished command wrote into `folder`: each (name, what it is) that exists there."""
+    if not _main_process():
+        return None
+    folder = Path(folder)
+    present = [f"{name} ({what})" if what else name for name, what in entries if (folder / name.rstrip("/")).exists()]
+    return f"outputs in {folder}: {', '.join(present)}" if present else None

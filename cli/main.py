@@ -7,6 +7,7 @@ import unicodedata
 
 import typer
 
+from cli.guard import outputs_line
 from cli.options import CommandGroup, add_command
 from realaction.config import CurateConfig
 from realaction.errors import UserError
@@ -29,9 +30,15 @@ app = typer.Typer(
 
 add_command(app, "curate", CurateConfig, "realaction.pipeline:curate",
             "Curate raw videos into RealAction WebDataset shards (scene cuts, clips, filters, captions).",
-            out_folder=lambda cfg: cfg.out)
+            out_folder=lambda cfg: cfg.out, outputs=lambda cfg: outputs_line(cfg.out, [
+                ("shards/", "the clips, for train --shards"), ("manifest.jsonl", "every clip: kept or why not"),
+                ("DATA_CARD.md", ""), ("summary.json", "")]))
 add_command(app, "train", TrainConfig, "realdpo.training.trainer:train",
-            "Post-train a video diffusion transformer with RealDPO on curated shards.", out_folder=lambda cfg: cfg.out)
+            "Post-train a video diffusion transformer with RealDPO on curated shards.",
+            out_folder=lambda cfg: cfg.out, outputs=lambda cfg: outputs_line(cfg.out, [
+                ("lora/", "for sample --lora"), ("transformer/", "the fine-tuned transformer"),
+                ("metrics.jsonl", ""), ("training.png", ""), ("checkpoints/", "for --resume"),
+                ("logs/", "tensorboard")]))
 add_command(app, "negatives", NegativesConfig, "realdpo.generation.negatives:precompute",
             "Precompute the generated 'lose' videos (as latents) for curated shards.")
 add_command(app, "sample", SampleConfig, "realdpo.generation.sampling:sample",
@@ -50,6 +57,23 @@ add_command(lab_app, "render", LabRenderConfig, "realdpo.lab.sets:render",
 add_command(lab_app, "build", LabBuildConfig, "realdpo.lab.build:build",
             "Retrain the built-in lab model from a seed: the VAE, then the transformer and text encoder.")
 app.add_typer(lab_app, name="lab")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"realdpo {version('realdpo')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("realdpo (not installed; version unknown)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(show_version: bool = typer.Option(False, "--version", help="Show the version and exit.", is_eager=True,
+                                            callback=_show_version)) -> None:
+    pass
 
 
 def terminal_safe(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +13,7 @@ from typing import Any, Callable
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from cli.guard import disk_full, disk_full_error, out_lock
+from cli.guard import disk_full, disk_full_error, out_lock, quiet_library_noise
 from realaction.errors import UserError
 from realaction.fields import check_numbers, option_name, read_config_file
 
@@ -35,7 +36,22 @@ class CommandGroup(TyperGroup):
 
     def format_help(self, ctx: typer.Context, formatter) -> None:
         _hide_flag_types(self.get_params(ctx))
-        super().format_help(ctx, formatter)
+        markup, self.rich_markup_mode = self.rich_markup_mode, None  # click's plain layout, as the commands'
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.rich_markup_mode = markup
+
+    def format_commands(self, ctx: typer.Context, formatter) -> None:
+        """Each command's whole help, wrapped (click would cut it to one line ending in '...')."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, " ".join((cmd.help or "").split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 class _MultiValueCommand(TyperCommand):
@@ -53,9 +69,13 @@ class _MultiValueCommand(TyperCommand):
         _hide_flag_types(params)
         for p in marked:
             p.required = True
+        # click's plain layout: each option's description wraps beside it, or below a long name, at any width
+        # (rich's table cuts long option names and squeezes descriptions into a narrow column at 80 columns)
+        markup, self.rich_markup_mode = self.rich_markup_mode, None
         try:
             super().format_help(ctx, formatter)
         finally:
+            self.rich_markup_mode = markup
             for p in marked:
                 p.required = False
 
@@ -73,11 +93,13 @@ class _MultiValueCommand(TyperCommand):
 
 
 def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Callable, help: str,
-                out_folder: Callable[[Any], Path | None] | None = None) -> None:
+                out_folder: Callable[[Any], Path | None] | None = None,
+                outputs: Callable[[Any], str | None] | None = None) -> None:
     """Register `name` on `app`: options from `config_cls`, and `target` ("module:function") runs the config.
 
     The target is imported only when the command runs, so `--help` stays fast. `out_folder(cfg)` names the folder
-    the command writes, locked for the run (one run per folder).
+    the command writes, locked for the run (one run per folder); `outputs(cfg)`, the line said at the end about
+    where its outputs are.
     """
     hints = typing.get_type_hints(config_cls)
     params = []
@@ -127,6 +149,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
         if hasattr(cfg, "validate"):
             cfg.validate()
         folder = out_folder(cfg) if out_folder is not None else None
+        quiet_library_noise()
         try:
             with out_lock(folder, name):
                 _resolve(target)(cfg)  # its return value is dropped: `run` reads a number from typer as an exit code
@@ -136,6 +159,9 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
             if disk_full(e, folder if folder is not None else getattr(cfg, "out", None)):
                 raise disk_full_error(name) from None
             raise
+        line = outputs(cfg) if outputs is not None else None
+        if line:
+            print(line, file=sys.stderr)
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")

@@ -144,8 +144,10 @@ def test_help_marks_required_options_and_shows_no_type_after_flags(command, requ
     assert run([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "<bool>" not in out
-    line = next(line for line in out.splitlines() if f" {required} " in line)
-    assert line.lstrip("│ ").startswith("*") and "[required]" in out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {required} "))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("  -"))
+    assert "[required]" in " ".join(lines[start:end])
     assert run([command]) == 2  # still validate's one line, not click's usage error
     assert f"{required}" in capsys.readouterr().err
 
@@ -224,3 +226,47 @@ def test_library_validate_checks_numbers_too():
         SampleConfig(prompts=Path(__file__), out=Path("o"), seed=2**32 - 1, seeds_per_prompt=2).validate()
     with pytest.raises(UserError, match="--guidance must be a finite number"):
         SampleConfig(prompt="a", guidance=float("nan")).validate()
+
+
+HELP_COMMANDS = [["curate"], ["train"], ["negatives"], ["sample"], ["eval"], ["demo"], ["lab", "render"],
+                 ["lab", "build"], ["lab"], []]
+
+
+@pytest.mark.parametrize("words", HELP_COMMANDS, ids=lambda w: " ".join(w) or "realdpo")
+def test_help_reads_well_at_80_columns_when_piped(words):
+    """The real console script's help at COLUMNS=80 into a pipe: no line over 80, every option's name whole and its
+    whole description there, descriptions in a column at least 40 characters wide (or below a long name)."""
+    import os
+    import re
+
+    from cli.main import app
+
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *words, "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80"}, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    out = proc.stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    squashed = "".join(out.split())
+    command = typer.main.get_command(app)
+    for w in words:
+        command = command.commands[w]
+    params = [p for p in command.params if p.name not in ("help",)]
+    for p in params:
+        for name in p.opts + p.secondary_opts:
+            assert f" {name} " in out or f" {name}\n" in out or f"/{name} " in out, name
+        assert "".join((p.help or "").split()) in squashed, p.name
+    for line in out.splitlines():
+        described = re.match(r"  -\S.*?\s{2,}(\S)", line)  # an option and the start of its description
+        if described:
+            assert described.start(1) <= 40, line
+    if hasattr(command, "commands"):
+        for sub in command.commands.values():
+            assert "".join((sub.help or "").split()) in squashed
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"realdpo {version('realdpo')}"
