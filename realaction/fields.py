@@ -117,6 +117,19 @@ def _shown(value: Any) -> str:
     return f"{kind} ({text[:60] + '...' if len(text) > 60 else text})"
 
 
+def _shares_containers(data: Any) -> bool:
+    """Whether one list or dict is reached twice (a YAML alias), walking each container once."""
+    seen, todo = set(), [data]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (list, dict)):
+            if id(node) in seen:
+                return True
+            seen.add(id(node))
+            todo.extend(node.values() if isinstance(node, dict) else node)
+    return False
+
+
 def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
     """Read a YAML (.yaml, .yml) or TOML (.toml) file of option values; keys may use dashes or underscores.
 
@@ -141,11 +154,13 @@ def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
         else:
             import yaml
 
-            # An alias repeats a node without copying it: a few hundred bytes of nested aliases (a "billion laughs")
-            # stand for billions of values that every later step would walk. Options never need one.
-            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
-                raise UserError(f"config file {path} uses YAML aliases (*name); write the values out")
             data = yaml.safe_load(text) or {}
+            # An alias repeats a list or mapping without copying it: a few hundred bytes of nested aliases (a
+            # "billion laughs") stand for billions of values that every later step would walk. Options never need
+            # one. (Scanning the events instead is quadratic in the nesting depth: minutes for 50,000 brackets.)
+            if _shares_containers(data):
+                raise UserError(f"config file {path} uses YAML aliases (*name) of lists or mappings; write the "
+                                "values out")
     except UserError:
         raise
     except Exception as e:  # parse errors of either format
