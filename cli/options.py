@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +13,9 @@ from typing import Any, Callable
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from realaction.fields import option_name, read_config_file
+from cli.guard import disk_full, disk_full_error, out_lock, quiet_library_noise
+from realaction.errors import UserError
+from realaction.fields import check_numbers, option_name, read_config_file
 
 
 def _resolve(target: str | Callable) -> Callable:
@@ -33,7 +36,22 @@ class CommandGroup(TyperGroup):
 
     def format_help(self, ctx: typer.Context, formatter) -> None:
         _hide_flag_types(self.get_params(ctx))
-        super().format_help(ctx, formatter)
+        markup, self.rich_markup_mode = self.rich_markup_mode, None  # click's plain layout, as the commands'
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.rich_markup_mode = markup
+
+    def format_commands(self, ctx: typer.Context, formatter) -> None:
+        """Each command's whole help, wrapped (click would cut it to one line ending in '...')."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, " ".join((cmd.help or "").split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 class _MultiValueCommand(TyperCommand):
@@ -51,9 +69,13 @@ class _MultiValueCommand(TyperCommand):
         _hide_flag_types(params)
         for p in marked:
             p.required = True
+        # click's plain layout: each option's description wraps beside it, or below a long name, at any width
+        # (rich's table cuts long option names and squeezes descriptions into a narrow column at 80 columns)
+        markup, self.rich_markup_mode = self.rich_markup_mode, None
         try:
             super().format_help(ctx, formatter)
         finally:
+            self.rich_markup_mode = markup
             for p in marked:
                 p.required = False
 
@@ -70,10 +92,14 @@ class _MultiValueCommand(TyperCommand):
         return super().parse_args(ctx, rewritten)
 
 
-def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Callable, help: str) -> None:
+def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Callable, help: str,
+                out_folder: Callable[[Any], Path | None] | None = None,
+                outputs: Callable[[Any], str | None] | None = None) -> None:
     """Register `name` on `app`: options from `config_cls`, and `target` ("module:function") runs the config.
 
-    The target is imported only when the command runs, so `--help` stays fast.
+    The target is imported only when the command runs, so `--help` stays fast. `out_folder(cfg)` names the folder
+    the command writes, locked for the run (one run per folder); `outputs(cfg)`, the line said at the end about
+    where its outputs are.
     """
     hints = typing.get_type_hints(config_cls)
     params = []
@@ -119,9 +145,23 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
             if isinstance(kwargs.get(f.name), tuple):
                 kwargs[f.name] = list(kwargs[f.name])
         cfg = config_cls(**kwargs)
+        check_numbers(cfg)  # every command: nan, inf, negative or too large, before any work
         if hasattr(cfg, "validate"):
             cfg.validate()
-        _resolve(target)(cfg)
+        folder = out_folder(cfg) if out_folder is not None else None
+        quiet_library_noise()
+        try:
+            with out_lock(folder, name):
+                _resolve(target)(cfg)  # its return value is dropped: `run` reads a number from typer as an exit code
+        except UserError:
+            raise
+        except Exception as e:
+            if disk_full(e, folder if folder is not None else getattr(cfg, "out", None)):
+                raise disk_full_error(name) from None
+            raise
+        line = outputs(cfg) if outputs is not None else None
+        if line:
+            print(line, file=sys.stderr)
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")

@@ -22,7 +22,7 @@ class CurateConfig:
     src: Optional[Path] = field(None, required=True, help="Folder of raw videos, searched recursively (mp4, mov, mkv, avi, webm, ...).")
     out: Path = field(Path("curated"), help="Output folder: shards/, manifest.jsonl, sources.jsonl, summary.json, data card.")
     max_side: int = field(640, help="Longest side of written clips in pixels (never upscaled).")
-    fps: Optional[float] = field(None, help="Frame rate of written clips; default keeps the source's.")
+    fps: Optional[float] = field(None, at_most=1000, help="Frame rate of written clips; default keeps the source's.")
     min_seconds: float = field(1.5, help="Shortest clip kept, in seconds (shorter pieces of a scene are rejected as 'too-short').")
     max_seconds: float = field(10.0, help="Longest clip, in seconds; longer scenes are cut into clips of this length (a leftover shorter than --min-seconds is rejected as 'too-short').")
     cut_margin: int = field(2, help="Frames trimmed on each side of a scene cut.")

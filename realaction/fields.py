@@ -8,6 +8,7 @@ Each command has one config dataclass (TRL style): every field carries its defau
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from pathlib import Path
@@ -17,14 +18,15 @@ from realaction.errors import UserError, one_line
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
-          default_factory: Any = dataclasses.MISSING, required: bool = False) -> Any:
+          default_factory: Any = dataclasses.MISSING, required: bool = False, at_most: float | None = None) -> Any:
     """A config field with its help text; `flag` names the option when it differs from the field's name;
-    `required` marks the option so in `--help` (the config's `validate` says what is missing, in one line).
+    `required` marks the option so in `--help` (the config's `validate` says what is missing, in one line);
+    `at_most` is a number option's largest value (`check_numbers`).
 
     A list field's option takes one or more values (`--shards a.tar b.tar`, so a shell-expanded glob works)
     and may also be repeated.
     """
-    meta = {"help": help, "flag": flag, "required": required}
+    meta = {"help": help, "flag": flag, "required": required, "at_most": at_most}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -34,6 +36,38 @@ def option_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+INT_LIMIT = 2**63 - 1  # what torch and numpy can hold; a larger count or size is a typo
+
+
+def check_numbers(cfg: Any) -> None:
+    """Fail in one line on a number option (int or float, optional or a list) that is not finite, is negative (no
+    option takes a negative number) or exceeds its field's `at_most`. Runs before any work, for every command;
+    finer ranges (a probability, "at least 1") are each config's `validate`."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        annotation = hints[f.name]
+        kinds = {a for a in (annotation, *typing.get_args(annotation)) if a in (int, float)}
+        if not kinds:
+            continue
+        value = getattr(cfg, f.name)
+        limit = f.metadata.get("at_most")
+        limit = limit if limit is not None else (INT_LIMIT if kinds == {int} else math.inf)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(v):
+                raise UserError(f"{option_name(f)} must be a finite number, got {v}")
+            if v < 0:
+                raise UserError(f"{option_name(f)} must not be negative, got {_number(v)}")
+            if v > limit:
+                raise UserError(f"{option_name(f)} must be at most {_number(limit)}, got {_number(v)}")
+
+
+def _number(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
+CONFIG_MAX_BYTES = 1 << 20
 CONFIG_SUFFIXES = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
 
 
@@ -83,6 +117,19 @@ def _shown(value: Any) -> str:
     return f"{kind} ({text[:60] + '...' if len(text) > 60 else text})"
 
 
+def _shares_containers(data: Any) -> bool:
+    """Whether one list or dict is reached twice (a YAML alias), walking each container once."""
+    seen, todo = set(), [data]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (list, dict)):
+            if id(node) in seen:
+                return True
+            seen.add(id(node))
+            todo.extend(node.values() if isinstance(node, dict) else node)
+    return False
+
+
 def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
     """Read a YAML (.yaml, .yml) or TOML (.toml) file of option values; keys may use dashes or underscores.
 
@@ -94,6 +141,9 @@ def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
     if kind is None:
         raise UserError(f"config file {path}: unknown format {path.suffix or '(no suffix)'}; name it .toml, .yaml "
                         "or .yml")
+    if path.stat().st_size > CONFIG_MAX_BYTES:
+        raise UserError(f"config file {path} is larger than {CONFIG_MAX_BYTES >> 20} MiB; a file of options is a few "
+                        "lines")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -105,6 +155,14 @@ def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
             import yaml
 
             data = yaml.safe_load(text) or {}
+            # An alias repeats a list or mapping without copying it: a few hundred bytes of nested aliases (a
+            # "billion laughs") stand for billions of values that every later step would walk. Options never need
+            # one. (Scanning the events instead is quadratic in the nesting depth: minutes for 50,000 brackets.)
+            if _shares_containers(data):
+                raise UserError(f"config file {path} uses YAML aliases (*name) of lists or mappings; write the "
+                                "values out")
+    except UserError:
+        raise
     except Exception as e:  # parse errors of either format
         raise UserError(f"cannot parse config file {path} as {kind}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import typer
@@ -143,8 +144,10 @@ def test_help_marks_required_options_and_shows_no_type_after_flags(command, requ
     assert run([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "<bool>" not in out
-    line = next(line for line in out.splitlines() if f" {required} " in line)
-    assert line.lstrip("│ ").startswith("*") and "[required]" in out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {required} "))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("  -"))
+    assert "[required]" in " ".join(lines[start:end])
     assert run([command]) == 2  # still validate's one line, not click's usage error
     assert f"{required}" in capsys.readouterr().err
 
@@ -162,3 +165,108 @@ def test_group_help_shows_no_type_after_flags(argv, capsys, monkeypatch):
     assert run(argv) == 0
     out = capsys.readouterr().out
     assert "--help" in out and "<bool>" not in out
+
+
+def _number_options():
+    """(command words, option) for every int or float option of the commands that do work."""
+    import dataclasses
+    import typing
+
+    from realaction.config import CurateConfig
+    from realaction.fields import option_name
+    from realdpo.configs.eval import EvalConfig
+    from realdpo.configs.negatives import NegativesConfig
+    from realdpo.configs.sample import SampleConfig
+    from realdpo.configs.train import TrainConfig
+
+    for command, cls in (("curate", CurateConfig), ("train", TrainConfig), ("negatives", NegativesConfig),
+                         ("sample", SampleConfig), ("eval", EvalConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if {hints[f.name], *typing.get_args(hints[f.name])} & {int, float}:
+                yield command, option_name(f), float in {hints[f.name], *typing.get_args(hints[f.name])}
+
+
+@pytest.mark.parametrize("command, option, is_float", list(_number_options()))
+def test_every_number_option_refuses_nan_inf_and_negative_in_one_line(command, option, is_float, capsys):
+    for bad in (["nan", "inf", "-inf", "-1"] if is_float else ["-1", str(2**64)]):
+        assert run([command, option, bad]) == 2, (option, bad)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"Error: {option} must"), (option, bad, err)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--shards", "x.tar", "--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["train", "--shards", "x.tar", "--beta", "inf"], "--beta must be a finite number, got inf"),
+    (["train", "--shards", "x.tar", "--lr", "50"], "--lr must be at most 1"),
+    (["sample", "--prompt", "a", "--guidance", "nan"], "--guidance must be a finite number"),
+    (["sample", "--prompt", "a", "--guidance", "1e6"], "--guidance must be at most 100"),
+    (["sample", "--prompt", "a", "--fps", "inf"], "--fps must be a finite number"),
+    (["sample", "--prompt", "a", "--seed", str(2**32)], "--seed must be at most 4294967295"),
+    (["sample", "--prompt", "a", "--seed", "-3"], "--seed must not be negative"),
+    (["curate", "--src", ".", "--max-side", "-640"], "--max-side must not be negative"),
+    (["curate", "--src", ".", "--fps", "1e9"], "--fps must be at most 1000"),
+])
+def test_number_options_out_of_range(argv, message, capsys):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_a_config_file_number_is_checked_too(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("shards: [x.tar]\nbeta: .nan\n")
+    assert run(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "--beta must be a finite number, got nan" in capsys.readouterr().err
+
+
+def test_library_validate_checks_numbers_too():
+    from realdpo.configs.sample import SampleConfig
+
+    with pytest.raises(UserError, match="--seeds-per-prompt runs past the largest seed"):
+        SampleConfig(prompts=Path(__file__), out=Path("o"), seed=2**32 - 1, seeds_per_prompt=2).validate()
+    with pytest.raises(UserError, match="--guidance must be a finite number"):
+        SampleConfig(prompt="a", guidance=float("nan")).validate()
+
+
+HELP_COMMANDS = [["curate"], ["train"], ["negatives"], ["sample"], ["eval"], ["demo"], ["lab", "render"],
+                 ["lab", "build"], ["lab"], []]
+
+
+@pytest.mark.parametrize("words", HELP_COMMANDS, ids=lambda w: " ".join(w) or "realdpo")
+def test_help_reads_well_at_80_columns_when_piped(words):
+    """The real console script's help at COLUMNS=80 into a pipe: no line over 80, every option's name whole and its
+    whole description there, descriptions in a column at least 40 characters wide (or below a long name)."""
+    import os
+    import re
+
+    from cli.main import app
+
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *words, "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80"}, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    out = proc.stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    squashed = "".join(out.split())
+    command = typer.main.get_command(app)
+    for w in words:
+        command = command.commands[w]
+    params = [p for p in command.params if p.name not in ("help",)]
+    for p in params:
+        for name in p.opts + p.secondary_opts:
+            assert f" {name} " in out or f" {name}\n" in out or f"/{name} " in out, name
+        assert "".join((p.help or "").split()) in squashed, p.name
+    for line in out.splitlines():
+        described = re.match(r"  -\S.*?\s{2,}(\S)", line)  # an option and the start of its description
+        if described:
+            assert described.start(1) <= 40, line
+    if hasattr(command, "commands"):
+        for sub in command.commands.values():
+            assert "".join((sub.help or "").split()) in squashed
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"realdpo {version('realdpo')}"

@@ -85,6 +85,7 @@ def test_training_survives_bad_samples_and_a_damaged_checkpoint(world):
     assert "shards read: 6 usable sample(s); skipped 5" in err  # the undecodable clips are the negatives' to skip
     assert "skipping truncated-0000" in err and "skipping notvideo-0000" in err and "skipping empty-0000" in err
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert f"outputs in {out}: lora/ (for sample --lora)" in err
 
     damaged = out / "checkpoints" / "step-2" / "trainable.safetensors"
     damaged.write_bytes(b"\x00" * 64)
@@ -162,3 +163,96 @@ def test_curation_skips_broken_files(world, tmp_path):
     rows = {r["source"]: r for r in map(json.loads, (tmp_path / "out" / "sources.jsonl").read_text().splitlines())}
     assert rows["good.mp4"]["status"] == "done"
     assert {rows[n]["status"] for n in ("truncated.mp4", "notes.mp4", "empty.mp4")} == {"error"}
+    assert f"outputs in {tmp_path / 'out'}: shards/" in proc.stderr
+
+
+def test_ctrl_c_exits_130_with_one_line(world, tmp_path):
+    """SIGINT in the middle of a real `sample --prompts` run: exit 130 (what `&&` chains stop on), one line, no
+    traceback; the run had written its samples.jsonl, so it was past loading the model."""
+    import signal
+    import time
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(50)))
+    out = tmp_path / "videos"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "REALDPO_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "sample", "--prompts", str(prompts), "--out", str(out),
+                             "--model", str(world["model"]), "--steps", "1000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while not (out / "samples.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    lines = [line for line in stderr.splitlines() if "Interrupted" in line]
+    assert len(lines) == 1 and lines[0].startswith("Interrupted (Ctrl-C)"), stderr[-2000:]
+    assert len(list(out.glob("*.mp4"))) < 50  # it was stopped, not finished
+
+
+# Exit codes the CLI documents (docs/cli.md): 0 done, 2 a one-line refusal, 130 interrupted.
+HOSTILE = {
+    # 323 bytes standing for 9^9 strings: its error message's repr of them hung for minutes
+    "yaml billion laughs": lambda d: ["train", "--config", _write(d / "bomb.yaml", "shards:\n  - &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"  - &{chr(98 + i)} [{','.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)))],
+    "yaml nested 50000 deep": lambda d: ["train", "--config", _write(d / "deep.yaml", "steps: " + "[" * 50_000 + "]" * 50_000)],
+    "toml nested 50000 deep": lambda d: ["train", "--config", _write(d / "deep.toml", "steps = " + "[" * 50_000 + "]" * 50_000)],
+    "config of 2 MiB": lambda d: ["curate", "--config", _write(d / "big.toml", "# x\n" * (1 << 19))],
+    "config is a folder": lambda d: ["sample", "--config", str(d)],
+    "lr nan": lambda d: ["train", "--shards", "x.tar", "--lr", "nan"],
+    "beta inf": lambda d: ["train", "--shards", "x.tar", "--beta", "inf"],
+    "beta negative": lambda d: ["train", "--shards", "x.tar", "--beta", "-5000"],
+    "guidance nan": lambda d: ["sample", "--prompt", "a", "--guidance", "nan"],
+    "fps inf": lambda d: ["curate", "--src", str(d), "--fps", "inf"],
+    "max-side negative": lambda d: ["curate", "--src", str(d), "--max-side", "-1"],
+    "seed 2^64": lambda d: ["sample", "--prompt", "a", "--seed", str(2**64)],
+    "sample-fps nan": lambda d: ["eval", "--videos", f"a={d}", "--sample-fps", "nan"],
+    "neg-strength inf": lambda d: ["negatives", "--shards", "x.tar", "--neg-strength", "inf"],
+    "eval --out is a file": lambda d: ["eval", "--videos", f"a={d}", "--out", _write(d / "report", "x")],
+    "prompts not UTF-8": lambda d: ["sample", "--prompts", _write(d / "p.txt", b"\xff\xfe\x00bad\n"), "--out", str(d / "o"),
+                                    "--steps", "1"],
+    "escape sequences in a path": lambda d: ["curate", "--src", str(d / "\x1b]0;title\x07\x1b[2J\u202eevil")],
+}
+
+
+def _write(path: Path, data) -> str:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_cli_input_is_one_line_exit_2_in_bounded_time(case, world, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "80",
+           "REALDPO_HOME": str(tmp_path / "home")}
+    args = HOSTILE[case](tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120)  # a hang fails here
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out and "\x1b" not in out and "\u202e" not in out, out[-2000:]
+    assert proc.returncode == 2, out[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [_error_line(proc)], proc.stderr[-2000:]
+
+
+def test_sample_steps_beyond_the_schedule_and_a_locked_out(world, tmp_path):
+    from cli.guard import out_lock
+
+    prompts = _write(tmp_path / "p.txt", "a person waves\n")
+    proc = _cli("sample", "--prompts", prompts, "--out", tmp_path / "o", "--model", world["model"], "--steps", "5000",
+                env_root=tmp_path)
+    assert proc.returncode == 2 and "--steps 5000 is more than the model's 1000 training timesteps" in _error_line(proc)
+    with out_lock(tmp_path / "o", "sample"):
+        proc = _cli("sample", "--prompts", prompts, "--out", tmp_path / "o", "--model", world["model"], env_root=tmp_path)
+    assert proc.returncode == 2 and "is in use by another realdpo run" in _error_line(proc)
+
+
+def test_torch_commands_keep_library_noise_and_long_captions_off_the_terminal(world, tmp_path):
+    caption = "a person waves both arms " * 60 + "and finally ZEBRACROSSING"
+    proc = _cli("sample", "--prompt", caption, "--model", world["model"], "--steps", "1", "--out", tmp_path / "x.mp4",
+                env_root=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kernels" not in proc.stderr and "ZEBRACROSSING" not in proc.stderr, proc.stderr[-2000:]
+    assert sum("was cut to that limit" in line for line in proc.stderr.splitlines()) == 1

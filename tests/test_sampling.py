@@ -157,3 +157,106 @@ def test_sample_prompts_image_to_video(tiny_cogvideox_i2v, tmp_path):
     assert sorted(p.name for p in out.glob("*.mp4")) == ["0.mp4", "1.mp4"]
     with pytest.raises(UserError, match="image-to-video model"):
         sample(SampleConfig(prompts=prompts, model=tiny_cogvideox_i2v, steps=2, out=tmp_path / "p"))
+
+
+@pytest.mark.slow
+def test_sample_prompts_never_relabels_videos_made_with_other_settings(tiny_cogvideox_t2v, lora_dir, tmp_path,
+                                                                        monkeypatch):
+    import json
+
+    import realdpo.generation.sampling
+
+    made = []
+
+    def encode(frames, fps, path):
+        made.append(frames)
+        return encode_mp4(frames, fps=fps, path=path)
+
+    monkeypatch.setattr(realdpo.generation.sampling, "encode_mp4", encode)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a person waves both arms\na person jumps\n")
+    out = tmp_path / "videos"
+    base = SampleConfig(prompts=prompts, model=tiny_cogvideox_t2v, steps=2, out=out, batch_size=2)
+    sample(base)
+    record, first = (out / "samples.jsonl").read_text(), (out / "0.mp4").read_bytes()
+    assert json.loads(record.splitlines()[0])["lora_sha256"] is None
+
+    def refused(match, **changes):
+        with pytest.raises(UserError, match=match):
+            sample(SampleConfig(**{**base.__dict__, **changes}))
+        assert (out / "samples.jsonl").read_text() == record and (out / "0.mp4").read_bytes() == first
+
+    refused(r"2 video\(s\) made with other settings \(0.mp4 was made with another lora, lora_sha256\)", lora=lora_dir)
+    refused("made with another steps", steps=3)
+    refused("made with another seed", seed=5)
+    other = tmp_path / "other.txt"
+    other.write_text("a person waves both arms\n")
+    refused("1.mp4 is not one of the 1 videos this run makes", prompts=other)
+    other.write_text("a person sits\na person jumps\n")
+    refused("0.mp4 was made with another prompt", prompts=other)
+
+    # the same settings reuse every video; --overwrite makes them again with the LoRA and records it
+    made.clear()
+    sample(SampleConfig(**base.__dict__))
+    assert made == []
+    sample(SampleConfig(**{**base.__dict__, "lora": lora_dir, "overwrite": True}))
+    assert len(made) == 2 and (out / "0.mp4").read_bytes() != first
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {r["lora_sha256"] for r in rows} == {realdpo.generation.sampling.content_hash(lora_dir)}
+
+    # the same LoRA path with other weights is another LoRA
+    changed = tmp_path / "lora2"
+    shutil.copytree(lora_dir, changed)
+    tuned = SampleConfig(**{**base.__dict__, "lora": changed})
+    sample(SampleConfig(**{**tuned.__dict__, "overwrite": True}))
+    weights = next(changed.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # unchanged bytes: still the same LoRA
+    made.clear()
+    sample(tuned)
+    assert made == []
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    save_file({k: v * 2 for k, v in tensors.items()}, weights)
+    with pytest.raises(UserError, match="made with another lora_sha256"):
+        sample(tuned)
+
+    # videos with no record at all (a folder from elsewhere) are not taken as this run's
+    (out / "samples.jsonl").unlink()
+    with pytest.raises(UserError, match="samples.jsonl has no record of 0.mp4"):
+        sample(tuned)
+
+
+def test_a_lora_that_matches_no_layer_is_refused_and_a_partial_one_warned(tiny_cogvideox_t2v, lora_dir, tmp_path,
+                                                                          capsys):
+    """Through diffusers' own load_lora_weights: keys under another prefix load as nothing there (with only a
+    logged warning), keys of some missing layers load the rest."""
+    from safetensors.torch import load_file, save_file
+
+    from realdpo.generation.sampling import load_lora
+    from realdpo.models import load_spec
+
+    weights = load_file(next(lora_dir.glob("*.safetensors")))
+    (tmp_path / "other").mkdir()
+    save_file({k.replace("transformer.", "unet.", 1): v for k, v in weights.items()},
+              tmp_path / "other" / "pytorch_lora_weights.safetensors")
+    blocks = sorted({k.split(".")[2] for k in weights})  # transformer.transformer_blocks.<i>.
+    assert len(blocks) == 2
+    (tmp_path / "part").mkdir()
+    save_file({k.replace("transformer_blocks.1.", "missing_blocks.1.") if k.split(".")[2] == blocks[1] else k: v
+               for k, v in weights.items()}, tmp_path / "part" / "pytorch_lora_weights.safetensors")
+
+    assert run(["sample", "--prompt", "a wave", "--model", str(tiny_cogvideox_t2v), "--steps", "1",
+                "--lora", str(tmp_path / "other"), "--out", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "matches no layer of the cogvideox transformer" in err[0], err
+    assert not (tmp_path / "x.mp4").exists()
+
+    spec = load_spec(tiny_cogvideox_t2v)
+    load_lora(spec, tmp_path / "part")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: LoRA {tmp_path / 'part'}: only 4 of its 8 layers match the cogvideox transformer; "
+                   "the others are ignored"]
+    spec = load_spec(tiny_cogvideox_t2v)
+    load_lora(spec, lora_dir)
+    assert capsys.readouterr().err == ""

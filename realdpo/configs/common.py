@@ -27,8 +27,8 @@ class ModelOptions:
     frames: Optional[int] = field(None, help="Frames per training/generated clip (CogVideoX: 8k+1, Wan: 4k+1); default is the model's.")
     height: Optional[int] = field(None, help="Clip height in pixels; default is the model's.")
     width: Optional[int] = field(None, help="Clip width in pixels; default is the model's.")
-    fps: Optional[float] = field(None, help="Frame rate clips are resampled to and videos written at; default is the model's (CogVideoX 8, CogVideoX 1.5 and Wan 16, Wan2.2-TI2V-5B 24).")
-    seed: int = field(0, help="Random seed.")
+    fps: Optional[float] = field(None, at_most=1000, help="Frame rate clips are resampled to and videos written at; default is the model's (CogVideoX 8, CogVideoX 1.5 and Wan 16, Wan2.2-TI2V-5B 24).")
+    seed: int = field(0, at_most=2**32 - 1, help="Random seed (0 to 2^32-1).")
     mixed_precision: str = field("no", help=f"Mixed precision: {', '.join(MIXED_PRECISION)}.")
 
     def validate_model_options(self) -> None:
@@ -100,7 +100,7 @@ class NegativeOptions:
                                 "clip, VAE-encoded, no sampling), or a mix with counts, e.g. generated:2,edited-real:1 (one "
                                 "source may leave out its count and takes the rest of --negatives).")
     neg_steps: int = field(50, help="Sampler steps when generating negatives (noised-real runs about strength x these).")
-    neg_guidance: Optional[float] = field(None, help="Classifier-free guidance scale when generating negatives; default "
+    neg_guidance: Optional[float] = field(None, at_most=100, help="Classifier-free guidance scale when generating negatives; default "
                                           "is the model's (CogVideoX 6, Wan 5).")
     neg_prompt: Optional[str] = field(None, help="Negative prompt for classifier-free guidance when generating negatives; "
                                       "default is the model's (Wan: its pipelines' standard one, CogVideoX: none).")

@@ -15,7 +15,7 @@ class DemoConfig:
     steps: int = field(60, help="RealDPO training steps on the lab model.")
     lab_clips: int = field(16, help="Real clips of the motion lab rendered and curated for training.")
     prompts: int = field(16, help="Held-out first frames + captions sampled before and after training.")
-    seed: int = field(0, help="Random seed.")
+    seed: int = field(0, at_most=2**32 - 1, help="Random seed (0 to 2^32-1).")
 
     def validate(self) -> None:
         if min(self.steps, self.lab_clips, self.prompts) < 1:

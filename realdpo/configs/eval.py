@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from realaction.config import check_writable_folder
 from realaction.errors import UserError
-from realaction.fields import field
+from realaction.fields import check_numbers, field
 from realdpo.configs.common import ModelOptions, NegativeOptions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -44,6 +45,7 @@ class EvalConfig(ModelOptions, NegativeOptions):
     beta: float = field(5000.0, help="DPO beta used for the pref_margin (the implicit reward margin).")
 
     def validate(self) -> None:
+        check_numbers(self)
         if not self.videos:
             raise UserError("--videos NAME=DIR is required (once per method)")
         seen = set()
@@ -58,6 +60,7 @@ class EvalConfig(ModelOptions, NegativeOptions):
             seen.add(name)
             if not Path(folder).is_dir():
                 raise UserError(f"--videos {name}: not a folder: {folder}")
+        check_writable_folder(Path(self.out), "--out")
         if self.prompts is not None and not Path(self.prompts).is_file():
             raise UserError(f"--prompts not found: {self.prompts}")
         for name in ("clip_checkpoint", "i3d", "lora", "neg_lora"):

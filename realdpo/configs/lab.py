@@ -16,7 +16,7 @@ class LabBuildConfig:
     out: Path = field(Path("lab_model"), help="Folder the trained pipeline is saved to (save_pretrained); "
                       "`--out realdpo/lab/model` refreshes the committed weights. Stage outputs in OUT/.build make a "
                       "killed build resumable.")
-    seed: int = field(0, help="Seed of the initial weights, the web-mix clips and the training order.")
+    seed: int = field(0, at_most=2**32 - 1, help="Seed of the initial weights, the web-mix clips and the training order.")
     vae_steps: int = field(1000, help="VAE optimizer steps (stage 1).")
     vae_batch: int = field(8, help="Clips per VAE step (half as many in the full-frame steps).")
     vae_frames: int = field(5, help="Frames per VAE training clip (a random window of each 17-frame clip; 2k+1).")
@@ -70,7 +70,7 @@ class LabRenderConfig:
     out: Path = field(Path("lab_footage"), help="Folder for the clips (<set>-<index>.mp4 + .txt caption) and world.jsonl (ground truth).")
     set: str = field("real", help=f"Which set: {', '.join(LAB_SETS)} (web: the pretraining mix with unreal clips; real: physical only; heldout: the prompts' clips).")
     count: int = field(64, help="Clips to write.")
-    seed: int = field(0, help="Seed of the set.")
+    seed: int = field(0, at_most=2**32 - 1, help="Seed of the set.")
 
     def validate(self) -> None:
         if self.set not in LAB_SETS:

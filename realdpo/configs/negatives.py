@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from realaction.errors import UserError
-from realaction.fields import field
+from realaction.fields import check_numbers, field
 from realdpo.configs.common import ModelOptions, NegativeOptions, ShardOptions
 
 
@@ -24,6 +24,7 @@ class NegativesConfig(ModelOptions, NegativeOptions, ShardOptions):
                                 "costs one host-to-device copy of its weights per sampler step. No effect on a CPU.")
 
     def validate(self) -> None:
+        check_numbers(self)
         self.validate_model_options()
         self.validate_negative_options()
         if not self.shards:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from realaction.errors import UserError
-from realaction.fields import field
+from realaction.fields import check_numbers, field
 from realdpo.configs.common import ModelOptions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -28,13 +28,17 @@ class SampleConfig(ModelOptions):
     batch_size: int = field(1, help="With --prompts: videos generated together in one pipeline call.")
     lora: Optional[Path] = field(None, help="LoRA folder written by `realdpo train` (OUT/lora).")
     steps: int = field(50, help="Sampler steps.")
-    guidance: Optional[float] = field(None, help="Classifier-free guidance scale; default is the model's (CogVideoX 6, Wan 5).")
+    guidance: Optional[float] = field(None, at_most=100, help="Classifier-free guidance scale; default is the model's (CogVideoX 6, Wan 5).")
     out: Optional[Path] = field(None, help="Output: an .mp4 file for --prompt (default sample.mp4), a folder for --prompts.")
+    overwrite: bool = field(False, help="With --prompts: make again the videos in --out that other settings made "
+                            "(another model, LoRA, prompt, seed or sampler setting; samples.jsonl records them) and "
+                            "delete those beyond this run's; without it such a folder is refused.")
     group_offload: bool = field(False, help="Keep the transformer in CPU memory and copy it to the accelerator one block "
                                 "at a time as it runs (diffusers group offloading), for cards it does not fit; "
                                 "costs one host-to-device copy of its weights per sampler step. No effect on a CPU.")
 
     def validate(self) -> None:
+        check_numbers(self)
         self.validate_model_options()
         if self.prompts is not None:
             if self.prompt is not None or self.image is not None:
@@ -47,6 +51,8 @@ class SampleConfig(ModelOptions):
                 raise UserError(f"--images is not a folder: {self.images}")
             if self.seeds_per_prompt < 1 or self.batch_size < 1:
                 raise UserError("--seeds-per-prompt and --batch-size must be at least 1")
+            if self.seed + self.seeds_per_prompt - 1 > 2**32 - 1:
+                raise UserError("--seed plus --seeds-per-prompt runs past the largest seed, 2^32-1")
         else:
             if not self.prompt or not self.prompt.strip():
                 raise UserError("--prompt is required: the text the video should show (or --prompts FILE)")

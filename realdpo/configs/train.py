@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from realaction.errors import UserError
-from realaction.fields import field
+from realaction.fields import check_numbers, field
 from realdpo.configs.common import ModelOptions, NegativeOptions, ShardOptions
 
 LOSSES = ("dpo", "sft", "dpo+sft", "ipo", "hinge")
@@ -24,7 +24,7 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     steps: int = field(100, help="Optimizer steps.")
     batch_size: int = field(1, help="Real clips per micro-batch (each with its K negatives).")
     grad_accum: int = field(1, help="Micro-batches per optimizer step.")
-    lr: float = field(1e-4, help="Peak learning rate.")
+    lr: float = field(1e-4, at_most=1, help="Peak learning rate.")
     lr_scheduler: str = field("constant", help=f"Learning-rate schedule after warm-up: {', '.join(SCHEDULERS)}.")
     warmup_steps: int = field(0, help="Linear warm-up steps.")
     max_grad_norm: float = field(1.0, help="Gradient clipping norm (0 disables).")
@@ -76,6 +76,7 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     resume: bool = field(False, help="Continue from the latest checkpoint in --out.")
 
     def validate(self) -> None:
+        check_numbers(self)
         self.validate_model_options()
         self.validate_negative_options()
         if not self.shards:
