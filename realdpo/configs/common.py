@@ -99,7 +99,7 @@ class NegativeOptions:
                                 "--neg-strength and denoised, SDEdit-style), edited-real (motion-breaking edits of the real "
                                 "clip, VAE-encoded, no sampling), or a mix with counts, e.g. generated:2,edited-real:1 (one "
                                 "source may leave out its count and takes the rest of --negatives).")
-    neg_steps: int = field(50, help="Sampler steps when generating negatives (noised-real runs about strength x these).")
+    neg_steps: int = field(50, at_most=1000, help="Sampler steps when generating negatives (noised-real runs about strength x these).")
     neg_guidance: Optional[float] = field(None, at_most=100, help="Classifier-free guidance scale when generating negatives; default "
                                           "is the model's (CogVideoX 6, Wan 5).")
     neg_prompt: Optional[str] = field(None, help="Negative prompt for classifier-free guidance when generating negatives; "
