@@ -25,6 +25,7 @@ from realdpo.runtime import step_progress
 
 # options that may change between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = {"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "validate_every",
+                     "val_every",
                      "validation_prompt", "validation_steps", "shards", "cache_dir", "out", "allow_blank_captions",
                      # where memory goes, not what is computed
                      "chunk_size", "keep_graph", "gradient_checkpointing", "offload_encoders"}
@@ -71,6 +72,7 @@ def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
     return ckpt
 
 
+VAL_TIMESTEPS = 4  # fixed timesteps (each with its own fixed noise) per held-out clip
 BUCKETS = 4  # timestep buckets of the health metrics: equal shares of the trained timesteps, q1 the least noisy
 
 
@@ -103,6 +105,7 @@ class Trainer:
         self.loader_iter = None
         self.current_round: int | None = None
         self.plan = None  # the current round's NegativePlan
+        self.val_refs: list = []  # the held-out clips (--val-pairs) with this round's negatives cached
         self.last_row: dict[str, Any] = {}  # this process's; the main process re-reads metrics.jsonl at the end
         self.step_keys: list[list[str]] = []  # the clips of the last step's micro-batches (logs/data-rank*.jsonl)
         self.health = None  # HealthMonitor, opened in `restore`
@@ -313,13 +316,60 @@ class Trainer:
                                     processes=Processes(acc))
         acc.print(f"negatives round {r}: {summary.n_generated} generated, {summary.n_reused} reused, "
                   f"{len(summary.skipped)} clips skipped, {len(summary.failed)} failed")
-        refs = usable(c, process_share(samples.refs, self.rank, self.world), plan.losers)
+        held = self.held_out(samples.refs)
+        self.val_refs = usable(c, held, plan.losers)  # every process checks them all (FSDP runs forwards together)
+        train_refs = [ref for ref in samples.refs if ref not in held]
+        refs = usable(c, process_share(train_refs, self.rank, self.world), plan.losers)
+        if cfg.val_pairs:
+            acc.print(f"held out {len(self.val_refs)} clips for the pair check every {cfg.val_every} steps: "
+                      + ", ".join(ref.key for ref in self.val_refs))
         counts = acc.gather(torch.tensor([len(refs)], device=acc.device))
         if int(counts.min()) == 0:  # every process raises, none is left waiting in a collective
             raise UserError(f"no usable clips for process {int(counts.argmin())} of {self.world}: "
                             f"{len(samples.refs)} clips in --shards, {self.frames} frames at {self.defaults.fps:g} fps "
                             "needed per clip")
         return refs
+
+    def held_out(self, refs: list) -> list:
+        """The --val-pairs clips: the first N by a hash of (--seed, key), so the same ones in every round."""
+        import hashlib
+
+        n = self.cfg.val_pairs
+        if n and n >= len(refs):
+            raise UserError(f"--val-pairs {n} leaves nothing to train on: --shards hold {len(refs)} clips")
+        order = sorted(refs, key=lambda ref: hashlib.sha256(f"{self.cfg.seed}:{ref.key}".encode()).hexdigest())
+        return order[:n]
+
+    @torch.no_grad()
+    def validate_pairs(self) -> dict[str, float]:
+        """The held-out clips' preference figures (val_accuracy, val_reward_margin, val_err_diff_w, ...), each clip
+        at VAL_TIMESTEPS fixed timesteps and noise tensors, so that successive checks differ only by the policy."""
+        import hashlib
+
+        from realdpo.data.stream import collate
+        from realdpo.method.losses import stats_means, step_stats
+        from realdpo.method.step import build_inputs, draw_noise
+
+        cfg, acc = self.cfg, self.accelerator
+        cache = self.cache if self.current_round == 1 else self.run_cache
+        stats: dict = {}
+        for ref in self.val_refs:
+            pair = self.plan.losers.load(cache, ref)
+            if pair is None:
+                continue
+            batch = collate([(ref.key, *pair)]).to(acc.device)
+            digest = hashlib.sha256(f"realdpo-val:{cfg.seed}:{ref.key}".encode()).hexdigest()
+            gen = torch.Generator().manual_seed(int(digest[:15], 16))
+            for _ in range(VAL_TIMESTEPS):
+                noise, timesteps = draw_noise(self.spec, batch.winners, cfg.t_min, cfg.t_max, gen)
+                inputs = build_inputs(batch.winners, batch.losers, batch.cond, noise, timesteps)
+                rows = slice(0, len(inputs))
+                with acc.autocast():
+                    err_ref = self.reference.errors_chunked(self.spec, [inputs.take(rows)])
+                    err = self.policy(*inputs.take(rows))
+                _add_stats(stats, step_stats(cfg.loss, err, err_ref, 1, beta=cfg.beta, sft_weight=cfg.sft_weight))
+        keep = ("loss", "accuracy", "reward_margin", "err_diff_w", "err_diff_l", "saturated")
+        return {f"val_{k}": v for k, v in stats_means({k: stats[k] for k in keep if k in stats}).items()}
 
     def open_round(self, r: int) -> None:
         from realdpo.data.stream import PairStream, pair_loader
@@ -501,6 +551,8 @@ class Trainer:
             while self.state["step"] < cfg.steps:
                 row = self.train_step()
                 step = row["step"]
+                if self.val_refs and (step % cfg.val_every == 0 or step == cfg.steps):
+                    row.update(self.validate_pairs())
                 self.log(row, data_file, bar, task)
                 self.last_row = row
                 if cfg.validate_every and step % cfg.validate_every == 0 and self.main:
