@@ -157,6 +157,7 @@ def test_divergence_stops_at_the_step_with_one_line(shards, cache_dir, tmp_path,
     assert "checkpoints/step-1" in err[0]
     rows = _rows(out)
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["loss"] is None and rows[-1]["non_finite"]
+    assert "accuracy" not in rows[-1]  # a NaN pair is neither won nor lost
     assert not (out / "lora").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"]
     from safetensors.torch import load_file

@@ -465,7 +465,9 @@ class Trainer:
         step = row["step"]
         if self.main:
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps({**strict(row), "non_finite": bad}, allow_nan=False) + "\n")
+                # shares counted by comparisons (a NaN compares false) would read as real values: left out
+                shown = {k: v for k, v in row.items() if not k.startswith(("accuracy", "saturated", "ties"))}
+                f.write(json.dumps({**strict(shown), "non_finite": bad}, allow_nan=False) + "\n")
         self.accelerator.end_training()
         values = ", ".join(f"{k} {row[k]}" for k in bad)
         kept = (f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt is not None
