@@ -203,3 +203,15 @@ def test_held_out_pairs_are_never_trained_on_and_are_checked(shards, cache_dir, 
     reset_accelerate()
     train(_cfg(shards, cache_dir, reset, steps=5, val_pairs=1, val_every=2, beta=5000.0, lr=1e-2))
     assert [r.get("val_accuracy") for r in _rows(reset)] == [r.get("val_accuracy") for r in rows]
+
+
+def test_two_experts_get_their_own_figures(shards, tmp_path):
+    """Wan 2.2 A14B training both experts: accuracy and margin per expert beside the timestep quarters."""
+    out = tmp_path / "experts"
+    train(_cfg(shards, tmp_path / "cache", out, model=tiny_model("wan", "t2v", "2.2-a14b"), train_experts="both",
+               t_max=1.0, steps=4, batch_size=2, negatives=1, lora_rank=2))
+    rows = _rows(out)
+    for key in ("accuracy_expert_high", "accuracy_expert_low", "reward_margin_expert_high", "accuracy_q4"):
+        assert any(key in r for r in rows), key
+    edges = json.loads((out / "train_config.json").read_text())["resolved"]["health_bucket_edges"]
+    assert len(edges) == 3 and edges == sorted(edges)
