@@ -213,3 +213,22 @@ def test_the_table_fits_80_columns_without_cutting_headers_or_a_pref_only_row(fo
     assert "base" in header and "realdpo-lora" in header and "policy" not in header and "…" not in text
     assert "92.27" in text and "92.29" in text and "91.80–92.70" in text
     assert "pref_accuracy of policy on 24 held-out pairs: 62.5 %" in text
+
+
+def test_videos_of_another_seed_are_not_paired(folders, tmp_path, capsys):
+    """samples.jsonl says b's 1.mp4 was made at another seed: it is left out of the paired difference, with a word."""
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, seeds in ((a, (0, 1, 2)), (b, (0, 7, 2))):
+        shutil.copytree(folders / "moving", folder)
+        (folder / "samples.jsonl").write_text("".join(
+            json.dumps({"video": f"{i}.mp4", "prompt": "abc"[i], "line": i, "seed": s}) + "\n"
+            for i, s in enumerate(seeds)))
+    out = tmp_path / "r"
+    assert run(["eval", "--videos", f"a={a}", "--videos", f"b={b}", "--out", str(out), "--workers", "1",
+                "--strip-videos", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["differences"][0]["n_pairs"] == 2
+    assert any("1 videos of a and b have the same name but another prompt or seed" in w
+               for w in report["settings"]["warnings"])

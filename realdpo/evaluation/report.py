@@ -335,7 +335,7 @@ def _differences(results: dict[str, list], videos: dict[str, list[Path]], units:
             if ub[1][0] not in by_name:
                 continue
             ra, ua = by_name[ub[1][0]]
-            if ua[1] != ub[1]:
+            if any(x is not None and y is not None and x != y for x, y in zip(ua[1], ub[1])):  # what both know
                 mismatched += 1
                 continue
             pairs.append((ra, rb, ua[0]))
