@@ -57,7 +57,7 @@ def plot_metrics(metrics: Path, out: Path, title: str = "RealDPO training") -> P
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.3 * nrows), squeeze=False)
     window = max(1, len(rows) // 20)
-    warnings = [(r["step"], kind) for r in rows for kind in (r.get("warnings") or {})]
+    warnings = [(r["step"], ", ".join(r["warnings"])) for r in rows if r.get("warnings")]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (label, keys, zero) in zip(axes.flat, panels):
         for i, (key, name) in enumerate(keys):
@@ -77,7 +77,7 @@ def plot_metrics(metrics: Path, out: Path, title: str = "RealDPO training") -> P
             ax.axhline(0, color="black", lw=0.8)
         for step, kind in warnings:
             ax.axvline(step, color="tab:red", ls=":", lw=1)
-            ax.annotate(kind, (step, 1), xycoords=("data", "axes fraction"), fontsize=6, color="tab:red",
+            ax.annotate(kind, (step, 0.98), xycoords=("data", "axes fraction"), fontsize=7, color="tab:red",
                         rotation=90, va="top", ha="right")
         if len(keys) > 1:
             ax.legend(fontsize=6, ncol=2)
