@@ -183,7 +183,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             report["methods"].setdefault(cfg.pref_name, {"n_videos": 0}).update(pref["metrics"])
         report["settings"]["pref_accuracy"] = {"row": cfg.pref_name, **pref["settings"],
                                                "definition": "percentage of (real clip, cached negative) pairs whose "
-                                               "policy-vs-reference error difference d_k < 0; pref_margin is mean "
+                                               "policy-vs-reference error difference d_k < 0, a tie counting one "
+                                               "half; pref_margin is mean "
                                                "-(beta/2) d_k; errors averaged over fixed timesteps and noise"}
 
     out = Path(cfg.out)
