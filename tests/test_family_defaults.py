@@ -175,14 +175,38 @@ def test_cogvideox_first_frame_latent_is_drawn_as_the_pipeline_draws_it():
 
 
 def test_cogvideox15_i2v_padding_frame_is_conditioned_as_in_the_pipeline():
-    """CogVideoX 1.5 pads an odd latent frame count by one frame; its pipeline puts the first-frame latents on the
-    padding frame *and* the first real frame. The transformer input used to carry them on the padding frame only."""
+    """CogVideoX 1.5 pads an odd latent frame count by one frame. Its pipeline pads the frame count *before*
+    prepare_latents (9 frames: 3 latent frames, asked for as 13 frames, 4 latent frames), so the first-frame latents
+    sit on the first of the four frames only. Training used to put them on the first two ([T, T, F, F])."""
     spec = load_spec(tiny_model("cogvideox", "i2v", "1.5"))
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     cond = spec.encode_first_frames(image, 9)
-    _, pipeline_latents = spec.pipeline().prepare_latents(image, 1, 8, 9, 64, 64, torch.float32, torch.device("cpu"),
+    _, pipeline_latents = spec.pipeline().prepare_latents(image, 1, 8, 13, 64, 64, torch.float32, torch.device("cpu"),
                                                           image_generator(image[0]), None)
-    x_t = torch.randn(1, 3, 8, 8, 8)
+    x_t = torch.randn(1, 4, 8, 8, 8)  # as the transformer sees them: the padding frame first
     model_in = spec.model_input(x_t, cond)
     assert model_in.shape[1] == pipeline_latents.shape[1] == 4
     torch.testing.assert_close(model_in[:, :, 8:], pipeline_latents)
+    assert [bool(f.abs().sum() > 0) for f in model_in[0, :, 8:]] == [True, False, False, False]
+
+
+def test_cogvideox15_padding_frame_has_noise_of_its_own():
+    """The padding frame is the clean first frame noised with noise of its own (the official trainer's choice), not
+    a copy of the noisy first frame (the same noise twice, which the pipeline never shows the transformer)."""
+    spec = load_spec(tiny_model("cogvideox", "t2v", "1.5"))
+    x0 = torch.randn(1, 3, 8, 8, 8, generator=torch.Generator().manual_seed(2))
+    assert spec.noise_shape(tuple(x0.shape)) == (1, 4, 8, 8, 8)
+    noise = torch.randn(spec.noise_shape(tuple(x0.shape)), generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([300])
+    seen = {}
+    hook = spec.transformer.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.update(hidden=kw["hidden_states"].clone()), with_kwargs=True)
+    with torch.no_grad():
+        spec.per_sample_error(spec.transformer, x0, noise, t, spec.encode_prompts(["a"]))
+    hook.remove()
+    a = spec.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(seen["hidden"][:, :1], a.sqrt() * x0[:, :1] + (1 - a).sqrt() * noise[:, :1])
+    torch.testing.assert_close(seen["hidden"][:, 1:], a.sqrt() * x0 + (1 - a).sqrt() * noise[:, 1:])
+    assert not torch.allclose(seen["hidden"][:, 0], seen["hidden"][:, 1])
+    with pytest.raises(ValueError, match="noise_shape"):  # noise without the padding frame is refused
+        spec.per_sample_error(spec.transformer, x0, noise[:, 1:], t, spec.encode_prompts(["a"]))

@@ -269,10 +269,12 @@ def test_generate_latents_checks_images(specs):
     spec = specs["cogvideox15-i2v"]  # 3 latent frames + 1 padding frame for patch_size_t=2; error on the 3 only
     stub = _Stub(2, 8)
     x = torch.randn(1, 3, 8, 8, 8)
-    err = spec.per_sample_error(stub, x, x, torch.tensor([0]), {"prompt_embeds": torch.randn(1, 4, 32),
-                                                              "image_latents": torch.randn(1, 1, 8, 8, 8)})
+    noise = torch.randn(spec.noise_shape(tuple(x.shape)))  # the padding frame has noise of its own
+    err = spec.per_sample_error(stub, x, noise, torch.tensor([0]), {"prompt_embeds": torch.randn(1, 4, 32),
+                                                                  "image_latents": torch.randn(1, 1, 8, 8, 8)})
     assert stub.seen["hidden_states"].shape == (1, 4, 16, 8, 8) and stub.seen["ofs"] is not None
-    assert torch.equal(stub.seen["hidden_states"][:, 0, :8], stub.seen["hidden_states"][:, 1, :8])
+    a = spec.alphas_cumprod[0]
+    torch.testing.assert_close(stub.seen["hidden_states"][:, 0, :8], a.sqrt() * x[:, 0] + (1 - a).sqrt() * noise[:, 0])
     assert err.shape == (1,)
     with pytest.raises(UserError, match="first frame"):
         specs["cogvideox-i2v"].generate_latents(["a"], {}, num_frames=9, height=64, width=64, steps=1, guidance=1.0,

@@ -48,6 +48,7 @@ class ModelOptions:
 
 NEGATIVE_SOURCES = ("generated", "noised-real", "edited-real")
 EDITS = ("reverse", "shuffle", "stutter", "freeze", "speed")
+NEG_LATENTS = ("raw", "reencode")  # how sampled negatives are kept (--neg-latents)
 SAMPLERS = ("default", "multistep")
 
 
@@ -109,6 +110,11 @@ class NegativeOptions:
                                 "(0 < s <= 1; 1 is pure noise).")
     neg_edits: list[str] = field(default_factory=lambda: list(EDITS), help="edited-real: the edits each negative draws "
                                  f"one of ({', '.join(EDITS)}).")
+    neg_latents: str = field("raw", help="How sampled negatives (generated, noised-real) are kept: raw (the sampler's "
+                             "latents) or reencode (decoded to 8-bit frames and encoded again through the real clips' "
+                             "own path, as the official trainer does through its video files: raw sampler latents carry "
+                             "more high-frequency energy than encoded ones, a difference DPO could learn instead of "
+                             "motion).")
     first_frame_noise: bool = field(False, help="Image-to-video: add the official CogVideoX I2V trainer's pixel noise "
                                     "(sigma = exp(N(-3, 0.5))) to each first frame before encoding its conditioning.")
     cache_dir: Optional[Path] = field(None, help="Cache of real-clip latents, prompt embeddings and negatives; default $REALDPO_CACHE or ~/.cache/realdpo/latents.")
@@ -126,6 +132,8 @@ class NegativeOptions:
             raise UserError("--neg-guidance must not be negative")
         if self.neg_sampler not in SAMPLERS:
             raise UserError(f"unknown --neg-sampler {self.neg_sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.neg_latents not in NEG_LATENTS:
+            raise UserError(f"unknown --neg-latents {self.neg_latents!r}; choose one of {', '.join(NEG_LATENTS)}")
         if not 0 < self.neg_strength <= 1:
             raise UserError("--neg-strength must be in (0, 1]")
         edits = [e.strip() for item in self.neg_edits for e in str(item).split(",") if e.strip()]

@@ -29,7 +29,8 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     warmup_steps: int = field(0, help="Linear warm-up steps.")
     max_grad_norm: float = field(1.0, help="Gradient clipping norm (0 disables).")
     weight_decay: float = field(1e-4, help="AdamW weight decay.")
-    beta: float = field(5000.0, help="DPO beta (paper: 5000 for v-prediction; flow matching works use ~100-500).")
+    beta: Optional[float] = field(None, help="DPO beta; default the model's: 5000 for v-prediction (CogVideoX, the "
+                                  "paper's), 500 for flow matching (Wan; flow-matching DPO work uses 100-500).")
     loss: str = field("dpo", help=f"Objective: {', '.join(LOSSES)} (sft: plain MSE on the real clips, the paper's "
                       "baseline; ipo/hinge: DPO variants on the same margin).")
     sft_weight: float = field(1.0, help="Weight of the SFT term in --loss dpo+sft.")
@@ -103,7 +104,7 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
             raise UserError("--ema-rank must be at least 1")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise UserError("--chunk-size must be at least 1")
-        if self.lr <= 0 or self.beta <= 0:
+        if self.lr <= 0 or (self.beta is not None and self.beta <= 0):
             raise UserError("--lr and --beta must be positive")
         if self.t_min is None:
             self.t_min = 0.0

@@ -162,6 +162,18 @@ class LatentCache:
             json.dump(recipe, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
 
+    def recipes(self) -> dict[str, dict]:
+        """{tag: recipe.json's settings} of every set of negatives in this cache (unreadable ones left out)."""
+        out = {}
+        for path in sorted((self.dir / "neg").glob("*/recipe.json")) if (self.dir / "neg").is_dir() else []:
+            try:
+                settings = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(settings, dict):
+                out[path.parent.name] = settings
+        return out
+
     def has_negative(self, ref: ClipRef, tag: str, seed: int) -> bool:
         return self.negative_path(ref, tag, seed).is_file()
 

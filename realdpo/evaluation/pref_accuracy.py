@@ -41,7 +41,7 @@ def pair_diffs(spec, winner: torch.Tensor, losers: torch.Tensor, cond: dict[str,
     err_ref = torch.zeros(k + 1)
     for _ in range(n_timesteps):
         t = spec.sample_timesteps(1, t_min, t_max, generator=generator)
-        noise = torch.randn(winner.shape, generator=generator, dtype=torch.float32)
+        noise = torch.randn(spec.noise_shape(tuple(winner.shape)), generator=generator, dtype=torch.float32)
         # one timestep and one noise tensor shared by the winner and all K losers (DESIGN §1)
         noise_all = noise.expand(k + 1, *noise.shape[1:]).to(spec.device)
         t_all = t.expand(k + 1).to(spec.device)

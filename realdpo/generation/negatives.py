@@ -32,8 +32,9 @@ from realdpo.data.clips import BadClip, ClipSample, decode_clip
 from realdpo.data.losers import negative_seed
 from realdpo.generation.edits import edit_video
 from realdpo.generation.progress import SharedProgress, Summary, merged
-from realdpo.generation.recipes import NegativePlan, NegativeRecipe
+from realdpo.generation.recipes import NegativePlan, NegativeRecipe, option_differences
 from realdpo.models.base import Cond, ModelSpec
+from realdpo.models.frames import to_tensor, to_uint8
 from realdpo.runtime import Processes
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,17 @@ def encode_real(spec: ModelSpec, caption: str, video: torch.Tensor, frames: int)
     entry.update(spec.encode_prompts([caption]))
     entry.update(spec.encode_first_frames(video[:1], frames))
     return entry
+
+
+@torch.no_grad()
+def reencode(spec: ModelSpec, latents: torch.Tensor) -> torch.Tensor:
+    """Sampler latents [B, ...] through the winners' path: decoded, rounded to 8-bit frames as a video file holds
+    them, and encoded with `encode_videos`, as every real clip is (`--neg-latents reencode`)."""
+    out = []
+    for z in latents:  # one clip at a time: decoding holds a whole video's activations
+        video = spec.decode_latents(z[None])[0]
+        out.append(spec.encode_videos(to_tensor(to_uint8(video))[None]))
+    return torch.cat(out)
 
 
 def cached_prompt(spec: ModelSpec, cache: LatentCache, text: str) -> Cond:
@@ -189,10 +201,31 @@ class _Run:
         cond = {n: torch.cat([r[n] for r in reals]) for n in reals[0] if n != "latents"}
         init = torch.cat([r["latents"] for r in reals]) if recipe.source == "noised-real" else None
         f, h, w, _ = self.size
-        return self.spec.generate_latents(
+        latents = self.spec.generate_latents(
             [self.captions[ref] for ref, _ in jobs], cond, num_frames=f, height=h, width=w, steps=recipe.steps,
             guidance=recipe.guidance, seeds=[s for _, s in jobs], transformer=self.transformer,
             negative_cond=negative_cond, init_latents=init, strength=recipe.strength, sampler=recipe.sampler)
+        return reencode(self.spec, latents) if recipe.latents == "reencode" else latents
+
+
+def other_recipes(cache: LatentCache, plan: NegativePlan) -> list[str]:
+    """A line per sampled recipe of `plan` that the cache has never made while it holds negatives of the same
+    source made with other options (`realdpo negatives` and `realdpo train` given different --neg-* options): which
+    options differ, so the user can pass the same ones instead of generating everything again."""
+    made = cache.recipes()
+    lines = []
+    for recipe, count in plan.parts:
+        if not count or recipe.tag in made:
+            continue
+        mine = recipe.settings()
+        others = [option_differences(mine, s) for s in made.values() if s.get("source") == recipe.source]
+        others = [d for d in others if d]
+        if others:
+            closest = min(others, key=len)
+            lines.append(f"no cached {recipe.source} negatives for this run's options, but {cache.dir} holds "
+                         f"{len(others)} set(s) made with others; the closest differs in {'; '.join(closest)}. "
+                         "Pass the same options to `realdpo negatives` and `realdpo train` to reuse them")
+    return lines
 
 
 def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentCache, plan: NegativePlan, *,
@@ -208,6 +241,8 @@ def ensure_cached(spec: ModelSpec, samples: Iterable[ClipSample], cache: LatentC
     spec.check_size(frames, height, width)
     if processes.main:
         cache.sweep_temporaries()
+        for line in other_recipes(cache, plan):
+            logger.warning("%s", line)
         for recipe, count in plan.parts:
             if count:
                 cache.write_recipe(recipe.tag, recipe.settings())
@@ -310,5 +345,5 @@ def precompute(cfg) -> Summary:
     return summary
 
 
-__all__: Sequence[str] = ["ensure_cached", "precompute", "negative_seed", "encode_real", "cached_prompt",
+__all__: Sequence[str] = ["ensure_cached", "precompute", "negative_seed", "encode_real", "cached_prompt", "reencode",
                           "print_summary"]

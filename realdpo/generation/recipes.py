@@ -29,6 +29,7 @@ class NegativeRecipe:
     strength: float = 1.0  # noised-real
     edits: tuple[str, ...] = field(default=EDITS)  # edited-real
     weights: str = "base"  # the generating transformer: "base", "lora:<hash>", or a run's policy at a round
+    latents: str = "raw"  # sampled sources: "raw" sampler latents or "reencode"d through the winners' VAE path
 
     @property
     def sampled(self) -> bool:
@@ -44,6 +45,8 @@ class NegativeRecipe:
                    negative_prompt=self.negative_prompt, weights=self.weights)
         if self.source == "noised-real":
             out["strength"] = self.strength
+        if self.latents != "raw":  # (raw negatives keep the tags they had before the option existed)
+            out["latents"] = self.latents
         return out
 
     @property
@@ -83,8 +86,29 @@ class NegativePlan:
             parts.append((NegativeRecipe(source, round=round, steps=opts.neg_steps, guidance=guidance,
                                          negative_prompt=prompt, sampler=opts.neg_sampler,
                                          strength=float(opts.neg_strength) if source == "noised-real" else 1.0,
-                                         edits=tuple(opts.neg_edits), weights=weights), count))
+                                         edits=tuple(opts.neg_edits), weights=weights,
+                                         latents=opts.neg_latents), count))
         return cls(tuple(parts), int(opts.seed))
+
+
+# recipe settings -> the option that sets them
+_OPTION_OF = {"steps": "--neg-steps", "guidance": "--neg-guidance", "negative_prompt": "--neg-prompt",
+              "sampler": "--neg-sampler", "strength": "--neg-strength", "edits": "--neg-edits",
+              "latents": "--neg-latents", "weights": "the generating weights (--lora, --fp8-base)",
+              "round": "the round", "version": "the realdpo version that made them"}
+
+
+def option_differences(mine: dict, other: dict) -> list[str]:
+    """What set another recipe's negatives apart from `mine` (two `NegativeRecipe.settings()`), as options:
+    e.g. ["--neg-steps 50 (this run: 2)"]."""
+    def value(settings: dict, key: str):
+        return settings.get(key, "raw" if key == "latents" else None)  # raw recipes do not name it
+
+    def shown(v) -> str:
+        return json.dumps(v) if isinstance(v, str) else str(v)
+
+    return [f"{_OPTION_OF.get(key, key)} {shown(value(other, key))} (this run: {shown(value(mine, key))})"
+            for key in sorted(set(mine) | set(other)) if key != "source" and value(mine, key) != value(other, key)]
 
 
 def generation_defaults(opts: NegativeOptions, spec) -> tuple[float, str]:

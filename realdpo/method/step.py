@@ -98,7 +98,8 @@ def draw_noise(spec: ModelSpec, winners: torch.Tensor, t_min: float, t_max: floa
     """One timestep and one noise tensor per real clip (shared with its losers); drawn on the CPU generator so a
     step's randomness depends only on the generator's seed."""
     timesteps = spec.sample_timesteps(winners.shape[0], t_min, t_max, generator=generator)
-    noise = torch.randn(winners.shape, generator=generator, dtype=torch.float32).to(winners.device)
+    noise = torch.randn(spec.noise_shape(tuple(winners.shape)), generator=generator, dtype=torch.float32)
+    noise = noise.to(winners.device)
     return noise, timesteps.to(winners.device)
 
 

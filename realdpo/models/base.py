@@ -24,11 +24,12 @@ Cond = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class RunDefaults:
-    """A run's frame rate, guidance and negative prompt: the options given, else the model's defaults."""
+    """A run's frame rate, guidance, negative prompt and DPO beta: the options given, else the model's defaults."""
 
     fps: float
     guidance: float
     negative_prompt: str
+    beta: float = 5000.0
 
 
 class ModelSpec(ABC):
@@ -56,13 +57,18 @@ class ModelSpec(ABC):
         """The classifier-free guidance scale the family's pipelines are run with."""
         return 6.0
 
+    def default_beta(self) -> float:
+        """DPO's beta for this family's error E: the paper's 5000 for v-prediction."""
+        return 5000.0
+
     def run_defaults(self, fps: float | None = None, guidance: float | None = None,
-                     negative_prompt: str | None = None) -> RunDefaults:
+                     negative_prompt: str | None = None, beta: float | None = None) -> RunDefaults:
         """The given values, each None replaced by the model's default ("" is a negative prompt: none)."""
         return RunDefaults(fps=fps if fps is not None else self.default_fps(),
                            guidance=guidance if guidance is not None else self.default_guidance(),
                            negative_prompt=negative_prompt if negative_prompt is not None
-                           else self.default_negative_prompt())
+                           else self.default_negative_prompt(),
+                           beta=beta if beta is not None else self.default_beta())
 
     # ---- experts (Wan 2.2 A14B); one-transformer models have none ------------------------------------------------
     expert_names: ClassVar[tuple[str, ...]] = ()
@@ -148,11 +154,17 @@ class ModelSpec(ABC):
     def sample_timesteps(self, n: int, t_min: float, t_max: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """n timesteps drawn uniformly from the fraction [t_min, t_max) of the schedule (0 = clean)."""
 
+    def noise_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the noise `per_sample_error` takes for latents of (batched) `latent_shape`: theirs, or more
+        where the transformer sees frames the video lacks (CogVideoX 1.5's padding frame)."""
+        return tuple(latent_shape)
+
     @abstractmethod
     def per_sample_error(self, transformer: torch.nn.Module, latents: torch.Tensor, noise: torch.Tensor,
                          timesteps: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """E of DESIGN §1 for each sample, float32 [B]: noise `latents` with `noise` at `timesteps`, run
-        `transformer` (the policy, or the reference), and return the weighted squared error."""
+        """The per-sample error E of the method (docs/method.md), float32 [B]: noise `latents` with `noise` (of
+        `noise_shape(latents.shape)`) at `timesteps`, run `transformer` (the policy, or the reference), and return
+        the weighted squared error."""
 
     @abstractmethod
     def generate_latents(self, prompts: Sequence[str], cond: Cond, *, num_frames: int, height: int, width: int,

@@ -1,8 +1,14 @@
 """CogVideoX (1.0 and 1.5; text-to-video and image-to-video): v-prediction on a DDPM schedule.
 
 Latents are [B, F, C, h, w] scaled by the VAE's scaling_factor, as CogVideoXPipeline's `output_type="latent"`
-returns them. Image-to-video concatenates the first frame's latents (a posterior sample, zero-padded over frames;
-1.5 also fills its padding frame with them) on the channel dimension, as CogVideoXImageToVideoPipeline does.
+returns them. Image-to-video concatenates the first frame's latents (a posterior sample, zero-padded over frames)
+on the channel dimension, as CogVideoXImageToVideoPipeline does.
+
+CogVideoX 1.5 (`patch_size_t`) sees one latent frame more than the video has when the count is odd: its pipelines
+pad the frame count before drawing latents, denoise the extra frame first in line and drop it before decoding, and
+the image-to-video pipeline's first-frame latents sit on that extra frame only. Training gives the transformer the
+same layout; the extra frame is the clean first frame noised with noise of its own (the official trainer's choice;
+the pipeline starts it from pure noise), so `noise_shape` has that frame too, and its error is not counted.
 """
 
 from __future__ import annotations
@@ -74,10 +80,15 @@ class CogVideoXSpec(DiffusersSpec):
                             f"{h0}x{w0} only, got {frames} frames, {height}x{width}")
 
     def padding_frames(self, latent_frames: int) -> int:
-        """Latent frames CogVideoX 1.5 (patch_size_t) prepends so the transformer sees a multiple of patch_size_t,
+        """Latent frames CogVideoX 1.5 (patch_size_t) puts first so the transformer sees a multiple of patch_size_t,
         as its pipelines do (they generate the extra frames and drop them before decoding)."""
         p_t = self.transformer.config.patch_size_t
         return (p_t - latent_frames % p_t) % p_t if p_t else 0
+
+    def noise_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """[B, pad + F, C, h, w]: 1.5's padding frames are noised with noise of their own."""
+        b, f, *rest = latent_shape
+        return (b, self.padding_frames(f) + f, *rest)
 
     @torch.no_grad()
     def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
@@ -128,29 +139,30 @@ class CogVideoXSpec(DiffusersSpec):
         return self._rotary_cache[key]
 
     def model_input(self, x_t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """Transformer input: 1.5's padding frames first (copies of the first noisy frame; their error is not
-        counted), then for image-to-video the first-frame latents zero-padded over the frames on the channels, the
-        padding frames filled as the pipeline fills them (with the first frames of the padded image latents)."""
-        pad = self.padding_frames(x_t.shape[1])
-        if pad:
-            x_t = torch.cat([x_t[:, :1].expand(-1, pad, -1, -1, -1), x_t], dim=1)
+        """Transformer input from the noisy latents as the transformer sees them (1.5: padding frames included):
+        for image-to-video the first-frame latents on the first frame and zeros on the others, on the channels, as
+        CogVideoXImageToVideoPipeline.prepare_latents lays them out for the frame count it is given."""
         if self.task != "i2v":
             return x_t
         img = cond["image_latents"].to(x_t)
-        zeros = img.new_zeros(img.shape[0], x_t.shape[1] - pad - img.shape[1], *img.shape[2:])
-        image_latents = torch.cat([img, zeros], dim=1)
-        if pad:
-            image_latents = torch.cat([image_latents[:, :pad], image_latents], dim=1)
-        return torch.cat([x_t, image_latents], dim=2)
+        zeros = img.new_zeros(img.shape[0], x_t.shape[1] - img.shape[1], *img.shape[2:])
+        return torch.cat([x_t, torch.cat([img, zeros], dim=1)], dim=2)
 
     def per_sample_error(self, transformer: torch.nn.Module, latents: torch.Tensor, noise: torch.Tensor,
                          timesteps: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """E = mean((x0_hat - x0)^2) / (1 - a_t) with x0_hat = sqrt(a_t) x_t - sqrt(1 - a_t) v (float32 [B])."""
+        """E = mean((x0_hat - x0)^2) / (1 - a_t) with x0_hat = sqrt(a_t) x_t - sqrt(1 - a_t) v (float32 [B]).
+        `noise` has `noise_shape(latents.shape)`; 1.5's padding frames are the clean first frame noised with the
+        first frames of `noise`, and their error is not counted."""
         device = latents.device
         x0, eps = latents.float(), noise.float()
+        pad = self.padding_frames(x0.shape[1])
+        if eps.shape[1] != x0.shape[1] + pad:
+            raise ValueError(f"noise of {eps.shape[1]} frames for {x0.shape[1]} latent frames; draw it with "
+                             f"noise_shape() ({x0.shape[1] + pad} frames)")
         t = timesteps.to(device).long()
         a = self.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        x_in = torch.cat([x0[:, :1].expand(-1, pad, -1, -1, -1), x0], dim=1) if pad else x0
+        x_t = a.sqrt() * x_in + (1 - a).sqrt() * eps
         dt = self.model_dtype(transformer)
         cfg = self.transformer.config
         ofs = x_t.new_full((1,), 2.0, dtype=dt) if getattr(cfg, "ofs_embed_dim", None) else None
@@ -162,8 +174,8 @@ class CogVideoXSpec(DiffusersSpec):
             ofs=ofs,
             image_rotary_emb=self._rotary(model_in.shape[1], x_t.shape[3], x_t.shape[4], device),
             return_dict=False,
-        )[0].float()[:, model_in.shape[1] - x_t.shape[1]:]
-        x0_hat = a.sqrt() * x_t - (1 - a).sqrt() * v
+        )[0].float()[:, pad:]
+        x0_hat = a.sqrt() * x_t[:, pad:] - (1 - a).sqrt() * v
         return (x0_hat - x0).pow(2).mean(dim=(1, 2, 3, 4)) / (1 - a).flatten()
 
     def generate_latents(self, prompts, cond, *, num_frames, height, width, **kwargs) -> torch.Tensor:

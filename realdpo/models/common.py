@@ -235,12 +235,15 @@ class DiffusersSpec(ModelSpec):
         return spec
 
     def fingerprint(self) -> str:
-        """Over the folder's components; a model that runs several tasks (Wan2.2-TI2V-5B) adds the task, and
-        image-to-video with `image_noise` adds that, since the cached conditioning and negatives differ with each."""
+        """Over the folder's components; a model that runs several tasks (Wan2.2-TI2V-5B) adds the task, a run in
+        another dtype than float32 adds the dtype, and image-to-video with `image_noise` adds that, since the cached
+        latents, conditioning and negatives differ with each."""
         if self._fingerprint is None:
             fp = folder_fingerprint(self.path, self.model_components(self.path, self.task))
             if len(self.tasks(self.path)) > 1:
                 fp = hashlib.sha256(f"{fp}:{self.task}".encode()).hexdigest()[:16]
+            if self.dtype != torch.float32:  # (float32 keeps the name caches had before dtypes were told apart)
+                fp = hashlib.sha256(f"{fp}:{self.dtype}".encode()).hexdigest()[:16]
             self._fingerprint = fp
         if self.image_noise and self.task == "i2v":
             return hashlib.sha256(f"{self._fingerprint}:image-noise".encode()).hexdigest()[:16]

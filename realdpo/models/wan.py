@@ -95,6 +95,11 @@ class WanSpec(DiffusersSpec):
     def default_guidance(self) -> float:
         return 5.0
 
+    def default_beta(self) -> float:
+        # flow-matching DPO work uses 100-500; E here is a mean over all elements like CogVideoX's v-space error,
+        # whose 5000 is for a target (v) of unit scale, while u = eps - x0 has twice the variance
+        return 500.0
+
     def default_size(self) -> tuple[int, int, int]:
         return self._default_size
 
@@ -277,7 +282,7 @@ class WanSpec(DiffusersSpec):
     def pipeline_image_inputs(self, pipe, images: torch.Tensor | None, cond: Cond, height: int, width: int) -> dict:
         if self.task != "i2v":
             return {}
-        if self.has_first_frame_cond(cond) and not pipe.config.get("expand_timesteps", False):
+        if self.has_first_frame_cond(cond):
             _use_cached_image_condition(pipe, cond["image_condition"], cond.get("image_embeds"))
             if images is None:  # the pipeline still wants an image to check and resize; the cached cond replaces it
                 images = torch.zeros(1, 3, height, width)
@@ -299,7 +304,8 @@ class WanSpec(DiffusersSpec):
 def _use_cached_image_condition(pipe, condition: torch.Tensor, image_embeds: torch.Tensor | None) -> None:
     """Make this Wan image-to-video pipeline instance take the first-frame conditioning from the cache (as
     encode_first_frames stores it, through this same pipeline's prepare_latents) instead of VAE-encoding a video of
-    [first frame, zeros...] and running CLIP on the image on every call; the noise is drawn as the pipeline draws it."""
+    [first frame, zeros...] (TI2V-5B: the first frame) and running CLIP on the image on every call; the noise is
+    drawn as the pipeline draws it, and TI2V's first-frame mask is the pipeline's."""
     from diffusers.utils.torch_utils import randn_tensor
 
     def prepare_latents(image, batch_size, num_channels_latents=16, height=480, width=832, num_frames=81, dtype=None,
@@ -308,7 +314,12 @@ def _use_cached_image_condition(pipe, condition: torch.Tensor, image_embeds: tor
                  height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None \
             else latents.to(device=device, dtype=dtype)
-        return latents, condition.to(device=device, dtype=dtype).expand(batch_size, *condition.shape[1:])
+        cond = condition.to(device=device, dtype=dtype).expand(batch_size, *condition.shape[1:])
+        if pipe.config.get("expand_timesteps", False):
+            mask = torch.ones(1, 1, *shape[2:], dtype=dtype, device=device)
+            mask[:, :, 0] = 0
+            return latents, cond, mask
+        return latents, cond
 
     pipe.prepare_latents = prepare_latents
     if image_embeds is not None:

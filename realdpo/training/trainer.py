@@ -146,7 +146,7 @@ class Trainer:
             cfg.chunk_size = cfg.chunk_size or 1
         cfg.gradient_checkpointing = bool(cfg.gradient_checkpointing)
         self.frames, self.height, self.width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
-        self.defaults = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt)  # the model's where not given
+        self.defaults = spec.run_defaults(cfg.fps, cfg.neg_guidance, cfg.neg_prompt, cfg.beta)  # the model's where not given
         spec.set_experts(cfg.train_experts, cfg.expert_ranges(), default="both" if cfg.loss == "sft" else "low",
                          t_range=(cfg.t_min, cfg.t_max))
         if self.fsdp and spec.expert_names:
@@ -170,7 +170,7 @@ class Trainer:
         """What the options left to the model became (train_config.json's "resolved")."""
         run, spec = self.defaults, self.spec
         return {"task": spec.task, "frames": self.frames, "height": self.height, "width": self.width, "fps": run.fps,
-                "neg_guidance": run.guidance, "neg_prompt": run.negative_prompt,
+                "neg_guidance": run.guidance, "neg_prompt": run.negative_prompt, "beta": run.beta,
                 "trained_experts": list(spec.trained_experts),
                 "health_bucket_edges": [round(float(e), 4) for e in self.bucket_edges]}
 
@@ -281,7 +281,7 @@ class Trainer:
 
         from realdpo.generation.recipes import NegativePlan
 
-        weights = "base"
+        weights = "base-fp8" if self.cfg.fp8_base else "base"  # fp8 storage changes what the base generates
         if r > 1:
             fixed = {k: v for k, v in _config_dict(self.cfg).items() if k not in RESUMABLE_CHANGES}
             weights = "run:" + hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
@@ -367,7 +367,8 @@ class Trainer:
                 with acc.autocast():
                     err_ref = self.reference.errors_chunked(self.spec, [inputs.take(rows)])
                     err = self.policy(*inputs.take(rows))
-                _add_stats(stats, step_stats(cfg.loss, err, err_ref, 1, beta=cfg.beta, sft_weight=cfg.sft_weight))
+                _add_stats(stats, step_stats(cfg.loss, err, err_ref, 1, beta=self.defaults.beta,
+                                                  sft_weight=cfg.sft_weight))
         keep = ("loss", "accuracy", "reward_margin", "err_diff_w", "err_diff_l", "saturated")
         return {f"val_{k}": v for k, v in stats_means({k: stats[k] for k in keep if k in stats}).items()}
 
@@ -418,12 +419,14 @@ class Trainer:
             inputs = build_inputs(batch.winners, None if cfg.loss == "sft" else batch.losers, batch.cond, noise,
                                   timesteps)
             sync = micro == cfg.grad_accum - 1
+            # chunks suppress their own sync only in the micro-batch that syncs: nested in the outer no_sync, an
+            # inner one's exit turns sync back on under FSDP2, and the last chunk would reduce-scatter
+            chunk_no_sync = (lambda: acc.no_sync(self.synced)) if sync else contextlib.nullcontext
             with (contextlib.nullcontext() if sync else acc.no_sync(self.synced)), acc.autocast():
                 _add_stats(stats, preference_step(
-                    policy, self.reference, self.spec, inputs, kind=cfg.loss, beta=cfg.beta,
+                    policy, self.reference, self.spec, inputs, kind=cfg.loss, beta=self.defaults.beta,
                     sft_weight=cfg.sft_weight, chunk_size=cfg.chunk_size, keep_graph=cfg.keep_graph,
-                    backward=acc.backward, no_sync=lambda: acc.no_sync(self.synced),
-                    groups=self.groups(timesteps), raw_stats=True))
+                    backward=acc.backward, no_sync=chunk_no_sync, groups=self.groups(timesteps), raw_stats=True))
         params = list(self.trainable.values())
         if cfg.max_grad_norm > 0:
             grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
