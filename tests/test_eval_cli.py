@@ -46,7 +46,7 @@ def test_eval_writes_the_report_pngs_and_table(folders, tmp_path, capsys):
                 "--prompts", str(folders / "prompts.txt")])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"methods", "per_video", "settings"}
+    assert set(report) == {"methods", "per_video", "settings", "intervals", "differences"}
     assert set(report["methods"]) == {"still", "moving"}
     for m in report["methods"].values():
         assert m["n_videos"] == 3 and isinstance(m["n_videos"], int)
@@ -60,7 +60,16 @@ def test_eval_writes_the_report_pngs_and_table(folders, tmp_path, capsys):
     assert [r["prompt"] for r in report["per_video"]["moving"]] == ["a", "b", "c"]
     assert "clipsim" in report["settings"]["skipped"] and "pref_accuracy" in report["settings"]["skipped"]
     assert report["settings"]["fvd"]["n_real"] == 3
-    for png in ("metrics.png", "still_strip.png", "moving_strip.png"):
+    for name, m in report["methods"].items():  # each mean inside its 95 % interval
+        for metric in ("dynamic_degree", "motion_smoothness", "flicker"):
+            lo, hi = report["intervals"][name][metric]
+            assert lo <= m[metric] <= hi
+    assert "fvd" not in report["intervals"]["still"]  # a distance between sets, not a mean over videos
+    (diff,) = report["differences"]
+    assert (diff["a"], diff["b"], diff["n_pairs"]) == ("still", "moving", 3)
+    assert diff["metrics"]["dynamic_degree"] == {"diff": 100.0, "interval": [100.0, 100.0], "n_pairs": 3}
+    assert report["settings"]["intervals"]["level"] == 0.95 and report["settings"]["warnings"] == []
+    for png in ("metrics.png", "differences.png", "still_strip.png", "moving_strip.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "dynamic_degree" in text and "moving" in text and "skipped clipsim" in text
@@ -99,7 +108,8 @@ def test_empty_folder_and_short_prompts_file_are_user_errors(folders, tmp_path, 
     short = tmp_path / "p.txt"
     short.write_text("only one\n")
     assert run(["eval", "--videos", f"m={folders / 'moving'}", "--prompts", str(short), "--out", str(tmp_path / "o")]) == 2
-    assert "--prompts has 1 lines" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--prompts has 1 lines: no line for m/1.mp4" in err[0]
 
 
 def test_numeric_file_order_and_prompt_matching(tmp_path):
@@ -110,7 +120,8 @@ def test_numeric_file_order_and_prompt_matching(tmp_path):
     assert [v.name for v in vids] == ["0.mp4", "1.mp4", "2.mp4", "10.mp4"]
     assert match_prompts(vids, None, "m") == [None, None, "two", None]
     p = tmp_path / "prompts.txt"
-    p.write_text("p0\np1\np2\np10\n\n")
+    p.write_text("".join(f"p{i}\n" for i in range(11)) + "\n")
+    # by the number in the name, not by position: 10.mp4 is line 10 although it is the 4th video
     assert match_prompts(vids, read_prompts(p), "m") == ["p0", "p1", "p2", "p10"]
 
 
@@ -139,3 +150,85 @@ def test_non_finite_values_are_written_as_null():
 
     assert _finite({"m": {"fvd": float("nan"), "x": [1.0, float("inf")], "n_videos": 2}}) == \
         {"m": {"fvd": None, "x": [1.0, None], "n_videos": 2}}
+
+
+def test_eval_matches_videos_to_prompts_by_name_and_warns_on_counts(folders, tmp_path, capsys):
+    """A folder missing a video: the others keep their own prompts (by file order 2.mp4 would get line 1), the count
+    mismatch is said, and the paired difference uses only the videos both folders have."""
+    import shutil
+
+    gappy = tmp_path / "gappy"
+    gappy.mkdir()
+    for name in ("0.mp4", "2.mp4"):
+        shutil.copy(folders / "moving" / name, gappy / name)
+    out = tmp_path / "report"
+    assert run(["eval", "--videos", f"full={folders / 'moving'}", "--videos", f"gappy={gappy}", "--out", str(out),
+                "--workers", "1", "--strip-videos", "0", "--prompts", str(folders / "prompts.txt")]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["file"], r["prompt"]) for r in report["per_video"]["gappy"]] == [("0.mp4", "a"), ("2.mp4", "c")]
+    warnings = report["settings"]["warnings"]
+    assert any("different numbers of videos (full 3, gappy 2)" in w for w in warnings)
+    assert any("gappy has videos for 2 of the 3 --prompts lines" in w for w in warnings)
+    assert report["differences"][0]["n_pairs"] == 2
+    text = capsys.readouterr().out
+    assert "warning: the methods have different numbers of videos" in text
+
+
+def test_eval_refuses_a_video_it_cannot_match_in_one_line(folders, tmp_path, capsys):
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "take-one.mp4").write_bytes((folders / "moving" / "0.mp4").read_bytes())
+    assert run(["eval", "--videos", f"n={named}", "--prompts", str(folders / "prompts.txt"),
+                "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot match n/take-one.mp4 to a line" in err[0]
+
+
+def test_paired_difference_of_identical_folders_is_exactly_zero(folders, tmp_path):
+    out = tmp_path / "same"
+    assert run(["eval", "--videos", f"a={folders / 'moving'}", "--videos", f"b={folders / 'moving'}", "--out",
+                str(out), "--workers", "1", "--strip-videos", "0"]) == 0
+    (diff,) = json.loads((out / "report.json").read_text())["differences"]
+    assert diff["n_pairs"] == 3 and set(diff["metrics"]) == {"dynamic_degree", "motion_smoothness", "flicker"}
+    for d in diff["metrics"].values():
+        assert d["diff"] == 0.0 and d["interval"] == [0.0, 0.0]
+
+
+def test_the_table_fits_80_columns_without_cutting_headers_or_a_pref_only_row(folders, capsys):
+    from rich.console import Console
+
+    from realdpo.evaluation.report import METRICS
+    from realdpo.evaluation.table import print_table
+
+    report = {"methods": {"base": {"motion_smoothness": 92.27, "flicker": 3.1, "n_videos": 18},
+                          "realdpo-lora": {"motion_smoothness": 92.29, "flicker": 3.0, "n_videos": 18},
+                          "policy": {"pref_accuracy": 62.5, "pref_margin": 0.31, "n_pairs": 24, "n_videos": 0}},
+              "intervals": {"base": {"motion_smoothness": [91.8, 92.7]}}, "differences": [],
+              "settings": {"skipped": {}, "errors": []}}
+    console = Console(width=80, record=True, color_system=None)
+    print_table(console, report, METRICS)
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    header = next(line for line in text.splitlines() if "metric" in line)
+    assert "base" in header and "realdpo-lora" in header and "policy" not in header and "…" not in text
+    assert "92.27" in text and "92.29" in text and "91.80–92.70" in text
+    assert "pref_accuracy of policy on 24 held-out pairs: 62.5 %" in text
+
+
+def test_videos_of_another_seed_are_not_paired(folders, tmp_path, capsys):
+    """samples.jsonl says b's 1.mp4 was made at another seed: it is left out of the paired difference, with a word."""
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, seeds in ((a, (0, 1, 2)), (b, (0, 7, 2))):
+        shutil.copytree(folders / "moving", folder)
+        (folder / "samples.jsonl").write_text("".join(
+            json.dumps({"video": f"{i}.mp4", "prompt": "abc"[i], "line": i, "seed": s}) + "\n"
+            for i, s in enumerate(seeds)))
+    out = tmp_path / "r"
+    assert run(["eval", "--videos", f"a={a}", "--videos", f"b={b}", "--out", str(out), "--workers", "1",
+                "--strip-videos", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["differences"][0]["n_pairs"] == 2
+    assert any("1 videos of a and b have the same name but another prompt or seed" in w
+               for w in report["settings"]["warnings"])

@@ -67,7 +67,7 @@ def test_pref_accuracy_is_deterministic_and_counts_every_pair(setup):
 
 def test_an_identity_lora_prefers_nothing(setup):
     m = preference_accuracy(_cfg(setup, setup["zero_lora"]))["metrics"]
-    assert m["pref_accuracy"] == 0.0 and m["pref_margin"] == 0.0
+    assert m["pref_accuracy"] == 50.0 and m["pref_margin"] == 0.0  # every pair a tie, counted one half
 
 
 def test_uncached_round_is_skipped_with_a_note(setup):

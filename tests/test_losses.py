@@ -26,9 +26,9 @@ def test_signs_on_a_constructed_case():
     loss2, m2 = dpo_loss(torch.full((2,), 1.1), ref_w, torch.full((2, 3), 0.9), ref_l, beta=10.0)
     assert m2["accuracy"] == 0.0 and m2["reward_margin"] == pytest.approx(-1.0)
     assert loss2 > loss
-    # at the reference the loss is log 2 and the margin zero
+    # at the reference the loss is log 2, the margin zero, and every pair a tie, counted one half
     loss0, m0 = dpo_loss(ref_w, ref_w, ref_l, ref_l, beta=5000.0)
-    assert loss0.item() == pytest.approx(math.log(2)) and m0["reward_margin"] == 0 and m0["accuracy"] == 0
+    assert loss0.item() == pytest.approx(math.log(2)) and m0["reward_margin"] == 0 and m0["accuracy"] == 0.5
 
 
 def test_formula_mean_over_batch_and_negatives():

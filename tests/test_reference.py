@@ -190,7 +190,7 @@ def test_frozen_copy_equals_the_policy_under_bf16_autocast(tmp_path_factory):
             inputs.cond.update({k: v.expand(2, *v.shape[1:]) for k, v in first.items()})
         with torch.autocast("cpu", dtype=torch.bfloat16):
             row = preference_step(ErrorModel(spec, tr), ref, spec, inputs, kind="dpo", beta=5000.0)
-        assert row["reward_margin"] == 0.0 and row["accuracy"] == 0.0, (family, task, row)
+        assert row["reward_margin"] == 0.0 and row["accuracy"] == 0.5, (family, task, row)  # all ties
         assert row["loss"] == pytest.approx(0.6931471805599453, abs=1e-7)
 
 

@@ -162,7 +162,7 @@ def test_trainer_phases_run_one_by_one(shards, cache_dir, tmp_path):
     t.open_round(1)
     assert t.current_round == 1 and len(t.stream.stream.keys) == 4
     row = t.train_step()
-    assert row["step"] == 1 and t.state == {"step": 1, "batch": 1} and t.step_keys and row["accuracy"] == 0.0
+    assert row["step"] == 1 and t.state == {"step": 1, "batch": 1} and t.step_keys and row["accuracy"] == 0.5
     assert row["loss"] == pytest.approx(_rows(whole)[0]["loss"])
     result = t.finish(None)
     assert result.steps == 1 and (tmp_path / "phases" / "lora" / "pytorch_lora_weights.safetensors").is_file()

@@ -43,6 +43,7 @@ class EvalConfig(ModelOptions, NegativeOptions):
     t_min: float = field(0.0, help="Lowest pref_accuracy timestep, as a fraction of the schedule (as in train).")
     t_max: float = field(0.5, help="Highest pref_accuracy timestep, as a fraction of the schedule (as in train).")
     beta: float = field(5000.0, help="DPO beta used for the pref_margin (the implicit reward margin).")
+    bootstrap: int = field(2000, help="Bootstrap resamples (over prompts, drawn from --seed) for the 95 % intervals of each metric and of the paired differences between methods.")
 
     def validate(self) -> None:
         check_numbers(self)
@@ -75,6 +76,8 @@ class EvalConfig(ModelOptions, NegativeOptions):
             raise UserError("--sample-fps must be positive")
         if self.clip_frames < 0:
             raise UserError("--clip-frames must be 0 (every frame) or positive")
+        if self.bootstrap < 100:
+            raise UserError("--bootstrap must be at least 100 resamples")
         if self.strip_videos < 0:
             raise UserError("--strip-videos must not be negative")
         if self.beta <= 0:

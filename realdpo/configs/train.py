@@ -74,6 +74,12 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     validation_prompt: Optional[str] = field(None, help="Prompt for validation samples; default is the first clip's caption.")
     validation_steps: int = field(20, help="Sampler steps for validation samples.")
     resume: bool = field(False, help="Continue from the latest checkpoint in --out.")
+    val_pairs: int = field(0, help="Clips kept out of training (the same ones every round, chosen by --seed) whose "
+                           "preference accuracy, margin and both policy-minus-reference error terms are reported every "
+                           "--val-every steps as val_* in metrics.jsonl, at fixed timesteps and noise: a gap to the "
+                           "training pairs' figures shows overfitting. 0 disables.")
+    val_every: int = field(50, help="Optimizer steps between held-out pair checks (--val-pairs); the last step is "
+                           "always checked.")
 
     def validate(self) -> None:
         check_numbers(self)
@@ -121,6 +127,10 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
                             "--max-grad-norm, --weight-decay and --sft-weight must not be negative")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise UserError("--lora-alpha must be positive")
+        if self.val_pairs < 0 or self.val_every < 1:
+            raise UserError("--val-pairs must not be negative and --val-every must be at least 1")
+        if self.val_pairs and self.loss == "sft":
+            raise UserError("--val-pairs checks preference pairs; --loss sft trains without losers")
         if self.rounds > self.steps:
             raise UserError("--rounds cannot exceed --steps (each round trains at least one step)")
 

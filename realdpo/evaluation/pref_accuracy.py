@@ -6,7 +6,8 @@ LoRA evaluated, so runs compare on identical noise — we compute the per-sample
 policy (model + `--lora`) and the reference (the same transformer with the adapters disabled), average them over
 the timesteps, and form `d_k = [E_θ(x_w) - E_ref(x_w)] - [E_θ(x_l^k) - E_ref(x_l^k)]` (`realdpo.method.losses`).
 
-- `pref_accuracy`: percentage of (real clip, negative) pairs with d_k < 0 (the policy prefers the real clip), 0–100.
+- `pref_accuracy`: percentage of (real clip, negative) pairs with d_k < 0 (the policy prefers the real clip), a tie
+  d_k = 0 counting one half (as training's `accuracy`), 0–100.
 - `pref_margin`: mean implicit reward margin `-(beta/2) d_k`.
 """
 
@@ -102,6 +103,7 @@ def preference_accuracy(cfg: EvalConfig, console: Console | None = None) -> dict
                            f"{cfg.round} ({cfg.negatives_from}, with these --neg-* options) for this model and size in "
                            f"{cache.dir} (run `realdpo negatives` with the same options first)"}
     d = torch.cat(diffs).double()
-    metrics = {"pref_accuracy": float((d < 0).double().mean() * 100.0),
+    # a tie (an adapter that changes nothing) counts one half, as in training's accuracy
+    metrics = {"pref_accuracy": float(((d < 0).double() + 0.5 * (d == 0).double()).mean() * 100.0),
                "pref_margin": float((-0.5 * cfg.beta * d).mean()), "n_pairs": int(d.numel())}
     return {"metrics": metrics, "settings": settings}

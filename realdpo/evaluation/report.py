@@ -17,8 +17,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from realaction.errors import UserError
 from realdpo.configs.eval import EvalConfig
 from realdpo.evaluation import motion
+from realdpo.evaluation.intervals import LEVEL, interval
 from realdpo.evaluation.scoring import Job, Result, init_worker, run_job
-from realdpo.evaluation.videos import expand_real, list_videos, match_prompts, parse_methods, read_prompts
+from realdpo.evaluation.videos import (
+    expand_real,
+    list_videos,
+    match_prompts,
+    parse_methods,
+    read_prompts,
+    read_samples,
+)
 
 # Metric name -> True when higher is better. Order is the table's column order.
 METRICS = {
@@ -34,6 +42,12 @@ METRICS = {
     "lab_consistent_frames": True,
     "lab_balls_found": True,
 }
+# Metric -> (per-video score it is the mean of, scale): these get bootstrap intervals and paired differences (FVD is
+# a distance between two sets of videos, pref_accuracy comes from --pairs: neither is a mean over videos)
+PER_VIDEO = {"dynamic_degree": ("dynamic", 100.0), "motion_smoothness": ("motion_smoothness", 1.0),
+             "flicker": ("flicker", 1.0), "clipsim": ("clipsim", 1.0), "physical_rate": ("lab_physical", 100.0),
+             "lab_residual": ("lab_residual", 1.0), "lab_consistent_frames": ("lab_consistent_frames", 1.0),
+             "lab_balls_found": ("lab_balls_found", 1.0)}
 
 
 def _jobs_iter(jobs: list[Job], workers: int) -> Iterator[Result]:
@@ -71,11 +85,16 @@ def evaluate(cfg: EvalConfig) -> dict:
     prompts_file = read_prompts(cfg.prompts)
     videos: dict[str, list[Path]] = {}
     prompts: dict[str, list[str | None]] = {}
+    samples: dict[str, dict[str, dict]] = {}
     for name, folder in methods.items():
         videos[name] = list_videos(folder)
         if not videos[name]:
             raise UserError(f"--videos {name}: no video files in {folder}")
         prompts[name] = match_prompts(videos[name], prompts_file, name)
+        samples[name] = read_samples(folder)
+    warnings = _count_warnings(videos, prompts_file)
+    for w in warnings:
+        console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
     real = expand_real(cfg.real) if cfg.real else []
 
     skipped: dict[str, str] = {}
@@ -147,12 +166,25 @@ def evaluate(cfg: EvalConfig) -> dict:
     elapsed = time.time() - t0
 
     report = _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_errors, skipped, elapsed)
+    units = {name: _units(videos[name], prompts[name], samples[name]) for name in videos}
+    report["intervals"] = _intervals(results, units, cfg.bootstrap, cfg.seed)
+    report["differences"], pair_warnings = _differences(results, videos, units, cfg.bootstrap, cfg.seed)
+    for w in pair_warnings:
+        console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
+    report["settings"]["warnings"] = warnings + pair_warnings
+    report["settings"]["intervals"] = {
+        "level": LEVEL, "resamples": cfg.bootstrap, "seed": cfg.seed,
+        "definition": "percentile bootstrap over prompts: a resample draws the prompts with replacement and takes "
+                      "the mean over all their videos (their seeds); differences are method minus the first --videos "
+                      "method over the videos both have (same file name: same prompt and seed), resampled the same "
+                      "way", "metrics": list(PER_VIDEO)}
     if pref is not None:
         if pref["metrics"]:
             report["methods"].setdefault(cfg.pref_name, {"n_videos": 0}).update(pref["metrics"])
         report["settings"]["pref_accuracy"] = {"row": cfg.pref_name, **pref["settings"],
                                                "definition": "percentage of (real clip, cached negative) pairs whose "
-                                               "policy-vs-reference error difference d_k < 0; pref_margin is mean "
+                                               "policy-vs-reference error difference d_k < 0, a tie counting one "
+                                               "half; pref_margin is mean "
                                                "-(beta/2) d_k; errors averaged over fixed timesteps and noise"}
 
     out = Path(cfg.out)
@@ -163,10 +195,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     tmp.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
     os.replace(tmp, out / "report.json")
 
-    from realdpo.evaluation.plots import metrics_chart, write_strip
+    from realdpo.evaluation.plots import differences_chart, metrics_chart, write_strip
     from realdpo.evaluation.table import print_table
 
     metrics_chart(report, out / "metrics.png", METRICS)
+    if report["differences"]:
+        differences_chart(report, out / "differences.png", METRICS)
     for name, res_list in results.items():
         strips = [(r.name, r.strip) for r in res_list if r is not None and r.strip is not None]
         if strips:
@@ -238,6 +272,89 @@ def _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_e
         "videos_per_second": round(sum(len(v) for v in videos.values()) / max(elapsed, 1e-6), 4),
     }
     return {"methods": methods_out, "per_video": per_video, "settings": settings}
+
+
+def _count_warnings(videos: dict[str, list[Path]], prompts: list[str] | None) -> list[str]:
+    """Folders that do not hold the same videos: said once, not scored as if they did."""
+    out = []
+    counts = {name: len(v) for name, v in videos.items()}
+    if len(set(counts.values())) > 1:
+        out.append("the methods have different numbers of videos (" + ", ".join(f"{n} {c}" for n, c in counts.items())
+                   + "): each is scored on its own videos; paired differences use the videos both have")
+    if prompts is not None:
+        for name, files in videos.items():
+            if len(files) < len(prompts):
+                out.append(f"{name} has videos for {len(files)} of the {len(prompts)} --prompts lines")
+    return out
+
+
+def _units(files: list[Path], prompts: list[str | None], samples: dict[str, dict]) -> list[tuple[object, object]]:
+    """(prompt, pairing key) of each video: the prompt groups a prompt's seeds for the bootstrap (its samples.jsonl
+    line, else its text, else the video alone); the pairing key is the file name, with the prompt and seed
+    samples.jsonl records for it."""
+    out = []
+    for path, prompt in zip(files, prompts):
+        row = samples.get(path.name, {})
+        cluster = ("line", row["line"]) if "line" in row else ("prompt", prompt) if prompt else ("video", path.name)
+        out.append((cluster, (path.name, row.get("prompt", prompt), row.get("seed"))))
+    return out
+
+
+def _scores(res: Result | None, metric: str) -> float | None:
+    key, scale = PER_VIDEO[metric]
+    if res is None or res.error is not None:
+        return None
+    v = res.scores.get(key)
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return None
+    return float(v) * scale
+
+
+def _intervals(results: dict[str, list], units: dict[str, list], resamples: int, seed: int) -> dict[str, dict]:
+    """method -> metric -> [lo, hi], the 95 % bootstrap interval of the method's mean."""
+    out: dict[str, dict] = {}
+    for name, res_list in results.items():
+        out[name] = {}
+        for metric in PER_VIDEO:
+            pts = [(v, u[0]) for r, u in zip(res_list, units[name]) if (v := _scores(r, metric)) is not None]
+            if pts:
+                vals, clusters = zip(*pts)
+                out[name][metric] = list(interval(vals, clusters, resamples=resamples, seed=seed))
+    return out
+
+
+def _differences(results: dict[str, list], videos: dict[str, list[Path]], units: dict[str, list], resamples: int,
+                 seed: int) -> tuple[list[dict], list[str]]:
+    """Each method minus the first, over the videos both have: mean paired difference and its bootstrap interval."""
+    names = list(results)
+    out, warnings = [], []
+    for b in names[1:]:
+        a = names[0]
+        by_name = {u[1][0]: (r, u) for r, u in zip(results[a], units[a])}
+        pairs, mismatched = [], 0
+        for rb, ub in zip(results[b], units[b]):
+            if ub[1][0] not in by_name:
+                continue
+            ra, ua = by_name[ub[1][0]]
+            if any(x is not None and y is not None and x != y for x, y in zip(ua[1], ub[1])):  # what both know
+                mismatched += 1
+                continue
+            pairs.append((ra, rb, ua[0]))
+        if mismatched:
+            warnings.append(f"{mismatched} videos of {a} and {b} have the same name but another prompt or seed: left "
+                            "out of their paired difference")
+        if not pairs:
+            continue
+        row = {"a": a, "b": b, "n_pairs": len(pairs), "metrics": {}}
+        for metric in PER_VIDEO:
+            pts = [(vb - va, c) for ra, rb, c in pairs
+                   if (va := _scores(ra, metric)) is not None and (vb := _scores(rb, metric)) is not None]
+            if pts:
+                diffs, clusters = zip(*pts)
+                lo, hi = interval(diffs, clusters, resamples=resamples, seed=seed)
+                row["metrics"][metric] = {"diff": float(np.mean(diffs)), "interval": [lo, hi], "n_pairs": len(pts)}
+        out.append(row)
+    return out, warnings
 
 
 def _lab_metrics(ok: list[Result]) -> dict:

@@ -47,17 +47,48 @@ def read_prompts(path: Path | None) -> list[str] | None:
     return [line.strip() for line in lines]
 
 
+def video_number(path: Path) -> int | None:
+    """The number a video's name gives it (`12.mp4` -> 12, as `realdpo sample --prompts` names them); None otherwise."""
+    return int(path.stem) if path.stem.isdigit() else None
+
+
 def match_prompts(videos: list[Path], prompts: list[str] | None, method: str) -> list[str | None]:
-    """Prompt of each video: line i of prompts.txt for the i-th video in numeric order, else a sibling `<stem>.txt`."""
+    """Prompt of each video: with a prompts file, line N (0 the first) for the video named N.mp4, else a sibling
+    `<stem>.txt`. A video the prompts file cannot name is refused (UserError)."""
     if prompts is not None:
-        if len(prompts) < len(videos):
-            raise UserError(f"--prompts has {len(prompts)} lines but method {method!r} has {len(videos)} videos")
-        return prompts[: len(videos)]
+        out = []
+        for v in videos:
+            n = video_number(v)
+            if n is None:
+                raise UserError(f"--prompts: cannot match {method}/{v.name} to a line: only videos named by their line "
+                                "number (0.mp4 is the first line, as `realdpo sample --prompts` writes them) can be")
+            if n >= len(prompts):
+                raise UserError(f"--prompts has {len(prompts)} lines: no line for {method}/{v.name} (N.mp4 takes "
+                                "line N, 0.mp4 the first)")
+            out.append(prompts[n])
+        return out
     out: list[str | None] = []
     for v in videos:
         txt = v.with_suffix(".txt")
         out.append(txt.read_text(encoding="utf-8").strip() if txt.is_file() else None)
     return out
+
+
+def read_samples(folder: Path) -> dict[str, dict]:
+    """`realdpo sample --prompts`'s samples.jsonl in a folder: video file name -> its row (prompt, line, seed); {} when
+    absent or unreadable."""
+    import json
+
+    path = Path(folder) / "samples.jsonl"
+    rows: dict[str, dict] = {}
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if isinstance(row, dict) and isinstance(row.get("video"), str):
+                rows[row["video"]] = row
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return rows
 
 
 def working_size(width: int, height: int, short_side: int) -> tuple[int, int]:

@@ -22,23 +22,88 @@ def preference_diff(err_policy_w: torch.Tensor, err_ref_w: torch.Tensor, err_pol
     return (err_policy_w - err_ref_w).unsqueeze(1) - (err_policy_l - err_ref_l)
 
 
+SATURATED_GRAD = 0.01  # a pair whose loss gradient w.r.t. its logit is below this no longer teaches: saturated
+
+
+def pair_losses(logits: torch.Tensor, loss_type: str = "dpo") -> torch.Tensor:
+    """Per-pair loss of the logits `-(beta/2) d_k` [B, K]: dpo `-log σ(x)`, ipo `(x - 1/2)^2`, hinge `relu(1 - x)`."""
+    if loss_type == "dpo":
+        return -F.logsigmoid(logits)
+    if loss_type == "ipo":
+        return (logits - 0.5) ** 2
+    if loss_type == "hinge":
+        return torch.relu(1.0 - logits)
+    raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(DPO_TYPES)}")
+
+
+def saturated_pairs(logits: torch.Tensor, loss_type: str = "dpo") -> torch.Tensor:
+    """Bool [B, K]: the pair's loss gradient |dℓ/dx| is below SATURATED_GRAD (dpo: σ(x) > 0.99; hinge: x ≥ 1; ipo:
+    within 0.005 of its target 1/2)."""
+    if loss_type == "dpo":
+        return torch.sigmoid(-logits) < SATURATED_GRAD
+    if loss_type == "hinge":
+        return logits >= 1.0
+    return (2 * (logits - 0.5)).abs() < SATURATED_GRAD
+
+
 @torch.no_grad()
 def preference_metrics(err_policy_w: torch.Tensor, err_ref_w: torch.Tensor, err_policy_l: torch.Tensor,
                        err_ref_l: torch.Tensor, beta: float) -> dict[str, float]:
-    """Implicit reward margin `-(beta/2) d_k` (mean), preference accuracy (fraction of d_k < 0), and the mean errors."""
-    d = preference_diff(err_policy_w, err_ref_w, err_policy_l, err_ref_l).float()
-    reward_w = -0.5 * beta * (err_policy_w - err_ref_w).float()
-    reward_l = -0.5 * beta * (err_policy_l - err_ref_l).float()
-    return {
-        "reward_margin": (-0.5 * beta * d).mean().item(),
-        "accuracy": (d < 0).float().mean().item(),
-        "reward_w": reward_w.mean().item(),
-        "reward_l": reward_l.mean().item(),
-        "err_policy_w": err_policy_w.float().mean().item(),
-        "err_ref_w": err_ref_w.float().mean().item(),
-        "err_policy_l": err_policy_l.float().mean().item(),
-        "err_ref_l": err_ref_l.float().mean().item(),
-    }
+    """Implicit reward margin `-(beta/2) d_k` (mean), preference accuracy (fraction of d_k < 0, a tie counting one
+    half), and the mean errors (see `pair_stats` for every metric; this one syncs the host once)."""
+    stats = pair_stats(err_policy_w, err_ref_w, err_policy_l, err_ref_l, beta)
+    keep = ("reward_margin", "accuracy", "reward_w", "reward_l", "err_policy_w", "err_ref_w", "err_policy_l",
+            "err_ref_l")
+    return stats_means({k: stats[k] for k in keep})
+
+
+def pair_stats(err_policy_w: torch.Tensor, err_ref_w: torch.Tensor, err_policy_l: torch.Tensor,
+               err_ref_l: torch.Tensor, beta: float, loss_type: str = "dpo",
+               groups: dict[str, torch.Tensor] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The health of a batch of pairs, as (sum, count) per metric, 0-dim tensors on the errors' device (no host
+    sync): summed over micro-batches and processes and then divided, they give the step's means.
+
+    accuracy: d_k < 0, a tie (d_k == 0: the policy cannot tell the pair apart) counting one half; reward_margin:
+    `-(beta/2) d_k`; err_diff_w / err_diff_l: policy-minus-reference error of winners [B] and losers [B, K] (a
+    positive err_diff_w is likelihood displacement: the real clip got less likely); saturated: `saturated_pairs`;
+    ties: d_k == 0 exactly. groups: name -> bool [B] clips of a group (a timestep bucket, an expert), each giving
+    accuracy_<name> and reward_margin_<name> over its pairs.
+    """
+    with torch.no_grad():
+        dw = (err_policy_w - err_ref_w).float()
+        dl = (err_policy_l - err_ref_l).float()
+        d = dw.unsqueeze(1) - dl
+        logits = -0.5 * beta * d
+        correct = (d < 0).float() + 0.5 * (d == 0).float()
+        n_pairs = d.new_tensor(float(d.numel()))
+        n_clips = d.new_tensor(float(dw.numel()))
+        out = {
+            "accuracy": (correct.sum(), n_pairs),
+            "reward_margin": (logits.sum(), n_pairs),
+            "reward_w": ((-0.5 * beta * dw).sum(), n_clips),
+            "reward_l": ((-0.5 * beta * dl).sum(), n_pairs),
+            "err_policy_w": (err_policy_w.float().sum(), n_clips),
+            "err_ref_w": (err_ref_w.float().sum(), n_clips),
+            "err_policy_l": (err_policy_l.float().sum(), n_pairs),
+            "err_ref_l": (err_ref_l.float().sum(), n_pairs),
+            "err_diff_w": (dw.sum(), n_clips),
+            "err_diff_l": (dl.sum(), n_pairs),
+            "saturated": (saturated_pairs(logits, loss_type).float().sum(), n_pairs),
+            "ties": ((d == 0).float().sum(), n_pairs),
+        }
+        for name, clips in (groups or {}).items():
+            mask = clips.to(d.device).float().unsqueeze(1).expand_as(d)
+            out[f"accuracy_{name}"] = ((correct * mask).sum(), mask.sum())
+            out[f"reward_margin_{name}"] = ((logits * mask).sum(), mask.sum())
+    return out
+
+
+def stats_means(stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """sum / count of each metric of `pair_stats` in one host sync; a metric with no count (an empty group) is left
+    out."""
+    names = list(stats)
+    values = torch.stack([torch.stack([s.float(), c.float()]) for s, c in stats.values()]).cpu().tolist()
+    return {n: s / c for n, (s, c) in zip(names, values) if c > 0}
 
 
 def dpo_loss(err_policy_w: torch.Tensor, err_ref_w: torch.Tensor, err_policy_l: torch.Tensor,
@@ -48,17 +113,7 @@ def dpo_loss(err_policy_w: torch.Tensor, err_ref_w: torch.Tensor, err_policy_l: 
     loss_type "ipo" uses `(-(beta/2) d_k - 1/2)^2` (a squared margin target) and "hinge" `relu(1 + (beta/2) d_k)`.
     Returns the scalar loss and float metrics (see `preference_metrics`).
     """
-    d = preference_diff(err_policy_w, err_ref_w, err_policy_l, err_ref_l)
-    logits = -0.5 * beta * d
-    if loss_type == "dpo":
-        losses = -F.logsigmoid(logits)
-    elif loss_type == "ipo":
-        losses = (logits - 0.5) ** 2
-    elif loss_type == "hinge":
-        losses = torch.relu(1.0 - logits)
-    else:
-        raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(DPO_TYPES)}")
-    loss = losses.mean()
+    loss = pair_losses(-0.5 * beta * preference_diff(err_policy_w, err_ref_w, err_policy_l, err_ref_l), loss_type).mean()
     metrics = preference_metrics(err_policy_w, err_ref_w, err_policy_l, err_ref_l, beta)
     metrics["loss_dpo"] = loss.item()
     return loss, metrics
@@ -74,27 +129,58 @@ def split_errors(err: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torc
     return err[:batch_size], err[batch_size:].reshape(batch_size, -1)
 
 
-def objective(kind: str, err_policy: torch.Tensor, err_ref: torch.Tensor | None, batch_size: int, *,
-              beta: float, sft_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training objective on concatenated errors (layout of `split_errors`).
+def _check_kind(kind: str) -> None:
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown objective {kind!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+def objective_terms(kind: str, err_policy: torch.Tensor, err_ref: torch.Tensor | None, batch_size: int, *,
+                    beta: float, sft_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """The training objective's scalar terms on concatenated errors (layout of `split_errors`), no host sync:
+    "loss", and "loss_dpo" / "loss_sft" where the objective has them.
 
     kind: "sft" (err_policy holds winners only; err_ref may be None), "dpo", "ipo", "hinge",
     or "dpo+sft" (dpo + sft_weight * sft).
     """
+    _check_kind(kind)
     if kind == "sft":
-        loss = sft_loss(err_policy[:batch_size])
-        return loss, {"loss": loss.item(), "loss_sft": loss.item(), "err_policy_w": err_policy[:batch_size].mean().item()}
+        sft = sft_loss(err_policy[:batch_size])
+        return {"loss": sft, "loss_sft": sft}
     if err_ref is None:
         raise ValueError(f"objective {kind!r} needs reference errors")
     pw, pl = split_errors(err_policy, batch_size)
     rw, rl = split_errors(err_ref, batch_size)
     loss_type = "dpo" if kind == "dpo+sft" else kind
-    loss, metrics = dpo_loss(pw, rw, pl, rl, beta, loss_type)
-    if kind == "dpo+sft":
-        sft = sft_loss(pw)
-        metrics["loss_sft"] = sft.item()
-        loss = loss + sft_weight * sft
-    elif kind not in DPO_TYPES:
-        raise ValueError(f"unknown objective {kind!r}; choose one of {', '.join(OBJECTIVES)}")
-    metrics["loss"] = loss.item()
-    return loss, metrics
+    dpo = pair_losses(-0.5 * beta * preference_diff(pw, rw, pl, rl), loss_type).mean()
+    if kind != "dpo+sft":
+        return {"loss": dpo, "loss_dpo": dpo}
+    sft = sft_loss(pw)
+    return {"loss": dpo + sft_weight * sft, "loss_dpo": dpo, "loss_sft": sft}
+
+
+def step_stats(kind: str, err_policy: torch.Tensor, err_ref: torch.Tensor | None, batch_size: int, *, beta: float,
+               sft_weight: float = 1.0, groups: dict[str, torch.Tensor] | None = None
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A micro-batch's metrics as (sum, count) pairs (`pair_stats`, plus the loss terms, each counted once per
+    micro-batch), without a host sync."""
+    with torch.no_grad():
+        terms = objective_terms(kind, err_policy.detach(), None if err_ref is None else err_ref.detach(), batch_size,
+                                beta=beta, sft_weight=sft_weight)
+        one = err_policy.new_tensor(1.0, dtype=torch.float32)
+        out = {k: (v.float(), one) for k, v in terms.items()}
+        if kind == "sft":
+            out["err_policy_w"] = (err_policy[:batch_size].detach().float().sum(), one * batch_size)
+            return out
+        pw, pl = split_errors(err_policy.detach(), batch_size)
+        rw, rl = split_errors(err_ref.detach(), batch_size)
+        out.update(pair_stats(pw, rw, pl, rl, beta, "dpo" if kind == "dpo+sft" else kind, groups))
+    return out
+
+
+def objective(kind: str, err_policy: torch.Tensor, err_ref: torch.Tensor | None, batch_size: int, *,
+              beta: float, sft_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training objective on concatenated errors and its metrics as floats (one host sync; the training step
+    uses `objective_terms` and `step_stats` and syncs once per optimizer step)."""
+    terms = objective_terms(kind, err_policy, err_ref, batch_size, beta=beta, sft_weight=sft_weight)
+    return terms["loss"], stats_means(step_stats(kind, err_policy, err_ref, batch_size, beta=beta,
+                                                 sft_weight=sft_weight))

@@ -25,7 +25,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from realdpo.method.losses import objective
+from realdpo.method.losses import objective_terms, stats_means, step_stats
 from realdpo.method.reference import Reference
 from realdpo.models.base import Cond, ModelSpec
 
@@ -114,12 +114,15 @@ def preference_step(policy: Callable[..., torch.Tensor], reference: Reference | 
                     inputs: StepInputs, *, kind: str, beta: float, sft_weight: float = 1.0,
                     chunk_size: int | None = None, keep_graph: bool = False,
                     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-                    no_sync: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, float]:
-    """Forward, loss and backward of one micro-batch; returns the metrics.
+                    no_sync: Callable[[], ContextManager] = contextlib.nullcontext,
+                    groups: dict[str, torch.Tensor] | None = None, raw_stats: bool = False):
+    """Forward, loss and backward of one micro-batch; returns the metrics (floats, one host sync), or with
+    `raw_stats` their (sum, count) tensors (`realdpo.method.losses.step_stats`, no host sync).
 
     policy(latents, noise, timesteps, cond) -> E [n] with gradients (an `ErrorModel`, possibly DDP-wrapped).
     keep_graph: chunk by keeping every chunk's graph until one backward, instead of streaming the chunks.
     backward: e.g. `accelerator.backward`. no_sync: suppresses gradient all-reduce for all but the last backward.
+    groups: name -> bool [B] clips, for metrics per group (timestep buckets, experts).
     """
     slices = _slices(len(inputs), chunk_size)
     err_ref = None
@@ -127,17 +130,18 @@ def preference_step(policy: Callable[..., torch.Tensor], reference: Reference | 
         err_ref = reference.errors_chunked(spec, (inputs.take(sl) for sl in slices))
     if len(slices) == 1 or keep_graph:
         err = torch.cat([policy(*inputs.take(sl)) for sl in slices])
-        loss, metrics = objective(kind, err, err_ref, inputs.batch_size, beta=beta, sft_weight=sft_weight)
-        backward(loss)
-        return metrics
-    return _streamed(policy, inputs, err_ref, chunk_size, kind=kind, beta=beta, sft_weight=sft_weight,
-                     backward=backward, no_sync=no_sync)
+        backward(objective_terms(kind, err, err_ref, inputs.batch_size, beta=beta, sft_weight=sft_weight)["loss"])
+    else:
+        err = _streamed(policy, inputs, err_ref, chunk_size, kind=kind, beta=beta, sft_weight=sft_weight,
+                        backward=backward, no_sync=no_sync)
+    stats = step_stats(kind, err.detach(), err_ref, inputs.batch_size, beta=beta, sft_weight=sft_weight, groups=groups)
+    return stats if raw_stats else stats_means(stats)
 
 
 def _streamed(policy, inputs: StepInputs, err_ref: torch.Tensor | None, chunk_size: int, *, kind: str, beta: float,
-              sft_weight: float, backward, no_sync) -> dict[str, float]:
+              sft_weight: float, backward, no_sync) -> torch.Tensor:
     """The streamed chunk order of the module docstring: winners without gradients, then every loser chunk forward
-    and backward, then the winners forward and backward."""
+    and backward, then the winners forward and backward. Returns the policy's errors [n] (detached)."""
     b, n = inputs.batch_size, len(inputs)
     winner_slices = _slices(b, chunk_size)
     loser_slices = [slice(sl.start + b, sl.stop + b) for sl in _slices(n - b, chunk_size)]
@@ -151,7 +155,7 @@ def _streamed(policy, inputs: StepInputs, err_ref: torch.Tensor | None, chunk_si
 
     def coefficients(sl: slice) -> torch.Tensor:
         leaf = known.detach().requires_grad_(True)
-        loss, _ = objective(kind, leaf, err_ref, b, beta=beta, sft_weight=sft_weight)
+        loss = objective_terms(kind, leaf, err_ref, b, beta=beta, sft_weight=sft_weight)["loss"]
         (grad,) = torch.autograd.grad(loss, leaf)
         return grad[sl]
 
@@ -162,4 +166,4 @@ def _streamed(policy, inputs: StepInputs, err_ref: torch.Tensor | None, chunk_si
             known[sl] = err.detach().float()
             backward((coefficients(sl).to(err.dtype) * err).sum())
             del err
-    return objective(kind, known, err_ref, b, beta=beta, sft_weight=sft_weight)[1]
+    return known

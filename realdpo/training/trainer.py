@@ -25,6 +25,7 @@ from realdpo.runtime import step_progress
 
 # options that may change between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = {"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "validate_every",
+                     "val_every",
                      "validation_prompt", "validation_steps", "shards", "cache_dir", "out", "allow_blank_captions",
                      # where memory goes, not what is computed
                      "chunk_size", "keep_graph", "gradient_checkpointing", "offload_encoders"}
@@ -41,6 +42,7 @@ class TrainResult:
     steps: int
     first: dict[str, Any] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)  # health warnings raised (kind -> message)
 
 
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -70,9 +72,20 @@ def _check_out(cfg: TrainConfig, out: Path) -> Path | None:
     return ckpt
 
 
-def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = rows[0].keys()
-    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+VAL_TIMESTEPS = 4  # fixed timesteps (each with its own fixed noise) per held-out clip
+BUCKETS = 4  # timestep buckets of the health metrics: equal shares of the trained timesteps, q1 the least noisy
+
+
+def _add_stats(total: dict, stats: dict) -> dict:
+    """Sum (sum, count) metric pairs of micro-batches (`realdpo.method.losses.step_stats`)."""
+    for k, (s, c) in stats.items():
+        s0, c0 = total.get(k, (0.0, 0.0))
+        total[k] = (s0 + s, c0 + c)
+    return total
+
+
+class Diverged(UserError):
+    """A non-finite loss or gradient: the run stops before the update (exit code 2)."""
 
 
 class Trainer:
@@ -92,8 +105,11 @@ class Trainer:
         self.loader_iter = None
         self.current_round: int | None = None
         self.plan = None  # the current round's NegativePlan
+        self.val_refs: list = []  # the held-out clips (--val-pairs) with this round's negatives cached
         self.last_row: dict[str, Any] = {}  # this process's; the main process re-reads metrics.jsonl at the end
         self.step_keys: list[list[str]] = []  # the clips of the last step's micro-batches (logs/data-rank*.jsonl)
+        self.health = None  # HealthMonitor, opened in `restore`
+        self.last_ckpt: Path | None = None
 
     # ---- setup: processes, the model, the caches ------------------------------------------------------------
     def setup(self) -> None:
@@ -140,6 +156,9 @@ class Trainer:
             from accelerate.utils import DistributedDataParallelKwargs
 
             acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+        # the health metrics' timestep buckets: quartiles of the timesteps training draws (in the model's units)
+        draws = spec.sample_timesteps(4096, cfg.t_min, cfg.t_max, generator=torch.Generator().manual_seed(0)).double()
+        self.bucket_edges = torch.quantile(draws, torch.linspace(0, 1, BUCKETS + 1, dtype=torch.double)[1:-1])
         size = (spec.fingerprint(), self.frames, self.height, self.width, self.defaults.fps)
         self.cache = LatentCache(cfg.cache_dir, *size)
         self.run_cache = LatentCache(out / "cache", *size)  # rounds >= 2: negatives of this run's policy
@@ -152,7 +171,8 @@ class Trainer:
         run, spec = self.defaults, self.spec
         return {"task": spec.task, "frames": self.frames, "height": self.height, "width": self.width, "fps": run.fps,
                 "neg_guidance": run.guidance, "neg_prompt": run.negative_prompt, "beta": run.beta,
-                "trained_experts": list(spec.trained_experts)}
+                "trained_experts": list(spec.trained_experts),
+                "health_bucket_edges": [round(float(e), 4) for e in self.bucket_edges]}
 
     # ---- the trained module, the reference, the optimizer ----------------------------------------------------
     def build_model(self) -> None:
@@ -246,6 +266,12 @@ class Trainer:
             tracker_cfg = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                            for k, v in _config_dict(cfg).items()}
             acc.init_trackers("realdpo", config=tracker_cfg)
+        from realaction.shards import read_jsonl
+        from realdpo.training.health import HealthMonitor
+
+        self.health = HealthMonitor(cfg.steps, preference=cfg.loss != "sft")
+        if self.main and self.resume_from is not None and self.metrics_path.is_file():
+            self.health.preload(read_jsonl(self.metrics_path))
 
     # ---- data: a round's negatives, cached, then its stream ---------------------------------------------------
     def negative_plan(self, r: int):
@@ -290,13 +316,61 @@ class Trainer:
                                     processes=Processes(acc))
         acc.print(f"negatives round {r}: {summary.n_generated} generated, {summary.n_reused} reused, "
                   f"{len(summary.skipped)} clips skipped, {len(summary.failed)} failed")
-        refs = usable(c, process_share(samples.refs, self.rank, self.world), plan.losers)
+        held = self.held_out(samples.refs)
+        self.val_refs = usable(c, held, plan.losers)  # every process checks them all (FSDP runs forwards together)
+        train_refs = [ref for ref in samples.refs if ref not in held]
+        refs = usable(c, process_share(train_refs, self.rank, self.world), plan.losers)
+        if cfg.val_pairs:
+            acc.print(f"held out {len(self.val_refs)} clips for the pair check every {cfg.val_every} steps: "
+                      + ", ".join(ref.key for ref in self.val_refs))
         counts = acc.gather(torch.tensor([len(refs)], device=acc.device))
         if int(counts.min()) == 0:  # every process raises, none is left waiting in a collective
             raise UserError(f"no usable clips for process {int(counts.argmin())} of {self.world}: "
                             f"{len(samples.refs)} clips in --shards, {self.frames} frames at {self.defaults.fps:g} fps "
                             "needed per clip")
         return refs
+
+    def held_out(self, refs: list) -> list:
+        """The --val-pairs clips: the first N by a hash of (--seed, key), so the same ones in every round."""
+        import hashlib
+
+        n = self.cfg.val_pairs
+        if n and n >= len(refs):
+            raise UserError(f"--val-pairs {n} leaves nothing to train on: --shards hold {len(refs)} clips")
+        order = sorted(refs, key=lambda ref: hashlib.sha256(f"{self.cfg.seed}:{ref.key}".encode()).hexdigest())
+        return order[:n]
+
+    @torch.no_grad()
+    def validate_pairs(self) -> dict[str, float]:
+        """The held-out clips' preference figures (val_accuracy, val_reward_margin, val_err_diff_w, ...), each clip
+        at VAL_TIMESTEPS fixed timesteps and noise tensors, so that successive checks differ only by the policy."""
+        import hashlib
+
+        from realdpo.data.stream import collate
+        from realdpo.method.losses import stats_means, step_stats
+        from realdpo.method.step import build_inputs, draw_noise
+
+        cfg, acc = self.cfg, self.accelerator
+        cache = self.cache if self.current_round == 1 else self.run_cache
+        stats: dict = {}
+        for ref in self.val_refs:
+            pair = self.plan.losers.load(cache, ref)
+            if pair is None:
+                continue
+            batch = collate([(ref.key, *pair)]).to(acc.device)
+            digest = hashlib.sha256(f"realdpo-val:{cfg.seed}:{ref.key}".encode()).hexdigest()
+            gen = torch.Generator().manual_seed(int(digest[:15], 16))
+            for _ in range(VAL_TIMESTEPS):
+                noise, timesteps = draw_noise(self.spec, batch.winners, cfg.t_min, cfg.t_max, gen)
+                inputs = build_inputs(batch.winners, batch.losers, batch.cond, noise, timesteps)
+                rows = slice(0, len(inputs))
+                with acc.autocast():
+                    err_ref = self.reference.errors_chunked(self.spec, [inputs.take(rows)])
+                    err = self.policy(*inputs.take(rows))
+                _add_stats(stats, step_stats(cfg.loss, err, err_ref, 1, beta=self.defaults.beta,
+                                                  sft_weight=cfg.sft_weight))
+        keep = ("loss", "accuracy", "reward_margin", "err_diff_w", "err_diff_l", "saturated")
+        return {f"val_{k}": v for k, v in stats_means({k: stats[k] for k in keep if k in stats}).items()}
 
     def open_round(self, r: int) -> None:
         from realdpo.data.stream import PairStream, pair_loader
@@ -311,6 +385,16 @@ class Trainer:
         self.current_round = r
 
     # ---- one optimizer step ----------------------------------------------------------------------------------
+    def groups(self, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The clips of each health group: timestep bucket q1..q4, and for two trained experts the expert."""
+        t = timesteps if timesteps.dim() == 1 else timesteps.amax(dim=1)
+        bucket = torch.bucketize(t.double().cpu(), self.bucket_edges, right=True)
+        out = {f"q{i + 1}": bucket == i for i in range(BUCKETS)}
+        if len(self.spec.trained_experts) > 1:
+            high = self.transformer.is_high(timesteps).cpu()
+            out.update(expert_high=high, expert_low=~high)
+        return out
+
     def train_step(self) -> dict[str, Any]:
         """`grad_accum` micro-batches, one optimizer step, the EMA update; returns the step's metrics row."""
         from realdpo.data.stream import derive_seed
@@ -322,7 +406,7 @@ class Trainer:
         if r != self.current_round:  # fresh negatives from the current policy
             self.open_round(r)
         batch_index = int(self.state["batch"])
-        micro_rows, t_data, used_keys = [], 0.0, []
+        stats, t_data, used_keys = {}, 0.0, []
         t0 = time.perf_counter()
         for micro in range(cfg.grad_accum):
             td = time.perf_counter()
@@ -339,42 +423,76 @@ class Trainer:
             # inner one's exit turns sync back on under FSDP2, and the last chunk would reduce-scatter
             chunk_no_sync = (lambda: acc.no_sync(self.synced)) if sync else contextlib.nullcontext
             with (contextlib.nullcontext() if sync else acc.no_sync(self.synced)), acc.autocast():
-                micro_rows.append(preference_step(
+                _add_stats(stats, preference_step(
                     policy, self.reference, self.spec, inputs, kind=cfg.loss, beta=self.defaults.beta,
                     sft_weight=cfg.sft_weight, chunk_size=cfg.chunk_size, keep_graph=cfg.keep_graph,
-                    backward=acc.backward, no_sync=chunk_no_sync))
+                    backward=acc.backward, no_sync=chunk_no_sync, groups=self.groups(timesteps), raw_stats=True))
         params = list(self.trainable.values())
         if cfg.max_grad_norm > 0:
             grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+        # every metric as (sum, count), summed over processes: the step's only host sync, before the update so a
+        # non-finite loss or gradient never reaches the weights
+        one = torch.ones((), device=acc.device)
+        stats["grad_norm"] = (torch.as_tensor(grad_norm, device=acc.device).float(), one)
+        names = sorted(stats)
+        packed = torch.stack([torch.stack([torch.as_tensor(s, device=acc.device).float(),
+                                           torch.as_tensor(c, device=acc.device).float()]) for s, c in
+                              (stats[n] for n in names)])
+        packed = acc.reduce(packed, "sum").tolist()
         lr = self.lr_scheduler.get_last_lr()[0]
+        row: dict[str, Any] = {"step": step + 1, **{n: s / c for n, (s, c) in zip(names, packed) if c > 0},
+                               "lr": lr, "round": r, "epoch": self.stream.stream.epoch_of(batch_index - 1)}
+        self.check_finite(row)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         step += 1
         self.state["step"], self.state["batch"] = step, batch_index
         ema_updated = self.reference.update(step) if self.reference is not None else False
-
-        local = _mean_metrics(micro_rows)
-        names = sorted(local)
-        vals = acc.reduce(torch.tensor([local[n] for n in names], device=acc.device), "mean")
-        row: dict[str, Any] = {"step": step, **{n: float(v) for n, v in zip(names, vals.tolist())},
-                               "grad_norm": float(grad_norm), "lr": lr, "round": r,
-                               "epoch": self.stream.stream.epoch_of(batch_index - 1),
-                               "time_step": time.perf_counter() - t0, "time_data": t_data}
+        row.update(time_step=time.perf_counter() - t0, time_data=t_data)
         if ema_updated:
             row.update(ema_updated=1, **self.reference.metrics())
         self.step_keys = used_keys
         return row
 
-    def log(self, row: dict[str, Any], data_file, bar, task) -> None:
-        data_file.write(json.dumps({"step": row["step"], "rank": self.rank, "keys": self.step_keys}) + "\n")
-        data_file.flush()
+    def check_finite(self, row: dict[str, Any]) -> None:
+        """Stop the run at a non-finite loss or gradient norm: the row goes to metrics.jsonl (as null), the update
+        is not applied, the checkpoints stay as they are, and no LoRA is written."""
+        from realdpo.training.health import non_finite, strict
+
+        bad = non_finite(row)
+        if not bad:
+            return
+        step = row["step"]
         if self.main:
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+                # shares counted by comparisons (a NaN compares false) would read as real values: left out
+                shown = {k: v for k, v in row.items() if not k.startswith(("accuracy", "saturated", "ties"))}
+                f.write(json.dumps({**strict(shown), "non_finite": bad}, allow_nan=False) + "\n")
+        self.accelerator.end_training()
+        values = ", ".join(f"{k} {row[k]}" for k in bad)
+        kept = (f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt is not None
+                else "no checkpoint was written before it")
+        raise Diverged(f"step {step}: training diverged ({values}); stopped before this update, no LoRA written, "
+                       f"{kept} (lower --lr or --beta)")
+
+    def log(self, row: dict[str, Any], data_file, bar, task) -> None:
+        from realdpo.training.health import strict
+
+        data_file.write(json.dumps({"step": row["step"], "rank": self.rank, "keys": self.step_keys}) + "\n")
+        data_file.flush()
+        warnings = self.health.observe(row) if self.main else {}
+        if warnings:
+            row = {**row, "warnings": warnings}
+            for message in warnings.values():
+                bar.console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+        if self.main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(strict(row), allow_nan=False) + "\n")
+            self.accelerator.log({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
+                                 step=row["step"])
             info = f"loss {row['loss']:.4f}"
             if "accuracy" in row:
                 info += f"  acc {row['accuracy']:.2f}  margin {row['reward_margin']:+.3g}"
@@ -430,6 +548,7 @@ class Trainer:
         self.restore()
         cfg = self.cfg
         last_ckpt: Path | None = self.resume_from
+        self.last_ckpt = last_ckpt
         if self.state["step"] < cfg.steps:  # the first round's negatives, before the training bar opens
             self.open_round(_round_of(int(self.state["step"]), cfg.steps, cfg.rounds))
         with step_progress(self.main) as bar, open(self.data_log, "a") as data_file:
@@ -437,12 +556,14 @@ class Trainer:
             while self.state["step"] < cfg.steps:
                 row = self.train_step()
                 step = row["step"]
+                if self.val_refs and (step % cfg.val_every == 0 or step == cfg.steps):
+                    row.update(self.validate_pairs())
                 self.log(row, data_file, bar, task)
                 self.last_row = row
                 if cfg.validate_every and step % cfg.validate_every == 0 and self.main:
                     self.validate(step)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    last_ckpt = self.checkpoint(step)
+                    last_ckpt = self.last_ckpt = self.checkpoint(step)
         return self.finish(last_ckpt)
 
     def finish(self, last_ckpt: Path | None) -> TrainResult:
@@ -472,10 +593,33 @@ class Trainer:
                 first_row, last_row = rows[0], rows[-1]
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
-        return TrainResult(out=out, lora=lora_dir or (out / "lora" if cfg.lora else None),
-                           transformer=transformer_dir or (None if cfg.lora else out / "transformer"),
-                           checkpoint=last_ckpt, metrics=self.metrics_path, plot=plot or out / "training.png",
-                           steps=step, first=first_row, last=last_row)
+        result = TrainResult(out=out, lora=lora_dir or (out / "lora" if cfg.lora else None),
+                             transformer=transformer_dir or (None if cfg.lora else out / "transformer"),
+                             checkpoint=last_ckpt, metrics=self.metrics_path, plot=plot or out / "training.png",
+                             steps=step, first=first_row, last=last_row, warnings=dict(self.health.raised))
+        if self.main:
+            self.print_summary(result)
+        return result
+
+    def print_summary(self, result: TrainResult) -> None:
+        """The end of a run: health at its start and end, where its outputs are, the warnings raised."""
+        from realdpo.training.health import HealthMonitor
+
+        if not self.health.rows:  # a complete run's outputs written again: its rows are in metrics.jsonl
+            from realaction.shards import read_jsonl
+
+            self.health = HealthMonitor(self.cfg.steps, preference=self.cfg.loss != "sft")
+            self.health.preload(read_jsonl(self.metrics_path))
+        lines = [f"trained {result.steps} steps"] + self.health.summary()
+        weights = result.lora if result.lora is not None else result.transformer
+        lines += [f"{'LoRA' if result.lora is not None else 'weights'}: {weights}",
+                  f"metrics: {result.metrics}", f"plot: {result.plot}",
+                  f"logs: {self.out / 'logs'} (tensorboard --logdir {self.out / 'logs'})",
+                  f"checkpoint: {result.checkpoint}"]
+        raised = self.health.raised
+        lines += [f"warnings ({len(raised)}):", *(f"  {m}" for m in raised.values())] if raised else ["warnings: none"]
+        for line in lines:
+            self.accelerator.print(line)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
