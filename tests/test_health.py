@@ -142,15 +142,29 @@ def test_a_healthy_run_warns_nothing(shards, cache_dir, tmp_path):
     assert result.warnings == {}
 
 
-def test_divergence_stops_at_the_step_with_one_line(shards, cache_dir, tmp_path, capsys):
-    """lr 1e8 makes the loss NaN at step 2: exit 2, one line naming the step, the step-1 checkpoint kept, no
-    LoRA, and metrics.jsonl still strict JSON."""
+def test_divergence_stops_at_the_step_with_one_line(shards, cache_dir, tmp_path, capsys, monkeypatch):
+    """Weights that blow up in step 1's update (as --lr 1e8 did before --lr was capped at 1) make the loss NaN at
+    step 2: exit 2, one line naming the step, the step-1 checkpoint kept, no LoRA, and metrics.jsonl still strict
+    JSON."""
     from cli.main import run
 
+    adamw_step, updates = torch.optim.AdamW.step, []
+
+    def exploding_step(self, *args, **kwargs):
+        out = adamw_step(self, *args, **kwargs)
+        updates.append(1)
+        if len(updates) == 1:  # finite weights whose forward pass overflows
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.add_(1.0).mul_(1e30)
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", exploding_step)
     out = tmp_path / "div"
     code = run(["train", "--shards", *shards, "--out", str(out), "--model", str(tiny_model("cogvideox", "t2v")),
                 "--cache-dir", str(cache_dir), "--steps", "6", "--negatives", "2", "--neg-steps", "2",
-                "--lora-rank", "4", "--checkpoint-every", "1", "--lr", "1e8", "--beta", "5000"])
+                "--lora-rank", "4", "--checkpoint-every", "1", "--lr", "1e-3", "--beta", "5000"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error: step 2: training diverged (loss nan")
