@@ -28,6 +28,7 @@ def test_each_bad_sample_is_skipped_with_one_warning_and_counted(tmp_path, mp4, 
     huge = "a person runs " * 400_000  # 5.6 MB
     bad = write_raw_shard(tmp_path / "b.tar", [
         *curated_members("badjson-0000", "ok", mp4, meta=b"{not json"),
+        *curated_members("deep-0000", "ok", mp4, meta=b"[" * 100_000 + b"]" * 100_000),  # RecursionError
         *curated_members("list-0000", "ok", mp4, meta=b"[1, 2]"),
         *curated_members("latin1-0000", "caf\xe9".encode("latin-1"), mp4),
         *curated_members("blank-0000", "  \n", mp4),
@@ -43,17 +44,17 @@ def test_each_bad_sample_is_skipped_with_one_warning_and_counted(tmp_path, mp4, 
     assert [s.key for s in samples] == ["good-0000", "dup-0000", "huge-0000", "fine-0000"]
     assert samples[1].caption == "first copy"  # the second copy of a key is dropped, not the first
     assert len(samples[2].caption.encode()) <= MAX_CAPTION_BYTES and huge.startswith(samples[2].caption)
-    assert dict(report.skipped) == {"json member not valid JSON": 1, "json member not an object": 1,
+    assert dict(report.skipped) == {"json member not valid JSON": 2, "json member not an object": 1,
                                     "caption not UTF-8": 1, "blank caption": 1, "no json member": 1,
                                     "no mp4 member": 1, "duplicate key": 1}
     assert report.kept == 4 and report.cut_captions == 1
     lines = _warnings(caplog)
     assert all("\n" not in line for line in lines)
     per_sample = [line for line in lines if line.startswith("skipping sample")]
-    assert len(per_sample) == 7
+    assert len(per_sample) == 8
     assert any("dup-0000" in line and str(good) in line for line in per_sample)  # names where the first copy is
     assert any("caption of huge-0000" in line for line in lines)
-    assert lines[-1].startswith("shards read: 4 usable sample(s); skipped 7")
+    assert lines[-1].startswith("shards read: 4 usable sample(s); skipped 8")
 
 
 def test_blank_captions_are_kept_only_when_asked(tmp_path, mp4, caplog):

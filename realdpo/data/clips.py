@@ -222,7 +222,7 @@ def _check_sample(s: dict[str, Any], seen: dict[str, str], allow_blank: bool) ->
         return None, "no json member", "a curated sample has mp4, txt, jpg and json members"
     try:
         meta = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError; deep nesting recurses
         return None, "json member not valid JSON", one_line(e, 120)
     if not isinstance(meta, dict):
         return None, "json member not an object", f"it holds a {type(meta).__name__}"
