@@ -33,6 +33,7 @@ def out_lock(folder: Path | None, command: str) -> Iterator[None]:
         yield
         return
     folder = Path(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -53,6 +54,17 @@ def out_lock(folder: Path | None, command: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+        if created:  # a run refused before it wrote anything leaves no folder behind
+            _remove_if_only_lock(folder)
+
+
+def _remove_if_only_lock(folder: Path) -> None:
+    try:
+        if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            (folder / LOCK_NAME).unlink()
+            folder.rmdir()
+    except OSError:
+        pass
 
 
 def disk_full(e: BaseException, folder: Path | None = None) -> bool:

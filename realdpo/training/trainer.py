@@ -435,6 +435,8 @@ class Trainer:
         # every metric as (sum, count), summed over processes: the step's only host sync, before the update so a
         # non-finite loss or gradient never reaches the weights
         one = torch.ones((), device=acc.device)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns the norm as a (replicated) DTensor
+            grad_norm = grad_norm.full_tensor()
         stats["grad_norm"] = (torch.as_tensor(grad_norm, device=acc.device).float(), one)
         names = sorted(stats)
         packed = torch.stack([torch.stack([torch.as_tensor(s, device=acc.device).float(),
