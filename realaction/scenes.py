@@ -115,11 +115,18 @@ class CutDetector:
         return rotate(bgr, self.rotation)
 
     def feed(self, index: int, frame, pts: int) -> list[int]:
+        return self._add(self._score(self._advance(index, pts), frame))
+
+    def _advance(self, index: int, pts: int):
+        """Record frame `index` at `pts`; its timecode. (Cheap: the caller's thread.)"""
         tc = self.timecode(index, pts)
         self._last, self._last_tc = index, tc
         self._us.append(max(self._us[-1] if self._us else 0, self.clock.microseconds(pts)))
-        found = self.detector.process_frame(tc, self.frame_input(frame))
-        return self._add(found)
+        return tc
+
+    def _score(self, tc, frame):
+        """The detector's input and its scoring: the costly part, which may run in another thread (in order)."""
+        return self.detector.process_frame(tc, self.frame_input(frame))
 
     def finish(self) -> list[int]:
         if self._last_tc is None:
@@ -149,7 +156,9 @@ def build_cut_detector(name: str, threshold: float | None, clock: StreamClock, r
         from realaction.transnet import TransNetCutDetector
 
         return TransNetCutDetector(threshold, clock)
-    return CutDetector(name, threshold, clock, rotation)
+    from realaction.pipelined_scenes import PipelinedCutDetector  # the same cuts, scored beside decoding
+
+    return PipelinedCutDetector(CutDetector(name, threshold, clock, rotation))
 
 
 def detect_size(width: int, height: int, side: int, multiple: int = 2) -> tuple[int, int]:
