@@ -18,10 +18,12 @@ for the last size.
 
 Sizes: `small` and `medium` are toy widths (224 and 256 tokens per row), where the weights decide the memory ratio;
 `4k-tokens` runs 4,516 tokens per row (13x30x44 latents + 226 text tokens, CogVideoX's layout: head dim 64, T5 text
-width 4096, rotary positions) at width 1024 with 2 layers, where activations decide it. CogVideoX-5B's own width (3072)
+width 4096, rotary positions) at width 1024 with 2 layers, where activations decide it; `4k-tokens-narrow` the same
+tokens at width 256 (a step in minutes of CPU time, not tens of minutes, on a shared machine). CogVideoX-5B's own width (3072)
 at this token count takes over a minute per row-pass on a CPU core; bench/memory.py predicts the real models.
 
-    python bench/dpo_step.py                      # small, medium, 4k-tokens: ~5 min on 2 idle cores
+    python bench/dpo_step.py                      # small, medium, 4k-tokens-narrow, 3 repeats
+    python bench/dpo_step.py --sizes 4k-tokens    # width 1024: ~2-4 CPU min per step
     python bench/dpo_step.py --sizes cogvideox-2b  # CogVideoX-2B's real transformer config (needs a GPU)
 """
 
@@ -56,6 +58,10 @@ SIZES = {
     "4k-tokens": (dict(num_attention_heads=16, attention_head_dim=64, num_layers=2, time_embed_dim=512,
                        text_embed_dim=4096, max_text_seq_length=226, use_rotary_positional_embeddings=True),
                   13, 30, 44, 226),
+    # the same 4,516 tokens per row at width 256 (4 heads of 64): a quarter of the width, so ~8x cheaper on a CPU
+    "4k-tokens-narrow": (dict(num_attention_heads=4, attention_head_dim=64, num_layers=2, time_embed_dim=512,
+                              text_embed_dim=4096, max_text_seq_length=226, use_rotary_positional_embeddings=True),
+                         13, 30, 44, 226),
     # CogVideoX-2B (THUDM/CogVideoX-2b transformer/config.json), 49 frames at 480x720
     "cogvideox-2b": (dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, time_embed_dim=512,
                           text_embed_dim=4096, max_text_seq_length=226), 13, 60, 90, 226),
@@ -335,7 +341,7 @@ def print_summary(s: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", nargs="+", default=["small", "medium", "4k-tokens"], choices=list(SIZES),
+    ap.add_argument("--sizes", nargs="+", default=["small", "medium", "4k-tokens-narrow"], choices=list(SIZES),
                     help="Model sizes to run, in order (the last one's ratios are printed last).")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="Model dtype (default float32 on CPU, bfloat16 on CUDA).")

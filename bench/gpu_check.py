@@ -2,7 +2,7 @@
 
     python bench/gpu_check.py OUT_DIR                 # one H100: about 5-7 minutes from a bare machine
     python bench/gpu_check.py OUT_DIR --dry-run       # the same code on the CPU, depth 1, tiny sizes (< 1 min)
-    python bench/gpu_check.py --predict bench/results/gpu_check_predictions.json   # CPU, ~10 min: the predictions
+    python bench/gpu_check.py --predict bench/results/gpu_check_predictions.json   # CPU: the predictions only
 
 Every model is built with random weights at its true configuration (`realdpo.models.configs`, through
 bench/memory.py's builders; no download), bf16. Memory is `torch.cuda.max_memory_allocated` above what was
@@ -13,7 +13,8 @@ order of priority (a section that would not fit in `--budget-s` is skipped and s
    `--chunk-size 1` (streamed), text encoder and VAE off the device, AdamW state already allocated (the steady
    state); and the official-style loop (bench/dpo_step.py's: a frozen bf16 copy as reference, 4 passes and one
    backward per negative, text encoder and VAE resident: held as one buffer of their exact size). Beside each,
-   bench/memory.py's prediction for the same configuration (read from --predictions, computed there by --predict).
+   bench/memory.py's prediction for the same configuration (read from --predictions if that file exists, else
+   computed on the CPU by four `--predict` processes running beside the GPU work).
 2. step-time: realdpo's step against the official-style loop at CogVideoX-5B-I2V's true width and token count with
    --timing-layers blocks on both sides; one warm-up step each, then --repeat steps per side, alternating, with the
    per-pass breakdown of bench/dpo_step.py's Clock.
@@ -35,6 +36,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -177,23 +179,59 @@ def predict(m: dict, side: str, encoders: bool = True) -> float:
     return r["peak"] + r["adam"] + (encoder_bytes(m) if side == "official" and encoders else 0)
 
 
-def section_memory(name: str, args, device, predictions: dict) -> dict:
+def section_memory(name: str, args, device) -> dict:
     m = model(name, args.dry_run)
     out = {"size": list(m["size"]), "tokens_per_row": memory.tokens(m), "num_layers": m["transformer"]["num_layers"]}
     for side in ("realdpo", "official"):
-        r = step_memory(m, side, device)
-        key = f"{name}/{side}"
-        pred = predictions.get(key)
-        if pred is None and args.dry_run:  # tiny: predicted here, so the comparison itself is exercised
-            pred = predict(m, side, encoders=False)
-        if pred is not None:
-            r["predicted_gib"] = pred / GiB
-            if "peak_bytes" in r:
-                r["measured_over_predicted"] = r["peak_bytes"] / pred
-        out[side] = r
+        out[side] = step_memory(m, side, device)
+        if args.dry_run:  # tiny: predicted here, so the comparison itself is exercised
+            out[side]["predicted_bytes"] = predict(m, side, encoders=False)
     if "peak_bytes" in out["realdpo"] and "peak_bytes" in out["official"]:
         out["mem_ratio"] = out["realdpo"]["peak_bytes"] / out["official"]["peak_bytes"]
     return out
+
+
+def attach_predictions(result: dict, predictions: dict[str, float]) -> None:
+    """Put each prediction (bytes, keyed "model/side") beside its measurement."""
+    for name in (COG, WAN):
+        r = result["sections"].get(f"memory:{name}")
+        for side in ("realdpo", "official"):
+            if not isinstance(r, dict) or side not in r:
+                continue
+            pred = r[side].get("predicted_bytes", predictions.get(f"{name}/{side}"))
+            if pred is None:
+                continue
+            r[side]["predicted_bytes"], r[side]["predicted_gib"] = pred, pred / GiB
+            if "peak_bytes" in r[side]:
+                r[side]["measured_over_predicted"] = r[side]["peak_bytes"] / pred
+
+
+PREDICTION_KEYS = tuple(f"{name}/{side}" for name in (COG, WAN) for side in ("realdpo", "official"))
+
+
+def start_predictions(out: Path) -> list[tuple[Path, subprocess.Popen]]:
+    """bench/memory.py's predictions run on the CPU (meta tensors, ~1-2 min each) in parallel processes while the
+    GPU measures; one process per key."""
+    procs = []
+    for i, key in enumerate(PREDICTION_KEYS):
+        path = out / f"prediction_{i}.json"
+        procs.append((path, subprocess.Popen([sys.executable, __file__, "--predict", str(path), "--keys", key],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    return procs
+
+
+def collect_predictions(procs, deadline: float) -> dict[str, float]:
+    found = {}
+    for path, proc in procs:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            continue
+        if path.is_file():
+            found.update(json.loads(path.read_text())["bytes"])
+            path.unlink()
+    return found
 
 
 def section_step_time(args, device) -> dict:
@@ -331,7 +369,10 @@ def main() -> int:
                     help="CPU, one thread, depth 1, two heads, tiny videos, one repeat: the same code in < 1 minute.")
     ap.add_argument("--predict", type=Path, default=None,
                     help="Only compute bench/memory.py's predictions for the measured configurations into this JSON.")
-    ap.add_argument("--predictions", type=Path, default=ROOT / "bench" / "results" / "gpu_check_predictions.json")
+    ap.add_argument("--keys", nargs="+", default=list(PREDICTION_KEYS), choices=PREDICTION_KEYS,
+                    help="With --predict: which predictions.")
+    ap.add_argument("--predictions", type=Path, default=ROOT / "bench" / "results" / "gpu_check_predictions.json",
+                    help="Predictions computed before (--predict); when absent they are computed during the run.")
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     ap.add_argument("--budget-s", type=float, default=420.0, help="Skip sections that would end after this.")
     ap.add_argument("--repeat", type=int, default=3, help="Timed steps per side after the warm-up (step-time).")
@@ -341,8 +382,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.predict:
         torch.set_num_threads(1)
-        preds = {f"{name}/{side}": predict(model(name, False), side) for name in (COG, WAN)
-                 for side in ("realdpo", "official")}
+        preds = {key: predict(model(key.split("/")[0], False), key.split("/")[1]) for key in args.keys}
         args.predict.parent.mkdir(parents=True, exist_ok=True)
         args.predict.write_text(json.dumps({"bytes": preds, "gib": {k: v / GiB for k, v in preds.items()}}, indent=1))
         print(json.dumps({k: round(v / GiB, 2) for k, v in preds.items()}))
@@ -359,9 +399,13 @@ def main() -> int:
         return 2
     else:
         device = torch.device("cuda")
-    predictions = {}
-    if args.predictions.is_file() and not args.dry_run:
-        predictions = json.loads(args.predictions.read_text())["bytes"]
+    predictions, procs = {}, []
+    if not args.dry_run:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.predictions.is_file():
+            predictions = json.loads(args.predictions.read_text())["bytes"]
+        else:
+            procs = start_predictions(args.out)
     result = {"environment": environment(device), "dry_run": args.dry_run, "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "sections": {}}
     for section in args.sections:
@@ -372,15 +416,19 @@ def main() -> int:
         t0, c0 = time.perf_counter(), time.process_time()
         print(f"[{time.perf_counter() - start:6.1f}s] {section} ...", flush=True)
         if section.startswith("memory:"):
-            r = section_memory(section.split(":", 1)[1], args, device, predictions)
+            r = section_memory(section.split(":", 1)[1], args, device)
         elif section == "step-time":
             r = section_step_time(args, device)
         else:
             r = section_negatives(args, device)
         r["section_s"], r["section_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         result["sections"][section] = r
+        attach_predictions(result, predictions)
         result["total_s"] = time.perf_counter() - start
         write(args.out, result)
+    if procs:  # wait for the predictions at most until the budget ends
+        predictions = collect_predictions(procs, start + args.budget_s + 30)
+    attach_predictions(result, predictions)
     result["total_s"] = time.perf_counter() - start
     write(args.out, result)
     print(table(result), end="")

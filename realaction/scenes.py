@@ -13,6 +13,7 @@ decode index (what clips are cut at) and the timecode's frame number (what PySce
 
 from __future__ import annotations
 
+import os
 from array import array
 from bisect import bisect_left
 from fractions import Fraction
@@ -156,6 +157,8 @@ def build_cut_detector(name: str, threshold: float | None, clock: StreamClock, r
         from realaction.transnet import TransNetCutDetector
 
         return TransNetCutDetector(threshold, clock)
+    if os.environ.get("REALACTION_INLINE_DETECTOR"):  # bench/curate.py's baseline: scoring inside the decode loop
+        return CutDetector(name, threshold, clock, rotation)
     from realaction.pipelined_scenes import PipelinedCutDetector  # the same cuts, scored beside decoding
 
     return PipelinedCutDetector(CutDetector(name, threshold, clock, rotation))
