@@ -26,6 +26,8 @@ class _BatchedGuidanceProxy:
         self.batched_calls = 0
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
     def _negative_for(self, prompt: torch.Tensor) -> torch.Tensor | None:
