@@ -184,8 +184,6 @@ def section_memory(name: str, args, device) -> dict:
     out = {"size": list(m["size"]), "tokens_per_row": memory.tokens(m), "num_layers": m["transformer"]["num_layers"]}
     for side in ("realdpo", "official"):
         out[side] = step_memory(m, side, device)
-        if args.dry_run:  # tiny: predicted here, so the comparison itself is exercised
-            out[side]["predicted_bytes"] = predict(m, side, encoders=False)
     if "peak_bytes" in out["realdpo"] and "peak_bytes" in out["official"]:
         out["mem_ratio"] = out["realdpo"]["peak_bytes"] / out["official"]["peak_bytes"]
     return out
@@ -198,7 +196,7 @@ def attach_predictions(result: dict, predictions: dict[str, float]) -> None:
         for side in ("realdpo", "official"):
             if not isinstance(r, dict) or side not in r:
                 continue
-            pred = r[side].get("predicted_bytes", predictions.get(f"{name}/{side}"))
+            pred = predictions.get(f"{name}/{side}")
             if pred is None:
                 continue
             r[side]["predicted_bytes"], r[side]["predicted_gib"] = pred, pred / GiB
@@ -209,14 +207,14 @@ def attach_predictions(result: dict, predictions: dict[str, float]) -> None:
 PREDICTION_KEYS = tuple(f"{name}/{side}" for name in (COG, WAN) for side in ("realdpo", "official"))
 
 
-def start_predictions(out: Path) -> list[tuple[Path, subprocess.Popen]]:
-    """bench/memory.py's predictions run on the CPU (meta tensors, ~1-2 min each) in parallel processes while the
-    GPU measures; one process per key."""
+def start_predictions(out: Path, dry_run: bool) -> list[tuple[Path, subprocess.Popen]]:
+    """bench/memory.py's predictions run on the CPU (meta tensors, ~1-2 min each at true size) in parallel
+    processes while the GPU measures; one process per key (in a dry run, of the dry run's tiny models)."""
     procs = []
     for i, key in enumerate(PREDICTION_KEYS):
         path = out / f"prediction_{i}.json"
-        procs.append((path, subprocess.Popen([sys.executable, __file__, "--predict", str(path), "--keys", key],
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        cmd = [sys.executable, __file__, "--predict", str(path), "--keys", key] + (["--dry-run"] if dry_run else [])
+        procs.append((path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
     return procs
 
 
@@ -382,7 +380,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.predict:
         torch.set_num_threads(1)
-        preds = {key: predict(model(key.split("/")[0], False), key.split("/")[1]) for key in args.keys}
+        # a dry run holds no text encoder or VAE on either side
+        preds = {key: predict(model(key.split("/")[0], args.dry_run), key.split("/")[1], encoders=not args.dry_run)
+                 for key in args.keys}
         args.predict.parent.mkdir(parents=True, exist_ok=True)
         args.predict.write_text(json.dumps({"bytes": preds, "gib": {k: v / GiB for k, v in preds.items()}}, indent=1))
         print(json.dumps({k: round(v / GiB, 2) for k, v in preds.items()}))
@@ -400,12 +400,11 @@ def main() -> int:
     else:
         device = torch.device("cuda")
     predictions, procs = {}, []
-    if not args.dry_run:
-        args.out.mkdir(parents=True, exist_ok=True)
-        if args.predictions.is_file():
-            predictions = json.loads(args.predictions.read_text())["bytes"]
-        else:
-            procs = start_predictions(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.predictions.is_file() and not args.dry_run:
+        predictions = json.loads(args.predictions.read_text())["bytes"]
+    else:
+        procs = start_predictions(args.out, args.dry_run)
     result = {"environment": environment(device), "dry_run": args.dry_run, "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "sections": {}}
     for section in args.sections:
@@ -427,7 +426,7 @@ def main() -> int:
         result["total_s"] = time.perf_counter() - start
         write(args.out, result)
     if procs:  # wait for the predictions at most until the budget ends
-        predictions = collect_predictions(procs, start + args.budget_s + 30)
+        predictions = collect_predictions(procs, start + (600 if args.dry_run else args.budget_s + 30))
     attach_predictions(result, predictions)
     result["total_s"] = time.perf_counter() - start
     write(args.out, result)

@@ -29,7 +29,8 @@ def test_dry_run_measures_every_section(tmp_path):
         r = sections[name]
         for side in ("realdpo", "official"):
             assert r[side]["loss_finite"]
-            # the tracker's count of the real CPU step against bench/memory.py's simulation of the same step
+            # the tracker's count of the real CPU step against bench/memory.py's simulation of the same step (run
+            # by the --predict processes the GPU run uses too)
             assert 0.9 < r[side]["measured_over_predicted"] < 1.1, (name, side, r[side])
         assert r["mem_ratio"] < 1  # no reference copy
     st = sections["step-time"]
@@ -39,6 +40,7 @@ def test_dry_run_measures_every_section(tmp_path):
     assert st["time_ratio"] > 0 and len(st["paired_ratios"]) == 1
     neg = sections["negatives"]
     assert neg["batch_1"]["sampler_steps_per_s"] > 0 and neg["batch_2"]["sampler_steps_per_s"] > 0
+    assert not list(out.glob("prediction_*.json"))  # the prediction processes' files, merged and removed
     table = (out / "gpu_check.md").read_text()
     assert table.startswith("| check | realdpo | official-style loop | ratio |")
     assert "CogVideoX-5B-I2V peak" in table and "negatives, batch 2" in table
