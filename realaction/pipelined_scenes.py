@@ -6,6 +6,11 @@ after frame in decode order, and collects the results `depth` frames later. swsc
 GIL for this work, so it overlaps decoding and the loop's own per-frame work. The detector is the same object fed
 the same frames with the same timecodes in the same order, so its cuts are `CutDetector`'s (PySceneDetect's own,
 frame for frame); they are only reported up to `depth` frames later, which `latency` says.
+
+Opt-in (`REALACTION_DETECTOR_THREAD=1`, see `scenes.build_cut_detector`): with the detector converting frames
+through PyAV's shared reformatter while the curator converted analysis frames, the two threads deadlocked. The
+detector now converts with a reformatter of its own, but that has not yet been checked under load, and the
+thread saved only 4-5% of curate's wall time on 2 cores (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -68,10 +68,18 @@ class CutDetector:
     frame numbers for them.
     """
 
-    def __init__(self, name: str, threshold: float | None, clock: StreamClock, rotation: int = 0):
+    def __init__(self, name: str, threshold: float | None, clock: StreamClock, rotation: int = 0,
+                 own_reformatter: bool = False):
         from scenedetect import FrameTimecode
 
         self._tc = FrameTimecode
+        # a converter of its own, for a detector scored in another thread: two threads converting frames through
+        # PyAV's shared reformatter at once deadlocked (the curator converts analysis frames meanwhile)
+        self._reformatter = None
+        if own_reformatter:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
         self.clock = clock
         self.rotation = rotation
         self.detector = make_detector(name, threshold)
@@ -108,7 +116,8 @@ class CutDetector:
         """The BGR frame PySceneDetect's SceneManager would hand the detector."""
         import cv2
 
-        bgr = to_bgr(frame)
+        bgr = to_bgr(frame) if self._reformatter is None else \
+            self._reformatter.reformat(frame, format="bgr24", threads=1).to_ndarray()
         if self._size is None:
             self._size = pyscenedetect_size(bgr.shape[1], bgr.shape[0])
         if (bgr.shape[1], bgr.shape[0]) != self._size:
@@ -157,11 +166,11 @@ def build_cut_detector(name: str, threshold: float | None, clock: StreamClock, r
         from realaction.transnet import TransNetCutDetector
 
         return TransNetCutDetector(threshold, clock)
-    if os.environ.get("REALACTION_INLINE_DETECTOR"):  # bench/curate.py's baseline: scoring inside the decode loop
+    if not os.environ.get("REALACTION_DETECTOR_THREAD"):  # opt-in: see realaction/pipelined_scenes.py
         return CutDetector(name, threshold, clock, rotation)
     from realaction.pipelined_scenes import PipelinedCutDetector  # the same cuts, scored beside decoding
 
-    return PipelinedCutDetector(CutDetector(name, threshold, clock, rotation))
+    return PipelinedCutDetector(CutDetector(name, threshold, clock, rotation, own_reformatter=True))
 
 
 def detect_size(width: int, height: int, side: int, multiple: int = 2) -> tuple[int, int]:

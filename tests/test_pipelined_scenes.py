@@ -36,7 +36,8 @@ def run(path, make) -> tuple[object, list[tuple[int, list[int]]]]:
 @pytest.mark.parametrize("depth", [1, 4, 16])
 def test_pipelined_cuts_are_pyscenedetects_own(bikes_path, detector, depth):
     inline, _ = run(bikes_path, lambda clock: CutDetector(detector, None, clock))
-    piped, reported = run(bikes_path, lambda clock: PipelinedCutDetector(CutDetector(detector, None, clock), depth))
+    piped, reported = run(bikes_path, lambda clock: PipelinedCutDetector(
+        CutDetector(detector, None, clock, own_reformatter=True), depth))
     assert piped.cuts == inline.cuts and piped.cut_numbers == inline.cut_numbers
     assert sorted(piped.cut_numbers) == pyscenedetect_cuts(bikes_path, detector)
     if detector == "adaptive":
@@ -59,5 +60,6 @@ def test_worker_errors_reach_the_caller(bikes_path):
         run(bikes_path, lambda clock: PipelinedCutDetector(Broken("adaptive", None, clock), 2))
 
 
-def test_detect_cuts_uses_it_and_matches(bikes_path):
+def test_detect_cuts_with_the_thread_matches(bikes_path, monkeypatch):
+    monkeypatch.setenv("REALACTION_DETECTOR_THREAD", "1")
     assert detect_cuts(bikes_path, "adaptive", numbers=True) == pyscenedetect_cuts(bikes_path, "adaptive")
