@@ -9,8 +9,8 @@ frame for frame); they are only reported up to `depth` frames later, which `late
 
 Opt-in (`REALACTION_DETECTOR_THREAD=1`, see `scenes.build_cut_detector`): with the detector converting frames
 through PyAV's shared reformatter while the curator converted analysis frames, the two threads deadlocked. The
-detector now converts with a reformatter of its own, but that has not yet been checked under load, and the
-thread saved only 4-5% of curate's wall time on 2 cores (docs/benchmarks.md).
+detector now converts with a reformatter of its own (the curate tests pass with the thread on), but that has not
+been checked under load, and the thread saved only 4-5% of curate's wall time on 2 cores (docs/benchmarks.md).
 """
 
 from __future__ import annotations
