@@ -8,7 +8,8 @@
     re-encode it, then one decode of each cut clip per filter (quality, motion).
 Each is run --repeat times, interleaved; the median counts. Speeds are source-seconds per wall-second per core
 (the cores this process may use). The last line is `floor_ratio=<x> multipass_ratio=<y>` (curate time divided
-by each). `--workers-scaling` also times `curate --workers 2` against `--workers 1` on the same files.
+by each). (d) thread: curate with the cut detector scored in a thread of its own (REALACTION_DETECTOR_THREAD=1,
+realaction/pipelined_scenes.py) instead of inside the decode loop; its clips must be curate's. `--workers-scaling` also times `curate --workers 2` against `--workers 1` on the same files.
 
     python bench/curate.py [--src DIR | --hd] [--repeat 3] [--workers-scaling]
 
@@ -237,7 +238,7 @@ def main() -> None:
         cfg = CurateConfig(src=src, out=tmp / "out", **cfg_kwargs)
         sizes = output_sizes(src, cfg)
         run_curate(src, tmp / "out", cfg_kwargs)  # warm-up: imports, scenedetect, OpenCV
-        names = ["floor", "curate"] + ([] if args.no_multipass else ["multipass"])
+        names = ["floor", "curate", "thread"] + ([] if args.no_multipass else ["multipass"])
         times: dict[str, list[float]] = {k: [] for k in names}
         cpu: dict[str, list[float]] = {k: [] for k in names}
         for _ in range(args.repeat):
@@ -245,6 +246,15 @@ def main() -> None:
             times["curate"].append(wall)
             cpu["curate"].append(c)
             kept = [r for r in manifest if r.get("kept")]
+            os.environ["REALACTION_DETECTOR_THREAD"] = "1"  # the cut detector scored in a thread of its own
+            try:
+                wall, c, thread_manifest = timed(run_curate, src, tmp / "out", cfg_kwargs)
+            finally:
+                del os.environ["REALACTION_DETECTOR_THREAD"]
+            assert sorted((r["source"], r.get("start_frame"), r.get("end_frame")) for r in thread_manifest) == \
+                sorted((r["source"], r.get("start_frame"), r.get("end_frame")) for r in manifest), "thread clips differ"
+            times["thread"].append(wall)
+            cpu["thread"].append(c)
             wall, c, (decoded, seconds) = timed(run_floor, src, kept, sizes)
             times["floor"].append(wall)
             cpu["floor"].append(c)
@@ -270,6 +280,9 @@ def main() -> None:
                 two.append(timed(run_curate, src, tmp / "out", cfg_kwargs, 2)[0])
             print(f"workers: 1 -> {statistics.median(one):.3f} s, 2 -> {statistics.median(two):.3f} s; "
                   f"workers_2_time_ratio={statistics.median(two) / statistics.median(one):.3f}")
+        print(f"detector thread vs inline (the default): wall {med['thread'] / med['curate']:.3f}, cpu "
+              f"{med_cpu['thread'] / med_cpu['curate']:.3f}; thread floor_ratio={med['thread'] / med['floor']:.3f} "
+              f"(cpu {med_cpu['thread'] / med_cpu['floor']:.3f}); floor cpu_ratio={med_cpu['curate'] / med_cpu['floor']:.3f}")
         line = f"floor_ratio={med['curate'] / med['floor']:.3f}"
         if not args.no_multipass:
             line += f" multipass_ratio={med['curate'] / med['multipass']:.3f}"

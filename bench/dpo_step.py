@@ -18,18 +18,22 @@ for the last size.
 
 Sizes: `small` and `medium` are toy widths (224 and 256 tokens per row), where the weights decide the memory ratio;
 `4k-tokens` runs 4,516 tokens per row (13x30x44 latents + 226 text tokens, CogVideoX's layout: head dim 64, T5 text
-width 4096, rotary positions) at width 1024 with 2 layers, where activations decide it. CogVideoX-5B's own width (3072)
+width 4096, rotary positions) at width 1024 with 2 layers, where activations decide it; `4k-tokens-narrow` the same
+tokens at width 256 (a step in minutes of CPU time, not tens of minutes, on a shared machine). CogVideoX-5B's own width (3072)
 at this token count takes over a minute per row-pass on a CPU core; bench/memory.py predicts the real models.
 
-    python bench/dpo_step.py                      # small, medium, 4k-tokens: ~5 min on 2 idle cores
+    python bench/dpo_step.py                      # small, medium, 4k-tokens-narrow, 3 repeats
+    python bench/dpo_step.py --sizes 4k-tokens    # width 1024: ~2-4 CPU min per step
     python bench/dpo_step.py --sizes cogvideox-2b  # CogVideoX-2B's real transformer config (needs a GPU)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
+import json
 import os
 import statistics
 import sys
@@ -54,6 +58,10 @@ SIZES = {
     "4k-tokens": (dict(num_attention_heads=16, attention_head_dim=64, num_layers=2, time_embed_dim=512,
                        text_embed_dim=4096, max_text_seq_length=226, use_rotary_positional_embeddings=True),
                   13, 30, 44, 226),
+    # the same 4,516 tokens per row at width 256 (4 heads of 64): a quarter of the width, so ~8x cheaper on a CPU
+    "4k-tokens-narrow": (dict(num_attention_heads=4, attention_head_dim=64, num_layers=2, time_embed_dim=512,
+                              text_embed_dim=4096, max_text_seq_length=226, use_rotary_positional_embeddings=True),
+                         13, 30, 44, 226),
     # CogVideoX-2B (THUDM/CogVideoX-2b transformer/config.json), 49 frames at 480x720
     "cogvideox-2b": (dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, time_embed_dim=512,
                           text_embed_dim=4096, max_text_seq_length=226), 13, 60, 90, 226),
@@ -122,14 +130,63 @@ def batch(spec, latent, text, b: int, k: int, device, dtype):
     return winners, losers, noise, t, cond
 
 
+class Clock:
+    """Wall time and rows of each kind of pass, summed over a step (CUDA-synchronised around each pass).
+
+    Kinds: "policy forward" (with gradients), "policy forward, no grad" (realdpo's winner pass for the loss
+    coefficients), "reference forward", "backward" (with gradient checkpointing it recomputes each block's forward).
+    """
+
+    KINDS = ("policy forward", "policy forward, no grad", "reference forward", "backward")
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.KINDS, 0.0)
+        self.cpu_seconds = dict.fromkeys(self.KINDS, 0.0)  # this process's CPU time: steadier on a shared machine
+        self.rows = dict.fromkeys(self.KINDS, 0)
+        self.calls = dict.fromkeys(self.KINDS, 0)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def part(self, kind: str, rows: int):
+        self.sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[kind] += time.perf_counter() - t0
+            self.cpu_seconds[kind] += time.process_time() - c0
+            self.rows[kind] += rows
+            self.calls[kind] += 1
+
+
+class _TimedReference:
+    """The reference with its passes timed (rows counted as they are taken)."""
+
+    def __init__(self, ref, clock: Clock):
+        self.ref, self.clock = ref, clock
+
+    def errors_chunked(self, spec, chunks):
+        chunks = list(chunks)
+        with self.clock.part("reference forward", sum(c[0].shape[0] for c in chunks)):
+            return self.ref.errors_chunked(spec, chunks)
+
+
 class Ours:
     name = "realdpo"
 
-    def __init__(self, spec, data, beta, chunk, keep_graph):
+    def __init__(self, spec, data, beta, chunk, keep_graph, clock: Clock | None = None):
         from realdpo.method.reference import DisabledAdapterReference
         from realdpo.method.step import ErrorModel, build_inputs
 
-        self.spec, self.beta, self.chunk, self.keep_graph = spec, beta, chunk, keep_graph
+        self.spec, self.beta, self.chunk, self.keep_graph, self.clock = spec, beta, chunk, keep_graph, clock
         self.policy, self.ref = ErrorModel(spec, spec.transformer), DisabledAdapterReference(spec.transformer)
         winners, losers, noise, t, cond = data
         self.inputs = build_inputs(winners, losers, cond, noise, t)
@@ -137,54 +194,85 @@ class Ours:
     def step(self):
         from realdpo.method.step import preference_step
 
-        return preference_step(self.policy, self.ref, self.spec, self.inputs, kind="dpo", beta=self.beta,
-                               chunk_size=self.chunk, keep_graph=self.keep_graph)["loss"]
+        policy, ref, backward = self.policy, self.ref, torch.Tensor.backward
+        if self.clock is not None:
+            clock, pending = self.clock, [0]  # rows forwarded with gradients since the last backward
+
+            def policy(*a):
+                grad = torch.is_grad_enabled()
+                pending[0] += a[0].shape[0] if grad else 0
+                with clock.part("policy forward" if grad else "policy forward, no grad", a[0].shape[0]):
+                    return self.policy(*a)
+
+            def backward(loss):
+                with clock.part("backward", pending[0]):
+                    loss.backward()
+                pending[0] = 0
+
+            ref = _TimedReference(self.ref, clock)
+        return preference_step(policy, ref, self.spec, self.inputs, kind="dpo", beta=self.beta,
+                               chunk_size=self.chunk, keep_graph=self.keep_graph, backward=backward)["loss"]
 
 
 class Official:
-    """The official loop: a separate frozen reference copy; per negative 4 passes and one backward."""
+    """The official loop: a separate frozen reference copy; per negative 4 passes and one backward.
+
+    Its loss is the official trainer's: the SUM over the K negatives of the per-negative DPO loss (each averaged
+    over the batch), so its value and gradient are K times realdpo's mean over negatives.
+    """
 
     name = "official"
 
-    def __init__(self, spec, data, beta, base_copy):
-        self.spec, self.beta, self.data = spec, beta, data
+    def __init__(self, spec, data, beta, base_copy, clock: Clock | None = None):
+        self.spec, self.beta, self.data, self.clock = spec, beta, data, clock
         self.ref = base_copy
+
+    def _part(self, kind: str, rows: int):
+        return self.clock.part(kind, rows) if self.clock is not None else contextlib.nullcontext()
 
     def step(self):
         spec, (winners, losers, noise, t, cond) = self.spec, self.data
-        total = 0.0
+        b, total = winners.shape[0], 0.0
         for j in range(losers.shape[1]):
-            ew = spec.per_sample_error(spec.transformer, winners, noise, t, cond)
-            el = spec.per_sample_error(spec.transformer, losers[:, j], noise, t, cond)
-            with torch.no_grad():
+            with self._part("policy forward", 2 * b):
+                ew = spec.per_sample_error(spec.transformer, winners, noise, t, cond)
+                el = spec.per_sample_error(spec.transformer, losers[:, j], noise, t, cond)
+            with torch.no_grad(), self._part("reference forward", 2 * b):
                 rw = spec.per_sample_error(self.ref, winners, noise, t, cond)
                 rl = spec.per_sample_error(self.ref, losers[:, j], noise, t, cond)
-            loss = -F.logsigmoid(-0.5 * self.beta * ((ew - rw) - (el - rl))).mean() / losers.shape[1]
-            loss.backward()
+            loss = -F.logsigmoid(-0.5 * self.beta * ((ew - rw) - (el - rl))).mean()
+            with self._part("backward", 2 * b):
+                loss.backward()
             total += loss.item()
         return total
 
 
-def make(side: str, args, device, dtype):
+def make(side: str, args, device, dtype, clock: Clock | None = None):
     spec, latent, text = build(args.size, device, dtype, args.gradient_checkpointing)
     base_copy = None
     if side == "official":  # the frozen copy is taken before the adapter exists: it is the base model
         base_copy = copy.deepcopy(spec.transformer).eval().requires_grad_(False)
     params = add_lora(spec, args.rank)
     data = batch(spec, latent, text, args.batch, args.k, device, dtype)
-    runner = Ours(spec, data, args.beta, args.chunk_size, args.keep_graph) if side == "realdpo" \
-        else Official(spec, data, args.beta, base_copy)
+    runner = Ours(spec, data, args.beta, args.chunk_size, args.keep_graph, clock) if side == "realdpo" \
+        else Official(spec, data, args.beta, base_copy, clock)
     return runner, params
 
 
-def measure(args, device, dtype) -> tuple[float, float, int, int, float]:
-    """Peak memory of each side's setup + first step, then the median time of `repeat` alternating steps."""
+SIDES = ("realdpo", "official")
+
+
+def measure(args, device, dtype) -> dict:
+    """Peak memory of each side's setup + first step (the warm-up), then `repeat` timed steps per side in
+    alternating order (realdpo first in even repeats, official first in odd ones), each with its per-pass times."""
     from realdpo.memory import TensorTracker, peak_allocated
 
-    runners, peaks, losses = {}, {}, {}
-    for side in ("realdpo", "official"):
+    runners, peaks, losses, clocks = {}, {}, {}, {}
+    for side in SIDES:
+        clocks[side] = Clock(device)
+
         def first_step(side=side):
-            runner, params = make(side, args, device, dtype)
+            runner, params = make(side, args, device, dtype, clocks[side])
             losses[side] = runner.step()
             for p in params:
                 p.grad = None
@@ -195,25 +283,65 @@ def measure(args, device, dtype) -> tuple[float, float, int, int, float]:
             with TensorTracker() as tracker:
                 first_step()
             peaks[side] = tracker.peak
-    times = {"realdpo": [], "official": []}
-    for _ in range(args.repeat):
-        for side, (runner, params) in runners.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+    steps = {side: [] for side in SIDES}
+    for i in range(args.repeat):
+        for side in (SIDES if i % 2 == 0 else SIDES[::-1]):
+            runner, params = runners[side]
+            clock = clocks[side]
+            clock.reset()
+            clock.sync()
             t0 = time.perf_counter()
+            c0 = time.process_time()
             runner.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[side].append(time.perf_counter() - t0)
+            clock.sync()
+            steps[side].append({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                                "passes": {k: {"s": clock.seconds[k], "cpu_s": clock.cpu_seconds[k], "rows": clock.rows[k], "calls": clock.calls[k]}
+                                           for k in Clock.KINDS}})
             for p in params:
                 p.grad = None
-    return (statistics.median(times["realdpo"]), statistics.median(times["official"]), peaks["realdpo"],
-            peaks["official"], abs(losses["realdpo"] - losses["official"]))
+    return {"steps": steps, "peak_bytes": peaks, "loss": losses}
+
+
+def summarize(size: str, r: dict, k: int) -> dict:
+    """Medians over the repeats, the paired per-repeat ratios, and each kind of pass's median seconds."""
+    med = {side: statistics.median(s["wall_s"] for s in r["steps"][side]) for side in SIDES}
+    cpu = {side: statistics.median(s["cpu_s"] for s in r["steps"][side]) for side in SIDES}
+    paired = [a["wall_s"] / b["wall_s"] for a, b in zip(r["steps"]["realdpo"], r["steps"]["official"])]
+    passes = {side: {kind: {"s": statistics.median(s["passes"][kind]["s"] for s in r["steps"][side]),
+                            "cpu_s": statistics.median(s["passes"][kind]["cpu_s"] for s in r["steps"][side]),
+                            "rows": r["steps"][side][0]["passes"][kind]["rows"],
+                            "calls": r["steps"][side][0]["passes"][kind]["calls"]}
+                     for kind in Clock.KINDS} for side in SIDES}
+    overrides, f, h, w, text = SIZES[size]
+    return {"size": size, "tokens_per_row": f * (h // 2) * (w // 2) + text, "median_wall_s": med, "median_cpu_s": cpu,
+            "time_ratio": med["realdpo"] / med["official"], "paired_ratios": paired,
+            "cpu_ratio": cpu["realdpo"] / cpu["official"],
+            "mem_ratio": r["peak_bytes"]["realdpo"] / r["peak_bytes"]["official"],
+            "peak_bytes": r["peak_bytes"], "passes": passes,
+            # the official loss sums over the K negatives, realdpo's averages: equal after dividing by K
+            "loss": r["loss"], "loss_difference_at_equal_scale": abs(r["loss"]["realdpo"] - r["loss"]["official"] / k),
+            "steps": r["steps"]}
+
+
+def print_summary(s: dict) -> None:
+    size, med = s["size"], s["median_wall_s"]
+    print(f"[{size}] {s['tokens_per_row']} tokens/row | step time (median of {len(s['paired_ratios'])}): realdpo "
+          f"{med['realdpo']:.3f}s, official {med['official']:.3f}s (CPU {s['median_cpu_s']['realdpo']:.3f}s, "
+          f"{s['median_cpu_s']['official']:.3f}s) | paired ratios {' '.join(f'{x:.3f}' for x in s['paired_ratios'])} | "
+          f"peak memory: realdpo {s['peak_bytes']['realdpo'] / 2**20:.0f} MiB, official "
+          f"{s['peak_bytes']['official'] / 2**20:.0f} MiB | |loss - official loss / K| "
+          f"{s['loss_difference_at_equal_scale']:.2e}", flush=True)
+    for kind in Clock.KINDS:
+        a, b = s["passes"]["realdpo"][kind], s["passes"]["official"][kind]
+        ratio = f"{a['s'] / b['s']:.3f} (CPU {a['cpu_s'] / b['cpu_s']:.3f})" if b["s"] and b["cpu_s"] else "-"
+        print(f"[{size}]   {kind:24s} realdpo {a['s']:8.3f}s, CPU {a['cpu_s']:8.3f}s ({a['calls']} calls, {a['rows']} "
+              f"rows) | official {b['s']:8.3f}s, CPU {b['cpu_s']:8.3f}s ({b['calls']} calls, {b['rows']} rows) | "
+              f"ratio {ratio}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", nargs="+", default=["small", "medium", "4k-tokens"], choices=list(SIZES),
+    ap.add_argument("--sizes", nargs="+", default=["small", "medium", "4k-tokens-narrow"], choices=list(SIZES),
                     help="Model sizes to run, in order (the last one's ratios are printed last).")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="Model dtype (default float32 on CPU, bfloat16 on CUDA).")
@@ -221,14 +349,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3, help="Negatives per clip (K).")
     ap.add_argument("--rank", type=int, default=16, help="LoRA rank.")
     ap.add_argument("--beta", type=float, default=5000.0)
-    ap.add_argument("--repeat", type=int, default=None,
-                    help="Timed steps per side after the first (default 3; 1 for 4k-tokens and larger).")
+    ap.add_argument("--repeat", type=int, default=3, help="Timed steps per side after the warm-up step, alternating.")
     ap.add_argument("--chunk-size", type=int, default=1,
                     help="realdpo's --chunk-size in rows (0: all rows in one pass).")
     ap.add_argument("--keep-graph", action="store_true", help="realdpo's --keep-graph (instead of streamed chunks).")
     ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                     help="Gradient checkpointing on both sides (the official training scripts enable it).")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default; 1 is steadier on shared cores).")
+    ap.add_argument("--out", type=Path, default=None, help="Write every repeat and pass time here as JSON.")
     args = ap.parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.chunk_size = args.chunk_size or None
@@ -236,23 +364,27 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} B={args.batch} K={args.k} "
-          f"lora_rank={args.rank} chunk_size={args.chunk_size} keep_graph={args.keep_graph} "
-          f"gradient_checkpointing={args.gradient_checkpointing}", flush=True)
-    repeat, line = args.repeat, ""
+    header = dict(device=str(device), dtype=args.dtype, threads=torch.get_num_threads(), B=args.batch, K=args.k,
+                  lora_rank=args.rank, chunk_size=args.chunk_size, keep_graph=args.keep_graph,
+                  gradient_checkpointing=args.gradient_checkpointing, repeat=args.repeat)
+    print(" ".join(f"{k}={v}" for k, v in header.items()), flush=True)
+    repeat, line, results = args.repeat, "", []
     for size in ("warmup", *args.sizes):  # warmup: kernels and lazy imports, not reported
         args.size = size
-        args.repeat = repeat or (3 if size in ("warmup", "small", "medium") else 1)
-        t_ours, t_off, m_ours, m_off, dloss = measure(args, device, dtype)
+        args.repeat = 1 if size == "warmup" else repeat
+        summary = summarize(size, measure(args, device, dtype), args.k)
         if size == "warmup":
             continue
-        overrides, f, h, w, text = SIZES[size]
-        tokens = f * (h // 2) * (w // 2) + text
-        print(f"[{size}] {tokens} tokens/row | step time: realdpo {t_ours:.3f}s, official {t_off:.3f}s | peak memory: "
-              f"realdpo {m_ours / 2**20:.0f} MiB, official {m_off / 2**20:.0f} MiB | |loss difference| {dloss:.2e}",
-              flush=True)
-        line = f"time_ratio={t_ours / t_off:.3f} mem_ratio={m_ours / m_off:.3f}"
+        results.append(summary)
+        print_summary(summary)
+        line = (f"time_ratio={summary['time_ratio']:.3f} cpu_time_ratio={summary['cpu_ratio']:.3f} "
+                f"mem_ratio={summary['mem_ratio']:.3f}")
         print(f"[{size}] {line}", flush=True)
+        if args.out:  # after every size, so a killed run keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"config": header, "sizes": results}, indent=1))
+            tmp.replace(args.out)
     print(line)
 
 

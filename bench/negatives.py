@@ -13,6 +13,9 @@ needs them whatever the option), K negatives per clip, in this one process:
 - generated-25, multistep-25   half the steps with the model's sampler, and with the family's multistep solver (DPM)
 - noised-real    the real latent noised to --strength (0.5) and denoised: about strength x the steps
 - edited-real    motion-breaking edits of the real clip, VAE-encoded; no sampling
+- wan generated, wan two-pass   a Wan 2.1 pipeline of the same width, depth, text width and latent size (its
+                 UniPC sampler, --steps steps, guidance 5): guidance batched by realdpo.models.guidance, and the
+                 diffusers Wan pipeline's own two transformer calls per step (`--families wan` runs only these)
 A mix (generated:2,edited-real:1) is priced from its parts' per-negative times.
 
 Per option: seconds per clip (K negatives), negatives/s, the ratio to `generated`, and the ratio to one epoch of
@@ -25,6 +28,7 @@ model's denoising error E_ref on them (the DPO reference's view of how on-policy
 
     python bench/negatives.py                      # medium size, 1 clip, K=3, 50 steps: ~5-10 min on 2 busy cores
     python bench/negatives.py --size small --steps 10   # a quick run
+    python bench/negatives.py --families wan --repeat 3  # only the Wan rows, 3 alternating repeats
 """
 
 from __future__ import annotations
@@ -138,6 +142,79 @@ def dpo_step_times(size: str, k: int, repeat: int) -> dict[str, tuple[float, flo
     return {side: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for side, ts in times.items()}
 
 
+def build_wan_model(folder: Path, size: str) -> Path:
+    """A Wan 2.1 pipeline with the CogVideoX model's width, heads, depth, text width and latents (16 channels, 8x
+    spatial and 4x temporal compression: 3x16x16 for 9 frames at 128x128), random weights, saved like a checkpoint."""
+    import dpo_step
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    from realdpo.models.common import quiet_progress
+    from realdpo.models.tiny import T5_CONFIG, WAN_SCHEDULER, WAN_VAE
+
+    o = dpo_step.SIZES[size][0]
+    width = o["num_attention_heads"] * o["attention_head_dim"]
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=o["num_attention_heads"], attention_head_dim=o["attention_head_dim"],
+        in_channels=16, out_channels=16, text_dim=o["text_embed_dim"], freq_dim=256, ffn_dim=4 * width,
+        num_layers=o["num_layers"], cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+    vae = AutoencoderKLWan(**{**WAN_VAE, "z_dim": 16, "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16})
+    text_encoder = UMT5EncoderModel(UMT5Config(**{**T5_CONFIG, "d_model": o["text_embed_dim"]}))
+    pipe = WanPipeline(tokenizer=ByT5Tokenizer(), text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER))
+    with quiet_progress():
+        pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / "realdpo.json").write_text(json.dumps({"default_size": [9, 128, 128]}))
+    return folder
+
+
+def wan_rows(args, work: Path, samples) -> dict[str, float]:
+    """CPU seconds per clip of Wan negatives with guidance batched and in the pipeline's two calls, alternated over
+    --repeat runs (medians); prints both, their ratio and the largest difference between their latents."""
+    from realdpo.configs.negatives import NegativesConfig
+    from realdpo.data.cache import LatentCache
+    from realdpo.data.clips import decode_clip
+    from realdpo.generation.negatives import cached_prompt, encode_real, ensure_cached
+    from realdpo.generation.recipes import NegativePlan
+    from realdpo.models import load_spec
+
+    model = work / "wan-model"
+    if not (model / "model_index.json").is_file():
+        build_wan_model(model, args.size)
+    spec = load_spec(model)
+    frames, height, width, fps, n = 9, 128, 128, 16.0, len(samples)
+    base = LatentCache(work / "wan-base", spec.fingerprint(), frames, height, width, fps)
+    for s in samples:
+        base.put_real(s.ref, encode_real(spec, s.caption, decode_clip(s.mp4, frames, height, width, fps), frames))
+    cached_prompt(spec, base, spec.default_negative_prompt())
+    cfg = NegativesConfig(shards=["-"], negatives=args.k, neg_steps=args.steps, neg_guidance=5.0)
+    cfg.validate_negative_options()
+    plan = NegativePlan.from_options(cfg, spec)
+    times: dict[str, list[tuple[float, float]]] = {"wan generated": [], "wan two-pass": []}
+    latents = {}
+    for i in range(args.repeat):
+        for name in (list(times) if i % 2 == 0 else list(times)[::-1]):
+            spec.batch_guidance = name == "wan generated"
+            cache = LatentCache(work / name.replace(" ", "-"), spec.fingerprint(), frames, height, width, fps)
+            shutil.rmtree(cache.root, ignore_errors=True)
+            shutil.copytree(base.root, cache.root)
+            with Clock() as c:
+                summary = ensure_cached(spec, samples, cache, plan, frames=frames, height=height, width=width,
+                                        fps=fps, progress=False, batch_size=args.k)
+            assert summary.n_generated == n * args.k and not summary.failed, summary.to_dict()
+            times[name].append((c.cpu / n, c.wall / n))
+            latents[name] = torch.cat([plan.losers.load(cache, s.ref)[1] for s in samples])
+            print(f"  {name:>14}: {c.cpu / n:7.2f} CPU s/clip ({c.wall / n:7.2f} wall; load "
+                  f"{os.getloadavg()[0]:.1f})", flush=True)
+    med = {k: statistics.median(t[0] for t in v) for k, v in times.items()}
+    diff = float((latents["wan generated"] - latents["wan two-pass"]).abs().max())
+    print(f"Wan, {args.steps} UniPC steps, K={args.k}: guidance batched {med['wan generated']:.2f} CPU s/clip, two "
+          f"passes {med['wan two-pass']:.2f} (median of {args.repeat}; two passes / batched = "
+          f"{med['wan two-pass'] / med['wan generated']:.3f}; max |diff| of the negatives {diff:.2e})", flush=True)
+    return med
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="medium", choices=["small", "medium"])
@@ -149,6 +226,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadier on shared cores).")
     ap.add_argument("--dpo-repeat", type=int, default=2, help="Timed DPO steps per side.")
     ap.add_argument("--keep", type=Path, default=None, help="Keep the model and caches in this folder.")
+    ap.add_argument("--families", nargs="+", default=["cogvideox", "wan"], choices=["cogvideox", "wan"],
+                    help="cogvideox: every option's row; wan: the Wan rows (guidance batched vs two passes).")
+    ap.add_argument("--repeat", type=int, default=1, help="Alternating runs of the Wan rows (medians).")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -163,11 +243,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; threads={args.threads}",
           flush=True)
+    samples = list(iter_shard_samples([bikes_shard(work / "shard.tar", args.clips)]))
+    if "cogvideox" not in args.families:
+        wan_rows(args, work, samples)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     model = build_model(work / "model", args.size) if not (work / "model" / "model_index.json").is_file() \
         else work / "model"
     spec = load_spec(model)
     frames, height, width = 9, 128, 128
-    samples = list(iter_shard_samples([bikes_shard(work / "shard.tar", args.clips)]))
     n = len(samples)
 
     # the real entries every option (and training) needs, made once
@@ -248,6 +333,11 @@ def main() -> None:
           f"(max |diff| {float((negatives['one-at-a-time'] - ref).abs().max()):.2e}); guidance batched vs two passes: "
           f"{times['two-pass'] / gen:.3f}x the time in two passes (max |diff| "
           f"{float((negatives['two-pass'] - ref).abs().max()):.2e})")
+    if "wan" in args.families:
+        wan = wan_rows(args, work, samples)
+        for name, t in wan.items():
+            print(f"{name:>14} {t:8.2f} {args.k / t:7.3f} {t / gen:7.3f} {t / t_ours:9.2f} "
+                  f"{(t + t_ours) / paper:10.3f}", flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     best = min((n_ for n_ in times if n_ not in ("one-at-a-time", "two-pass")), key=lambda n_: times[n_])
     print(f"neg_to_train(generated)={gen / t_ours:.2f} end_to_end(generated)={(gen + t_ours) / paper:.3f} "

@@ -13,6 +13,7 @@ decode index (what clips are cut at) and the timecode's frame number (what PySce
 
 from __future__ import annotations
 
+import os
 from array import array
 from bisect import bisect_left
 from fractions import Fraction
@@ -67,10 +68,18 @@ class CutDetector:
     frame numbers for them.
     """
 
-    def __init__(self, name: str, threshold: float | None, clock: StreamClock, rotation: int = 0):
+    def __init__(self, name: str, threshold: float | None, clock: StreamClock, rotation: int = 0,
+                 own_reformatter: bool = False):
         from scenedetect import FrameTimecode
 
         self._tc = FrameTimecode
+        # a converter of its own, for a detector scored in another thread: two threads converting frames through
+        # PyAV's shared reformatter at once deadlocked (the curator converts analysis frames meanwhile)
+        self._reformatter = None
+        if own_reformatter:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
         self.clock = clock
         self.rotation = rotation
         self.detector = make_detector(name, threshold)
@@ -107,7 +116,8 @@ class CutDetector:
         """The BGR frame PySceneDetect's SceneManager would hand the detector."""
         import cv2
 
-        bgr = to_bgr(frame)
+        bgr = to_bgr(frame) if self._reformatter is None else \
+            self._reformatter.reformat(frame, format="bgr24", threads=1).to_ndarray()
         if self._size is None:
             self._size = pyscenedetect_size(bgr.shape[1], bgr.shape[0])
         if (bgr.shape[1], bgr.shape[0]) != self._size:
@@ -115,11 +125,18 @@ class CutDetector:
         return rotate(bgr, self.rotation)
 
     def feed(self, index: int, frame, pts: int) -> list[int]:
+        return self._add(self._score(self._advance(index, pts), frame))
+
+    def _advance(self, index: int, pts: int):
+        """Record frame `index` at `pts`; its timecode. (Cheap: the caller's thread.)"""
         tc = self.timecode(index, pts)
         self._last, self._last_tc = index, tc
         self._us.append(max(self._us[-1] if self._us else 0, self.clock.microseconds(pts)))
-        found = self.detector.process_frame(tc, self.frame_input(frame))
-        return self._add(found)
+        return tc
+
+    def _score(self, tc, frame):
+        """The detector's input and its scoring: the costly part, which may run in another thread (in order)."""
+        return self.detector.process_frame(tc, self.frame_input(frame))
 
     def finish(self) -> list[int]:
         if self._last_tc is None:
@@ -149,7 +166,11 @@ def build_cut_detector(name: str, threshold: float | None, clock: StreamClock, r
         from realaction.transnet import TransNetCutDetector
 
         return TransNetCutDetector(threshold, clock)
-    return CutDetector(name, threshold, clock, rotation)
+    if not os.environ.get("REALACTION_DETECTOR_THREAD"):  # opt-in: see realaction/pipelined_scenes.py
+        return CutDetector(name, threshold, clock, rotation)
+    from realaction.pipelined_scenes import PipelinedCutDetector  # the same cuts, scored beside decoding
+
+    return PipelinedCutDetector(CutDetector(name, threshold, clock, rotation, own_reformatter=True))
 
 
 def detect_size(width: int, height: int, side: int, multiple: int = 2) -> tuple[int, int]:

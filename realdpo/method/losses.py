@@ -110,6 +110,9 @@ def dpo_loss(err_policy_w: torch.Tensor, err_ref_w: torch.Tensor, err_policy_l: 
              err_ref_l: torch.Tensor, beta: float, loss_type: str = "dpo") -> tuple[torch.Tensor, dict[str, float]]:
     """Multi-negative Diffusion-DPO: mean over batch and k of `-log σ(-(beta/2) d_k)`.
 
+    The official trainer sums over k instead (K times this value and gradient); the mean keeps the loss and the
+    gradient's size independent of K, so a learning rate and clipping threshold carry over between K (docs/benchmarks.md).
+
     loss_type "ipo" uses `(-(beta/2) d_k - 1/2)^2` (a squared margin target) and "hinge" `relu(1 + (beta/2) d_k)`.
     Returns the scalar loss and float metrics (see `preference_metrics`).
     """

@@ -14,6 +14,7 @@ import torch
 
 from realaction.errors import UserError, one_line
 from realdpo.models.base import Cond, ModelSpec
+from realdpo.models.guidance import batched_guidance
 
 REQUIRED_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -139,6 +140,9 @@ class DiffusersSpec(ModelSpec):
     multistep_scheduler: ClassVar[str]  # the family's multistep solver (diffusers class), for sampler="multistep"
     max_sequence_length: int
     encoders = None  # realdpo.models.placement.EncoderGroup: components kept off the accelerator until they run
+    # the pipeline calls its transformer twice per guided step (cond, uncond): batch them when the negative prompt's
+    # embeddings are given (realdpo.models.guidance); False also on an instance runs the pipeline's own two calls
+    batch_guidance: bool = False
 
     def __init__(self, path: Path, task: str, pipe, device: torch.device, dtype: torch.dtype):
         self.path, self.task, self.device, self.dtype = Path(path), task, torch.device(device), dtype
@@ -362,10 +366,14 @@ class DiffusersSpec(ModelSpec):
                 callback(i + 1, len(_pipe.scheduler.timesteps))
                 return {}
             kwargs["callback_on_step_end"] = on_step_end
-        latents = pipe(**kwargs, **self.pipeline_image_inputs(pipe, images, cond, height, width),
-                       num_frames=num_frames, height=height, width=width, num_inference_steps=steps,
-                       guidance_scale=guidance, generator=generators, output_type="latent",
-                       max_sequence_length=self.max_sequence_length, return_dict=False)[0]
+        guided = contextlib.nullcontext()
+        if self.batch_guidance and guidance > 1 and "negative_prompt_embeds" in kwargs:
+            guided = batched_guidance(pipe, kwargs["negative_prompt_embeds"])
+        with guided:
+            latents = pipe(**kwargs, **self.pipeline_image_inputs(pipe, images, cond, height, width),
+                           num_frames=num_frames, height=height, width=width, num_inference_steps=steps,
+                           guidance_scale=guidance, generator=generators, output_type="latent",
+                           max_sequence_length=self.max_sequence_length, return_dict=False)[0]
         return latents.float()
 
 

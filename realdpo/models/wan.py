@@ -44,6 +44,7 @@ class WanSpec(DiffusersSpec):
     multistep_scheduler = "UniPCMultistepScheduler"  # what Wan ships: already multistep
     fp32_components = ("vae", "image_encoder")  # as the diffusers Wan examples load them
     max_sequence_length = 512  # WanPipeline's default; prompt embeddings are zero-padded to it
+    batch_guidance = True  # its pipelines run guidance as two transformer calls; realdpo.models.guidance batches them
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
