@@ -124,7 +124,7 @@ def batch(spec, latent, text, b: int, k: int, device, dtype):
     g = torch.Generator().manual_seed(1)
     winners = torch.randn(b, *latent, generator=g).to(device)
     losers = torch.randn(b, k, *latent, generator=g).to(device)
-    noise = torch.randn(b, *latent, generator=g).to(device)
+    noise = torch.randn(spec.noise_shape((b, *latent)), generator=g).to(device)  # (CogVideoX 1.5: its padding frame)
     t = spec.sample_timesteps(b, 0.0, 0.5, generator=g).to(device)
     cond = {"prompt_embeds": torch.randn(b, *text, generator=g).to(device, dtype)}
     return winners, losers, noise, t, cond
@@ -210,8 +210,11 @@ class Ours:
                 pending[0] = 0
 
             ref = _TimedReference(self.ref, clock)
-        return preference_step(policy, ref, self.spec, self.inputs, kind="dpo", beta=self.beta,
-                               chunk_size=self.chunk, keep_graph=self.keep_graph, backward=backward)["loss"]
+        # raw (sum, count) statistics: no host read, so the step also runs on meta tensors (bench/memory.py)
+        total, count = preference_step(policy, ref, self.spec, self.inputs, kind="dpo", beta=self.beta,
+                                       chunk_size=self.chunk, keep_graph=self.keep_graph, backward=backward,
+                                       raw_stats=True)["loss"]
+        return total / count
 
 
 class Official:
