@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realdpo.evaluation.lab import generate_videos, heldout_prompts, score_videos  # noqa: E402
+from realdpo.lab.evaluate import generate_videos, heldout_prompts, score_videos  # noqa: E402
 from realdpo.lab.model import SAMPLE_GUIDANCE, SAMPLE_STEPS, lab_model_path  # noqa: E402
 from realdpo.lab.sets import set_clip  # noqa: E402
 from realdpo.models.frames import to_tensor, to_uint8  # noqa: E402

@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from realdpo.configs.train import TrainConfig  # noqa: E402
-from realdpo.evaluation.lab import generate_videos, heldout_prompts, score_videos, write_strip_png  # noqa: E402
+from realdpo.lab.evaluate import generate_videos, heldout_prompts, score_videos, write_strip_png  # noqa: E402
 from realdpo.lab.model import SAMPLE_GUIDANCE, SAMPLE_STEPS, lab_model_path  # noqa: E402
 from realdpo.lab.sets import curated_real_set  # noqa: E402
 

@@ -13,7 +13,7 @@ from realaction.config import CurateConfig
 from realaction.errors import UserError
 from realdpo.configs.demo import DemoConfig
 from realdpo.configs.eval import EvalConfig
-from realdpo.configs.lab import LabBuildConfig, LabRenderConfig
+from realdpo.configs.lab import LabBuildConfig, LabCheckConfig, LabRenderConfig
 from realdpo.configs.negatives import NegativesConfig
 from realdpo.configs.sample import SampleConfig
 from realdpo.configs.train import TrainConfig
@@ -44,7 +44,21 @@ add_command(app, "negatives", NegativesConfig, "realdpo.generation.negatives:pre
 add_command(app, "sample", SampleConfig, "realdpo.generation.sampling:sample",
             "Generate a video from a prompt (and a first frame), optionally with a trained LoRA.",
             out_folder=lambda cfg: cfg.out if cfg.prompts is not None else None)
-add_command(app, "eval", EvalConfig, "realdpo.evaluation.report:evaluate",
+
+
+def _eval(cfg: EvalConfig) -> dict:
+    """`realdpo eval`: the library's evaluation, with the motion lab's tracker plugged in for --lab (the lab is a
+    consumer of the library; only this layer puts the two together)."""
+    from realdpo.evaluation.report import evaluate
+
+    if not cfg.lab:
+        return evaluate(cfg)
+    from realdpo.lab.tracker import LAB_SCORER
+
+    return evaluate(cfg, lab_scorer=LAB_SCORER)
+
+
+add_command(app, "eval", EvalConfig, _eval,
             "Score folders of generated videos side by side: motion, smoothness, flicker, CLIP, FVD.")
 add_command(app, "demo", DemoConfig, "realdpo.demo:demo",
             "Curate the built-in footage, then RealDPO on the motion lab (its model, curated lab clips, physical rate "
@@ -56,6 +70,8 @@ add_command(lab_app, "render", LabRenderConfig, "realdpo.lab.sets:render",
             "Write lab clips (web mix, real set or held-out prompts) as mp4 files with caption sidecars.")
 add_command(lab_app, "build", LabBuildConfig, "realdpo.lab.build:build",
             "Retrain the built-in lab model from a seed: the VAE, then the transformer and text encoder.")
+add_command(lab_app, "check", LabCheckConfig, "realdpo.lab.evaluate:check",
+            "Sample the lab model on held-out prompts and print its render pass and physical rate (builds nothing).")
 app.add_typer(lab_app, name="lab")
 
 

@@ -30,8 +30,8 @@ def demo(cfg: DemoConfig) -> dict:
 
     from realaction.footage import make_demo_footage
     from realaction.pipeline import curate
-    from realdpo.evaluation.lab import generate_videos, heldout_prompts, score_videos, write_strip_png
     from realdpo.generation.sampling import load_lora, sample
+    from realdpo.lab.evaluate import generate_videos, heldout_prompts, score_videos, write_strip_png
     from realdpo.lab.model import SAMPLE_GUIDANCE, SAMPLE_STEPS, lab_model_path
     from realdpo.lab.sets import curated_real_set
     from realdpo.models import load_spec

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from realdpo.evaluation.lab import generate_videos, heldout_prompts
+from realdpo.lab.evaluate import generate_videos, heldout_prompts
 from realdpo.lab.model import MODEL_DIR, SAMPLE_GUIDANCE, lab_model_path
 from realdpo.lab.sets import set_clip
 from realdpo.lab.tracker import find_blobs
@@ -59,3 +59,18 @@ def test_samples_hold_the_first_frames_balls(spec):
             assert np.hypot(b.x - truth.centers[0, j, 0], b.y - truth.centers[0, j, 1]) < 2.0
         found += sum(len(find_blobs(f)) > 0 for f in video)
     assert found >= 0.9 * 4 * 17  # balls stay visible in (nearly) every generated frame
+
+
+@pytest.mark.slow
+def test_lab_check_samples_the_committed_model_and_prints_its_rates(capsys):
+    import re
+
+    from cli.main import run
+
+    assert run(["lab", "check", "--prompts", "2", "--batch-size", "2", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    m = re.fullmatch(r"lab: render_pass=(\d+\.\d) physical=(\d+\.\d) prompts=2", lines[-1])
+    assert m, lines[-1]
+    render, physical = float(m.group(1)), float(m.group(2))
+    assert render in (0.0, 50.0, 100.0) and physical <= render  # 2 videos; physical implies render pass
+    assert any(line.startswith("failed checks") for line in lines)

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from realaction.video_io import decode_frames, encode_mp4
-from realdpo.lab.tracker import best_physical_fit, find_blobs, score_lab_frames, score_video
-from realdpo.lab.world import FPS, UNREAL_KINDS, derive_seed, render_clip
+from realdpo.lab.tracker import (
+    MOTION_CHECKS,
+    RENDER_CHECKS,
+    best_physical_fit,
+    find_blobs,
+    score_lab_frames,
+    score_video,
+)
+from realdpo.lab.world import FPS, PALETTE, UNREAL_KINDS, derive_seed, render_clip
 
 N_PHYSICAL = 200
 N_UNREAL = 40
@@ -93,3 +100,23 @@ def test_balls_found_counts_a_colour_once_when_frame_0_holds_it_twice():
     assert not score.physical and "color" in score.failed
     assert score.balls_found == 1.0 and score.consistent_frames == 1.0
     assert score.residual is None  # which blob is which ball is unknown: the video is not followed
+
+
+def test_render_failures_are_told_apart_from_motion_failures():
+    clip = render_clip(derive_seed("tracker-test", "render"), n_balls=1)
+    bg = np.asarray(clip.frames[0, 0, 0], np.uint8)
+    gone = clip.frames.copy()
+    gone[5:] = bg  # the ball vanishes from frame 5 on
+    s = score_video(gone)
+    assert not s.render_pass and "count" in s.failed and not s.physical
+    other = [c for c in PALETTE if c != clip.colors[0][0]][0]
+    recolored = clip.frames.copy()
+    ball = (recolored[4:] != bg).any(-1)
+    recolored[4:][ball] = PALETTE[other]  # the ball changes colour from frame 4 on
+    s = score_video(recolored)
+    assert not s.render_pass and s.failed == ["color"]
+    stalled = score_video(render_clip(derive_seed("tracker-test", "render"), "stall", n_balls=1).frames)
+    assert stalled.render_pass and not stalled.physical and set(stalled.failed) <= set(MOTION_CHECKS)
+    fine = score_video(clip.frames)
+    assert fine.render_pass and fine.physical and fine.failed == []
+    assert set(RENDER_CHECKS).isdisjoint(MOTION_CHECKS)

@@ -1,9 +1,10 @@
-"""Options of `realdpo lab build` and `realdpo lab render`."""
+"""Options of `realdpo lab build`, `realdpo lab render` and `realdpo lab check`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from realaction.errors import UserError
 from realaction.fields import field
@@ -77,3 +78,21 @@ class LabRenderConfig:
             raise UserError(f"unknown --set {self.set!r}; choose one of {', '.join(LAB_SETS)}")
         if self.count < 1:
             raise UserError("--count must be at least 1")
+
+
+@dataclass
+class LabCheckConfig:
+    seed: int = field(0, help="Seed of the held-out set the prompts (first frames and captions) are drawn from.")
+    prompts: int = field(64, help="Held-out prompts to sample (one video each, sampler seed fixed per prompt).")
+    model: Optional[Path] = field(None, help="Lab pipeline folder to check (e.g. a rebuilt `realdpo lab build --out`); "
+                                  "default: the committed lab model.")
+    batch_size: int = field(16, help="Prompts sampled together.")
+    threads: int = field(0, help="torch threads (0: torch's default).")
+
+    def validate(self) -> None:
+        if self.prompts < 1 or self.batch_size < 1:
+            raise UserError("--prompts and --batch-size must be at least 1")
+        if self.threads < 0:
+            raise UserError("--threads must not be negative")
+        if self.model is not None and not (Path(self.model) / "model_index.json").is_file():
+            raise UserError(f"--model {self.model}: not a diffusers pipeline folder (no model_index.json)")

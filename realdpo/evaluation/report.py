@@ -18,7 +18,7 @@ from realaction.errors import UserError
 from realdpo.configs.eval import EvalConfig
 from realdpo.evaluation import motion
 from realdpo.evaluation.intervals import LEVEL, interval
-from realdpo.evaluation.scoring import Job, Result, init_worker, run_job
+from realdpo.evaluation.scoring import FrameScorer, Job, Result, init_worker, run_job
 from realdpo.evaluation.videos import (
     expand_real,
     list_videos,
@@ -77,8 +77,12 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run every available metric over every method's videos; returns the report dict (also written as JSON)."""
+def evaluate(cfg: EvalConfig, lab_scorer: FrameScorer | None = None) -> dict:
+    """Run every available metric over every method's videos; returns the report dict (also written as JSON).
+    `--lab` scores with `lab_scorer`, the motion lab's tracker, which the command line plugs in (the library's
+    evaluation does not import the lab)."""
+    if cfg.lab and lab_scorer is None:
+        raise UserError("--lab needs the motion lab's scorer; run it as `realdpo eval --lab`")
     console = Console(stderr=False)
     started = time.time()
     methods = parse_methods(cfg.videos)
@@ -131,7 +135,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         for i, path in enumerate(files):
             jobs.append(Job(name, i, path.name, path, cfg.flow_side, cfg.sample_fps,
                             clip_frames=cfg.clip_frames if clip_model is not None else None,
-                            fvd=detector is not None, strip=i < cfg.strip_videos, lab=cfg.lab))
+                            fvd=detector is not None, strip=i < cfg.strip_videos,
+                            scorer=lab_scorer if cfg.lab else None))
     if detector is not None:
         jobs += [Job("", i, c.name, c.data, cfg.flow_side, cfg.sample_fps, motion=False, fvd=True)
                  for i, c in enumerate(real)]
@@ -178,6 +183,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                       "the mean over all their videos (their seeds); differences are method minus the first --videos "
                       "method over the videos both have (same file name: same prompt and seed), resampled the same "
                       "way", "metrics": list(PER_VIDEO)}
+    if cfg.lab:
+        report["settings"]["lab"] = lab_scorer.settings
     if pref is not None:
         if pref["metrics"]:
             report["methods"].setdefault(cfg.pref_name, {"n_videos": 0}).update(pref["metrics"])
@@ -265,7 +272,6 @@ def _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_e
                 "frames": 16, "size": 224, "definition": "Fréchet distance of I3D logits (first 16 frames, "
                 "shorter side 224 + centre crop, [-1, 1]) between generated and real clips"},
         "higher_is_better": dict(METRICS),
-        **({"lab": _lab_settings()} if cfg.lab else {}),
         "skipped": skipped,
         "errors": errors,
         "workers": cfg.workers,
@@ -365,15 +371,6 @@ def _lab_metrics(ok: list[Result]) -> dict:
         if value is not None:
             out[key] = value
     return out
-
-
-def _lab_settings() -> dict:
-    from realdpo.lab.tracker import TOLERANCES
-
-    return {"tolerances": TOLERANCES, "definition": "physical_rate: percentage of videos whose tracked balls pass "
-            "every check of realdpo.lab.tracker; lab_residual: mean RMS px of the best physical fit (tracked videos); "
-            "lab_consistent_frames: % of frames after frame 0 holding exactly frame 0's balls; lab_balls_found: % of "
-            "(frame-0 ball, later frame) pairs whose colour is found (both means over videos)"}
 
 
 def _finite(obj):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -15,6 +16,17 @@ from realdpo.evaluation.videos import center_square, decode_small
 FVD_FRAMES = 16  # I3D clip length (StyleGAN-V / common FVD code)
 STRIP_FRAMES = 6
 STRIP_HEIGHT = 96
+
+
+@dataclass(frozen=True)
+class FrameScorer:
+    """A plug-in score for each decoded video, supplied by a consumer of the library (the motion lab's physics
+    tracker is one, plugged in by `realdpo eval --lab`). `score` must be a module-level function (the workers
+    receive it by reference): uint8 frames [F, H, W, 3] -> scores, under keys prefixed `name`_."""
+
+    name: str
+    score: Callable[[np.ndarray], dict]
+    settings: dict = field(default_factory=dict)  # tolerances and definitions, copied into the report
 
 
 @dataclass
@@ -29,7 +41,7 @@ class Job:
     clip_frames: int | None = None  # None: no CLIP; 0: every frame; n: n evenly spaced frames
     fvd: bool = False
     strip: bool = False
-    lab: bool = False  # score with the motion lab's physics tracker
+    scorer: FrameScorer | None = None  # a plug-in score (e.g. the motion lab's tracker for --lab)
 
 
 @dataclass
@@ -71,10 +83,8 @@ def run_job(job: Job) -> Result:
         m = motion_scores(frames, fps, job.sample_fps)
         d = asdict(m)
         res.scores.update(d)
-    if job.lab:
-        from realdpo.lab.tracker import score_lab_frames
-
-        res.scores.update(score_lab_frames(frames))
+    if job.scorer is not None:
+        res.scores.update(job.scorer.score(frames))
     if job.clip_frames is not None:
         res.clip_images = evenly_spaced(frames, job.clip_frames or len(frames))
     if job.fvd and len(frames) >= FVD_FRAMES:  # shorter videos are left out of FVD, as StyleGAN-V discards them

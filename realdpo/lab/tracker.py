@@ -7,14 +7,20 @@ blobs (8-connected); each blob, grown by `GROW` px, gets a soft coverage `clip(c
 coverage (kept when >= `MIN_AREA` px), its centre the coverage-weighted mean (x, y), its radius sqrt(area / pi),
 its colour the mean RGB of its fully covered pixels, named by the nearest palette colour.
 
-Scoring (per video): the objects are the blobs of frame 0; each later frame must hold blobs of exactly the same
-palette colours. A video is **physical** when every check passes (`TOLERANCES`, validated in
-tests/test_lab_tracker.py on rendered clips):
+Scoring (per video) runs in two passes (`TOLERANCES`, validated in tests/test_lab_tracker.py on rendered clips
+after the H.264 round trip the real set takes). The objects are the blobs of frame 0; each later frame must hold
+blobs of exactly the same palette colours.
+
+**Render pass** (`RENDER_CHECKS`: did the model draw the world's object at all?)
 
 - `no-object`: frame 0 holds at least one ball;
 - `count`: every frame holds as many balls as frame 0 (nothing appears or vanishes);
 - `color`: each ball keeps its palette colour and stays within `COLOR_TOL` (RGB distance) of its frame-0 colour;
-- `size`: each ball's largest radius is at most `SIZE_TOL` x its smallest;
+- `size`: each ball's largest radius is at most `SIZE_TOL` x its smallest.
+
+**Motion checks** (`MOTION_CHECKS`: does the drawn ball move as the world's physics says? Run on every video the
+tracker can follow, so a video that fails the render pass still reports its motion numbers):
+
 - `stall`: no ball moves less than `STALL_STEP` px per frame for 2 or more consecutive frames (every ball in this
   world moves at least 1 px per frame, except across one frame at a bounce), which also fails frozen balls;
 - `teleport`: no single frame step differs from the best physical fit's step by more than `TELEPORT_STEP` px;
@@ -22,11 +28,12 @@ tests/test_lab_tracker.py on rendered clips):
   laws: constant velocity, or gravity `GRAVITY`; elastic walls at the ball's measured radius) leaves an RMS
   error <= `RESIDUAL_RMS` px and a largest error <= `RESIDUAL_MAX` px.
 
-Two graded scores sit beside the checks, for videos far from physical (a weak model's samples fail `count` on
-a single frame with one stray blob, so the pass/fail rate alone can sit at 0 for every method):
-`consistent_frames`, the share of frames after frame 0 that hold exactly frame 0's balls (as many blobs, of the same
-palette colours), and `balls_found`, the share of (frame-0 ball, later frame) pairs where a blob of that ball's colour
-is found. Both are 0 for a video whose frame 0 holds no ball.
+A video is **physical** when it passes the render pass and every motion check.
+
+Two graded scores sit beside the checks, for videos far from physical: `consistent_frames`, the share of frames
+after frame 0 that hold exactly frame 0's balls (as many blobs, of the same palette colours), and `balls_found`,
+the share of (frame-0 ball, later frame) pairs where a blob of that ball's colour is found. Both are 0 for a video
+whose frame 0 holds no ball.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from realdpo.evaluation.scoring import FrameScorer
 from realdpo.lab.world import GRAVITY, PALETTE, SIZE, simulate_axis
 
 CORE_CONTRAST = 60.0
@@ -50,7 +58,9 @@ RESIDUAL_MAX = 2.0
 TOLERANCES = dict(core_contrast=CORE_CONTRAST, min_area=MIN_AREA, color_tol=COLOR_TOL, size_tol=SIZE_TOL,
                   stall_step=STALL_STEP, teleport_step=TELEPORT_STEP, residual_rms=RESIDUAL_RMS,
                   residual_max=RESIDUAL_MAX)
-CHECKS = ("no-object", "count", "color", "size", "stall", "teleport", "residual")
+RENDER_CHECKS = ("no-object", "count", "color", "size")
+MOTION_CHECKS = ("stall", "teleport", "residual")
+CHECKS = RENDER_CHECKS + MOTION_CHECKS
 
 _PALETTE_NAMES = list(PALETTE)
 _PALETTE_RGB = np.array([PALETTE[n] for n in _PALETTE_NAMES], np.float32)
@@ -145,7 +155,8 @@ def best_physical_fit(track: np.ndarray, radius: float, size: int = SIZE) -> tup
 
 @dataclass
 class VideoScore:
-    physical: bool
+    physical: bool  # render pass and every motion check
+    render_pass: bool = False  # no RENDER_CHECKS failed
     failed: list[str] = field(default_factory=list)  # the checks that failed, in CHECKS order
     objects: int = 0
     consistent_frames: float = 0.0  # share of frames 1.. holding exactly frame 0's balls (count and colours)
@@ -170,7 +181,7 @@ def score_video(frames: np.ndarray) -> VideoScore:
     per_frame = [find_blobs(f) for f in frames]
     first = per_frame[0]
     if not first:
-        return VideoScore(False, ["no-object"])
+        return VideoScore(False, False, ["no-object"])
     names = [b.color for b in first]
     failed: set[str] = set()
     if len(set(names)) != len(names):
@@ -190,11 +201,12 @@ def score_video(frames: np.ndarray) -> VideoScore:
             if n in seen:
                 tracks[n].append(seen[n])
     later = max(len(frames) - 1, 1)
-    score = VideoScore(False, objects=len(first), consistent_frames=(consistent - 1) / later,
+    score = VideoScore(False, False, objects=len(first), consistent_frames=(consistent - 1) / later,
                        balls_found=(sum(len(t) for t in tracks.values()) - len(tracks)) / (later * len(tracks)))
     if len(tracks) != len(names) or any(len(t) != len(frames) for t in tracks.values()):
         # two balls of one colour in frame 0, or a colour went missing: "color" failed, and no ball can be followed
         score.failed = [c for c in CHECKS if c in failed]
+        score.render_pass = not failed  # always False here: "color" failed
         return score
 
     resid, resid_max, ratios, drifts, runs, jumps = [], [], [], [], [], []
@@ -228,6 +240,7 @@ def score_video(frames: np.ndarray) -> VideoScore:
     if score.residual > RESIDUAL_RMS or score.residual_max > RESIDUAL_MAX:
         failed.add("residual")
     score.failed = [c for c in CHECKS if c in failed]
+    score.render_pass = not any(c in failed for c in RENDER_CHECKS)
     score.physical = not failed
     return score
 
@@ -237,5 +250,15 @@ def score_lab_frames(frames: np.ndarray) -> dict:
     if frames.shape[1:3] != (SIZE, SIZE):
         frames = np.stack([cv2.resize(f, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for f in frames])
     s = score_video(frames)
-    return {"lab_physical": s.physical, "lab_failed": s.failed, "lab_residual": s.residual,
+    return {"lab_physical": s.physical, "lab_render_pass": s.render_pass, "lab_failed": s.failed,
+            "lab_residual": s.residual,
             "lab_consistent_frames": 100.0 * s.consistent_frames, "lab_balls_found": 100.0 * s.balls_found}
+
+
+# `realdpo eval --lab`: the command line plugs this scorer into the library's evaluation.
+LAB_SCORER = FrameScorer("lab", score_lab_frames, {
+    "tolerances": TOLERANCES, "render_checks": list(RENDER_CHECKS), "motion_checks": list(MOTION_CHECKS),
+    "definition": "physical_rate: percentage of videos whose tracked balls pass every check of realdpo.lab.tracker "
+    "(render checks and motion checks); lab_render_pass: % passing the render checks; lab_residual: mean RMS px of "
+    "the best physical fit (tracked videos); lab_consistent_frames: % of frames after frame 0 holding exactly frame "
+    "0's balls; lab_balls_found: % of (frame-0 ball, later frame) pairs whose colour is found (means over videos)"})
