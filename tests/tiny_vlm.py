@@ -26,15 +26,9 @@ CHAT_TEMPLATE = (
 
 
 def tiny_qwen2_tokenizer():
-    from tokenizers import pre_tokenizers
-    from transformers import Qwen2Tokenizer
+    from realdpo.models.tiny import tiny_qwen2_tokenizer as byte_level
 
-    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for token in SPECIAL_TOKENS:
-        vocab[token] = len(vocab)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
-    return tok
+    return byte_level(SPECIAL_TOKENS, chat_template=None)
 
 
 def write_tiny_qwen2_vl(folder: Path, seed: int = 0) -> Path:

@@ -7,6 +7,8 @@ reward: the reward of a sample under the policy is `-(beta/2) * (E_policy - E_re
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -98,11 +100,15 @@ def pair_stats(err_policy_w: torch.Tensor, err_ref_w: torch.Tensor, err_policy_l
     return out
 
 
-def stats_means(stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+def stats_means(stats: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """sum / count of each metric of `pair_stats` in one host sync; a metric with no count (an empty group) is left
-    out."""
+    out. `reduce` sums the packed [metrics, 2] (sum, count) tensor over processes before it is read."""
     names = list(stats)
-    values = torch.stack([torch.stack([s.float(), c.float()]) for s, c in stats.values()]).cpu().tolist()
+    sums = [torch.as_tensor(s).float() for s, _ in stats.values()]
+    packed = torch.stack([torch.stack([s, torch.as_tensor(c, device=s.device).float()])
+                          for s, (_, c) in zip(sums, stats.values())])
+    values = (reduce(packed) if reduce is not None else packed).cpu().tolist()
     return {n: s / c for n, (s, c) in zip(names, values) if c > 0}
 
 

@@ -89,17 +89,20 @@ QWEN_TINY_CHAT_TEMPLATE = (
 )
 
 
-def tiny_qwen2_tokenizer():
-    """A byte-level Qwen2 tokenizer over the 256 byte symbols (no merges) with Qwen's chat tokens, built offline."""
+def tiny_qwen2_tokenizer(special_tokens: tuple[str, ...] = QWEN_SPECIAL_TOKENS,
+                         chat_template: str | None = QWEN_TINY_CHAT_TEMPLATE):
+    """A byte-level Qwen2 tokenizer over the 256 byte symbols (no merges) with `special_tokens` (the first is the
+    padding token), built offline; `chat_template` None leaves it without one."""
     from tokenizers import pre_tokenizers
     from transformers import Qwen2Tokenizer
 
     vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for token in QWEN_SPECIAL_TOKENS:
+    for token in special_tokens:
         vocab[token] = len(vocab)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
-    tok.chat_template = QWEN_TINY_CHAT_TEMPLATE
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token=special_tokens[0])
+    tok.add_special_tokens({"additional_special_tokens": list(special_tokens[1:])})
+    if chat_template is not None:
+        tok.chat_template = chat_template
     return tok
 
 

@@ -398,6 +398,7 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """`grad_accum` micro-batches, one optimizer step, the EMA update; returns the step's metrics row."""
         from realdpo.data.stream import derive_seed
+        from realdpo.method.losses import stats_means
         from realdpo.method.step import build_inputs, draw_noise, preference_step
 
         cfg, acc, policy = self.cfg, self.accelerator, self.policy
@@ -438,13 +439,9 @@ class Trainer:
         if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns the norm as a (replicated) DTensor
             grad_norm = grad_norm.full_tensor()
         stats["grad_norm"] = (torch.as_tensor(grad_norm, device=acc.device).float(), one)
-        names = sorted(stats)
-        packed = torch.stack([torch.stack([torch.as_tensor(s, device=acc.device).float(),
-                                           torch.as_tensor(c, device=acc.device).float()]) for s, c in
-                              (stats[n] for n in names)])
-        packed = acc.reduce(packed, "sum").tolist()
+        means = stats_means({n: stats[n] for n in sorted(stats)}, reduce=lambda x: acc.reduce(x, "sum"))
         lr = self.lr_scheduler.get_last_lr()[0]
-        row: dict[str, Any] = {"step": step + 1, **{n: s / c for n, (s, c) in zip(names, packed) if c > 0},
+        row: dict[str, Any] = {"step": step + 1, **means,
                                "lr": lr, "round": r, "epoch": self.stream.stream.epoch_of(batch_index - 1)}
         self.check_finite(row)
         self.optimizer.step()
@@ -549,8 +546,7 @@ class Trainer:
         self.build_model()
         self.restore()
         cfg = self.cfg
-        last_ckpt: Path | None = self.resume_from
-        self.last_ckpt = last_ckpt
+        self.last_ckpt = self.resume_from
         if self.state["step"] < cfg.steps:  # the first round's negatives, before the training bar opens
             self.open_round(_round_of(int(self.state["step"]), cfg.steps, cfg.rounds))
         with step_progress(self.main) as bar, open(self.data_log, "a") as data_file:
@@ -565,8 +561,8 @@ class Trainer:
                 if cfg.validate_every and step % cfg.validate_every == 0 and self.main:
                     self.validate(step)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    last_ckpt = self.last_ckpt = self.checkpoint(step)
-        return self.finish(last_ckpt)
+                    self.last_ckpt = self.checkpoint(step)
+        return self.finish(self.last_ckpt)
 
     def finish(self, last_ckpt: Path | None) -> TrainResult:
         """The final checkpoint, OUT/lora (or OUT/transformer), the plot; every process's weight checksum."""
