@@ -1,7 +1,7 @@
 """The lab's clip sets, each a deterministic function of (set name, seed, index):
 
 - `web`: the pretraining mix. A clip is unreal with probability `WEB_UNREAL_FRACTION`; an unreal clip's kind is
-  drawn uniformly from `UNREAL_KINDS` (so each kind is WEB_UNREAL_FRACTION / 6 of the mix).
+  drawn uniformly from `UNREAL_KINDS` (so each kind is WEB_UNREAL_FRACTION / 3 of the mix).
 - `real`: physical clips only, the post-training footage (written to disk and curated like any footage).
 - `heldout`: physical clips whose first frames and captions are the experiment's and the demo's prompts.
 
@@ -64,8 +64,8 @@ def write_set(out: Path, name: str, count: int, seed: int = 0, crf: int = 12) ->
 
 
 def lab_curate_config(src: Path, out: Path):
-    """`realdpo curate` options for lab footage: the defaults, except that 64x64 clips are not 'low-resolution' and
-    the text filter is off (the OCR detector reads 4-7 px balls upscaled to --text-side as text; the lab draws none)."""
+    """`realdpo curate` options for lab footage: the defaults, except that 32x32 clips are not 'low-resolution' and
+    the text filter is off (the OCR detector reads 4-5 px balls upscaled to --text-side as text; the lab draws none)."""
     from realaction.config import CurateConfig
 
     return CurateConfig(src=Path(src), out=Path(out), min_short_side=SIZE, max_side=SIZE, max_text_area=1.0,
