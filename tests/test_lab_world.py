@@ -118,3 +118,17 @@ def test_write_set_gives_mp4_and_caption_sidecars(tmp_path):
     frames = decode_frames(paths[0])
     assert np.abs(frames.astype(int) - set_clip("real", 0, 1).frames.astype(int)).mean() < 3
     assert len((tmp_path / "world.jsonl").read_text().splitlines()) == 3
+
+
+def test_physical_only_web_mix_keeps_each_clips_scene():
+    """`lab build --web-unreal 0` (the positive control) trains on the same scenes with the glitches left out."""
+    from realdpo.configs.lab import LabBuildConfig
+
+    assert LabBuildConfig().web_unreal == WEB_UNREAL_FRACTION
+    unreal = [i for i in range(40) if web_kind(0, i) != "physical"]
+    assert unreal, "the default mix has unreal clips"
+    for i in unreal[:5]:
+        mixed, clean = set_clip("web", i, 0), set_clip("web", i, 0, unreal_fraction=0.0)
+        assert clean.kind == "physical" and mixed.kind != "physical"
+        assert clean.caption == mixed.caption and np.array_equal(clean.frames[0], mixed.frames[0])
+    assert all(set_clip("web", i, 0, unreal_fraction=1.0).kind != "physical" for i in range(10))

@@ -37,6 +37,8 @@ class LabBuildConfig:
                                "(the encoder, and so the latents, stay as they are; 0 skips).")
     decoder_noise: float = field(0.25, help="Largest std of that noise, in units of the scaled latents (each clip draws "
                                  "its std uniformly from [0, this]).")
+    web_unreal: float = field(0.4, help="Unreal share of the web mix the model learns from (0: physical only, the "
+                              "lab's positive control of what the transformer can learn).")
     clips: int = field(1500, help="Web-mix clips encoded for the transformer (stage 2).")
     steps: int = field(3000, help="Transformer (and text encoder) optimizer steps (stage 3).")
     batch: int = field(16, help="Clips per transformer step.")
@@ -72,6 +74,8 @@ class LabBuildConfig:
             raise UserError("--caption-dropout and --ema must be in [0, 1)")
         if self.threads < 0:
             raise UserError("--threads must not be negative")
+        if not 0 <= self.web_unreal <= 1:
+            raise UserError("--web-unreal must be in [0, 1]")
 
 
 @dataclass

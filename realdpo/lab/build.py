@@ -87,7 +87,7 @@ def _vae_batch(cfg: LabBuildConfig, step: int, rng: np.random.Generator, crop: i
 
     clips, weights = [], []
     for i in range(n):
-        clip = set_clip("web", step * cfg.vae_batch + i, derive_seed("lab-build-vae-clips", cfg.seed))
+        clip = set_clip("web", step * cfg.vae_batch + i, derive_seed("lab-build-vae-clips", cfg.seed), cfg.web_unreal)
         start = int(rng.integers(0, FRAMES - cfg.vae_frames + 1))
         frames = clip.frames[start:start + cfg.vae_frames]
         ball = (frames != np.asarray(BACKGROUND, np.uint8)).any(-1)
@@ -155,7 +155,7 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
             bar.update(task, advance=1, info=f"{'full' if full else 'crop'} mse {np.mean(losses[-20:]):.5f}")
     vae.eval()
     with torch.no_grad():  # unit-scale latents: scaling_factor = 1 / std over SCALE_CLIPS clips
-        x = _videos([set_clip("web", i, derive_seed("lab-build-vae-scale", cfg.seed)).frames
+        x = _videos([set_clip("web", i, derive_seed("lab-build-vae-scale", cfg.seed), cfg.web_unreal).frames
                      for i in range(SCALE_CLIPS)]).permute(0, 2, 1, 3, 4)
         z = torch.cat([vae.encode(x[i:i + 8]).latent_dist.mode() for i in range(0, SCALE_CLIPS, 8)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
@@ -239,7 +239,7 @@ def encode_data(cfg: LabBuildConfig, spec, path: Path, count: int, tag: str) -> 
     with step_progress() as bar:
         task = bar.add_task("encode", total=count, info="web-mix clips")
         for start in range(0, count, 16):
-            clips = [set_clip("web", i, data_seed) for i in range(start, min(start + 16, count))]
+            clips = [set_clip("web", i, data_seed, cfg.web_unreal) for i in range(start, min(start + 16, count))]
             video = _videos([c.frames for c in clips])
             latents.append(spec.encode_videos(video))
             images.append(spec.encode_first_frames(video[:, 0], FRAMES)["image_latents"])

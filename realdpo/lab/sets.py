@@ -26,16 +26,17 @@ WEB_UNREAL_FRACTION = 0.4
 SETS = ("web", "real", "heldout")
 
 
-def web_kind(seed: int, index: int) -> str:
+def web_kind(seed: int, index: int, unreal_fraction: float = WEB_UNREAL_FRACTION) -> str:
     rng = np.random.default_rng(derive_seed("web-kind", seed, index))
-    return str(rng.choice(UNREAL_KINDS)) if rng.random() < WEB_UNREAL_FRACTION else "physical"
+    return str(rng.choice(UNREAL_KINDS)) if rng.random() < unreal_fraction else "physical"
 
 
-def set_clip(name: str, index: int, seed: int = 0) -> Clip:
-    """Clip `index` of set `name` ("web", "real" or "heldout") drawn with `seed`."""
+def set_clip(name: str, index: int, seed: int = 0, unreal_fraction: float = WEB_UNREAL_FRACTION) -> Clip:
+    """Clip `index` of set `name` ("web", "real" or "heldout") drawn with `seed`. `unreal_fraction` sets the web
+    mix's unreal share (0 gives the physical-only mix of the lab's positive control; a clip keeps its scene)."""
     if name not in SETS:
         raise ValueError(f"unknown lab set {name!r}; choose one of {', '.join(SETS)}")
-    kind = web_kind(seed, index) if name == "web" else "physical"
+    kind = web_kind(seed, index, unreal_fraction) if name == "web" else "physical"
     return render_clip(derive_seed("lab", name, seed, index), kind)
 
 
