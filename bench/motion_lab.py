@@ -17,8 +17,9 @@ Protocol (fixed before any arm was run; docs/lab.md, "The experiment"):
   prompt's videos are its training seeds), and paired differences against base and sft;
 - health: each DPO run's implicit-reward accuracy and margin per step (its metrics.jsonl), plotted, with the step at
   which the library's health monitor first calls the run saturated;
-- seeds: 0, 1, 2 (training seed: LoRA init, data order, noise, and the negatives' sampler seeds). The sweep trains on
-  seed VALIDATION_SEED and judges on held-out pairs of the real set, never on the held-out prompts.
+- seeds: 0, 1, 2 for sft and the recipe, 0 for the other arms (training seed: LoRA init, data order, noise, and the
+  negatives' sampler seeds). The sweep trains on seed VALIDATION_SEED and judges on held-out pairs of the real set,
+  never on the held-out prompts.
 
 Outputs in --out: results.json, table.md, physical_rate.png, health.png, strip.png (held-out prompt 0, every arm,
 seed 0), runs/<arm>-s<seed>-r<real>-k<steps>/ (the training run and its held-out scores). A rerun reuses finished
@@ -71,8 +72,10 @@ COMMON = dict(batch_size=4, lr_scheduler="constant", negatives=3, neg_steps=SAMP
 # rows per clip and the reference (forward only, ~1/3 of the cost) on 4 more, about 5x an SFT step's 1 row.
 STEPS = 2000  # SFT steps: where the positive control shows its effect clearly
 DPO_STEP_COST = 5
-FULL = dict(seeds=[0, 1, 2], prompts=64, real=128, steps=STEPS, arms=list(ARMS))
-QUICK = dict(seeds=[0], prompts=16, real=32, steps=300, arms=["sft", "dpo", "dpo-raw"])
+# base, sft and the recipe run every seed; the ablation arms run the first seed only (on 2 cores a DPO arm costs about
+# 7 minutes, so 3 seeds of all 7 arms do not fit the protocol's budget; `--ablation-seeds 0 1 2` runs them all).
+FULL = dict(seeds=[0, 1, 2], ablation_seeds=[0], prompts=64, real=128, steps=STEPS, arms=list(ARMS))
+QUICK = dict(seeds=[0], ablation_seeds=[0], prompts=16, real=32, steps=300, arms=["sft", "dpo", "dpo-raw"])
 # The sweep: the official setting (lr 1e-6, beta 5000, rank 128) and the grid around it, on a validation seed.
 VALIDATION_SEED = 100
 SWEEP = dict(lrs=[1e-6, 1e-5, 1e-4], betas=[500.0, 5000.0], rank=128, val_pairs=16)
@@ -416,12 +419,17 @@ def sweep(args, shards: list[str], model: Path, out: Path, console) -> dict:
 
 # ---------------------------------------------------------------------------------------------- workers
 
-def _job_order(arms: dict[str, dict], seeds: list[int]) -> list[tuple[str, int]]:
+def arm_seeds(name: str, seeds: list[int], ablation_seeds: list[int]) -> list[int]:
+    """base, sft and the recipe run `seeds`; every other arm `ablation_seeds`."""
+    return seeds if name in ("sft", RECIPE) else [s for s in ablation_seeds if s in seeds] or seeds[:1]
+
+
+def _job_order(arms: dict[str, dict], seeds: list[int], ablation_seeds: list[int]) -> list[tuple[str, int]]:
     """Every (arm, seed), arm by arm with the seeds interleaved, the arms that generate negatives first and sft
     last: parallel workers then start on different seeds' round-1 negatives (which the later arms of a seed reuse
     from the cache) and finish on the cheapest runs."""
     order = sorted(arms, key=lambda name: arms[name].get("loss", "dpo") == "sft")
-    return [(name, seed) for name in order for seed in seeds]
+    return [(name, seed) for name in order for seed in arm_seeds(name, seeds, ablation_seeds)]
 
 
 def _claim(folder: Path, job: str) -> bool:
@@ -472,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="1 seed, 16 prompts, 32 real clips, fewer steps (a preview)")
     ap.add_argument("--sweep", action="store_true", help="choose the DPO arms' lr and beta on the validation seed")
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; --quick: 0)")
+    ap.add_argument("--ablation-seeds", type=int, nargs="+", help="training seeds of the arms other than sft and the "
+                    "recipe (default 0)")
     ap.add_argument("--prompts", type=int, help="held-out prompts (default 64; --quick: 16)")
     ap.add_argument("--real", type=int, help="real clips (default 128; --quick: 32)")
     ap.add_argument("--steps", type=int, help=f"SFT steps; the DPO arms run a {DPO_STEP_COST}th of them (default {STEPS}; "
@@ -489,6 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.argv = argv if argv is not None else sys.argv[1:]
     preset = QUICK if args.quick else FULL
     seeds = args.seeds or preset["seeds"]
+    ablation_seeds = args.ablation_seeds or preset["ablation_seeds"]
     n_prompts, n_real = args.prompts or preset["prompts"], args.real or preset["real"]
     args.real_n = n_real
     steps = args.steps or preset["steps"]
@@ -540,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["base"] = [base]
     console.print(f"base: physical rate {base['physical_rate']:.1f}%, render pass {base['render_pass']:.1f}%")
     if args.claims is not None:  # a worker: run whatever jobs no other worker has claimed, then stop
-        for name, seed in _job_order(arms, seeds):
+        for name, seed in _job_order(arms, seeds, ablation_seeds):
             if _claim(args.claims, f"{name}-s{seed}"):
                 run_arm(name, arms[name], seed, shards, n_real, prompts, out, model)
         return {}
@@ -548,13 +559,13 @@ def main(argv: list[str] | None = None) -> dict:
         _run_workers(args.workers, args.argv, out, console)
     for name, fields in arms.items():
         results[name] = []
-        for seed in seeds:
+        for seed in arm_seeds(name, seeds, ablation_seeds):
             r = run_arm(name, fields, seed, shards, n_real, prompts, out, model)
             results[name].append(r)
             timings[f"{name}-s{seed}"] = r.get("train_seconds", 0) + r.get("eval_seconds", 0)
             console.print(f"{name} seed {seed}: physical rate {r['physical_rate']:.1f}%, render pass "
                           f"{r['render_pass']:.1f}%")
-            if seed == seeds[0]:
+            if seed == arm_seeds(name, seeds, ablation_seeds)[0]:
                 strips[name] = np.load(run_dir(out, name, seed, n_real, fields["steps"]) / "strip.npy")
 
     summary = summarize(results)
@@ -566,7 +577,7 @@ def main(argv: list[str] | None = None) -> dict:
     health_chart(results, out / "health.png", max(1, steps // DPO_STEP_COST))
     write_strip_png(strips, out / "strip.png")
     report = {"protocol": {"model": str(model), "common": COMMON, "steps": steps, "arms": arms, "recipe": RECIPE,
-                           "seeds": seeds, "prompts": n_prompts, "real_clips": n_real, "sample_steps": SAMPLE_STEPS,
+                           "seeds": seeds, "ablation_seeds": ablation_seeds, "prompts": n_prompts, "real_clips": n_real, "sample_steps": SAMPLE_STEPS,
                            "sample_guidance": SAMPLE_GUIDANCE, "dpo_setting": setting},
               "summary": summary, "runs": results, "timings_s": timings, "wall_seconds": total,
               "cpu_seconds": total_cpu, "torch_threads": torch_threads(), "workers": args.workers}

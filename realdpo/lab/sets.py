@@ -65,12 +65,14 @@ def write_set(out: Path, name: str, count: int, seed: int = 0, crf: int = 12) ->
 
 
 def lab_curate_config(src: Path, out: Path):
-    """`realdpo curate` options for lab footage: the defaults, except that 32x32 clips are not 'low-resolution' and
-    the text filter is off (the OCR detector reads 4-5 px balls upscaled to --text-side as text; the lab draws none)."""
+    """`realdpo curate` options for lab footage: the defaults, except that 32x32 clips are not 'low-resolution', a
+    9-frame clip (1.1 s) is long enough, the text filter is off (the OCR detector reads 4-5 px balls upscaled to
+    --text-side as text; the lab draws none) and so is dedup (every clip is its own draw, but one ball on a plain
+    32x32 background hashes alike)."""
     from realaction.config import CurateConfig
 
     return CurateConfig(src=Path(src), out=Path(out), min_short_side=SIZE, max_side=SIZE, max_text_area=1.0,
-                        workers=1)
+                        min_seconds=1.0, dedup=False, workers=1)
 
 
 def curated_real_set(folder: Path, count: int, seed: int = 0) -> list[str]:
