@@ -43,10 +43,10 @@ class LabBuildConfig:
     steps: int = field(3000, help="Transformer (and text encoder) optimizer steps (stage 3).")
     batch: int = field(16, help="Clips per transformer step.")
     lr: float = field(1e-3, help="Peak transformer learning rate (warm-up, then cosine).")
-    refine_steps: int = field(0, help="Steps of a second transformer stage (stage 4) that continues from stage 3's "
+    refine_steps: int = field(2000, help="Steps of a second transformer stage (stage 4) that continues from stage 3's "
                               "saved (EMA) weights on `refine_clips` fresh web-mix clips, with its own warm-up and "
-                              "cosine decay from `refine_lr` (0 skips; the committed model has no stage 4, README \"The motion lab\").")
-    refine_clips: int = field(2000, help="Web-mix clips encoded for stage 4 (drawn apart from stage 2's).")
+                              "cosine decay from `refine_lr` (0 skips; stage 3 alone left the base at 17 % physical).")
+    refine_clips: int = field(1500, help="Web-mix clips encoded for stage 4 (drawn apart from stage 2's).")
     refine_lr: float = field(3e-4, help="Peak learning rate of stage 4.")
     caption_dropout: float = field(0.1, help="Fraction of training captions replaced by the empty prompt (for guidance).")
     ema: float = field(0.999, help="Rate of the weight EMA that is saved (0 saves the raw weights).")
