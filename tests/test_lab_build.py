@@ -3,6 +3,8 @@ weights, and a build killed mid-stage resumes to exactly those weights."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from safetensors.torch import load_file
 
@@ -10,7 +12,7 @@ import realdpo.lab.build as build_mod
 from realdpo.configs.lab import LabBuildConfig
 from realdpo.models import load_spec
 
-TOY = dict(vae_steps=2, vae_batch=2, vae_crop=32, decoder_steps=2, clips=8, steps=4, batch=2, refine_steps=2,
+TOY = dict(vae_steps=2, vae_batch=2, vae_crop=16, decoder_steps=2, clips=8, steps=4, batch=2, refine_steps=2,
            refine_clips=4, threads=1)
 
 
@@ -28,8 +30,12 @@ def test_toy_build_is_reproducible_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(build_mod, "CHECK_CLIPS", 2)
     whole = build_mod.build(LabBuildConfig(out=tmp_path / "whole", **TOY))
     spec = load_spec(whole)
-    assert (spec.family, spec.task, spec.default_size()) == ("cogvideox", "i2v", (17, 64, 64))
-    assert (whole / "build_info.json").is_file() and not (tmp_path / ".whole.build").exists()
+    assert (spec.family, spec.task, spec.default_size()) == ("cogvideox", "i2v", (9, 32, 32))
+    assert not (tmp_path / ".whole.build").exists()
+    info = json.loads((whole / "build_info.json").read_text())
+    stages = {"vae", "data", "transformer", "refine_data", "refine"}
+    assert set(info["seconds"]) == set(info["cpu_seconds"]) == set(info["threads"]) == stages
+    assert set(info["threads"].values()) == {1} and info["vae_recon_clips"] == 2
 
     monkeypatch.setattr(build_mod, "CHECKPOINT_EVERY", 2)
     calls = {"n": 0}

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from realdpo.lab.evaluate import generate_videos, heldout_prompts
-from realdpo.lab.model import MODEL_DIR, SAMPLE_GUIDANCE, lab_model_path
+from realdpo.lab.model import MODEL_DIR, SAMPLE_GUIDANCE, SAMPLE_STEPS, lab_model_path
 from realdpo.lab.sets import set_clip
-from realdpo.lab.tracker import find_blobs
+from realdpo.lab.tracker import find_blobs, score_video
 from realdpo.models import load_spec
 
 
@@ -23,7 +23,7 @@ def test_lab_model_is_a_small_cogvideox_i2v_checkpoint(spec):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from transformers import ByT5Tokenizer, T5EncoderModel
 
-    assert (spec.family, spec.task, spec.default_size()) == ("cogvideox", "i2v", (17, 64, 64))
+    assert (spec.family, spec.task, spec.default_size()) == ("cogvideox", "i2v", (9, 32, 32))
     assert isinstance(spec.transformer, CogVideoXTransformer3DModel) and isinstance(spec.vae, AutoencoderKLCogVideoX)
     assert isinstance(spec.text_encoder, T5EncoderModel) and isinstance(spec.tokenizer, ByT5Tokenizer)
     assert isinstance(spec.scheduler, CogVideoXDDIMScheduler)
@@ -39,26 +39,22 @@ def test_vae_reconstruction_keeps_balls_within_a_pixel(spec):
     frames = ((recon + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
     errors = []
     for clip, rec in zip(clips, frames):
-        for f in range(0, 17, 4):
+        for f in range(0, 9, 2):
             for b in find_blobs(rec[f]):
                 errors.append(np.linalg.norm(clip.centers[f] - [b.x, b.y], axis=1).min())
-    assert len(errors) >= 20 and np.median(errors) < 1.0
+    assert len(errors) == 20 and np.median(errors) < 0.5  # one ball per frame, found in each
 
 
-def test_samples_hold_the_first_frames_balls(spec):
-    prompts = heldout_prompts(4)
-    videos = generate_videos(spec, prompts, steps=10, guidance=SAMPLE_GUIDANCE)
-    assert videos.shape == (4, 17, 64, 64, 3)
-    found = 0
+def test_samples_hold_the_first_frames_ball_and_pass_the_render_checks(spec):
+    prompts = heldout_prompts(6)
+    videos = generate_videos(spec, prompts, steps=SAMPLE_STEPS, guidance=SAMPLE_GUIDANCE)
+    assert videos.shape == (6, 9, 32, 32, 3)
     for i, video in enumerate(videos):
         truth = set_clip("heldout", i)
         first = find_blobs(video[0])
-        assert sorted(b.color for b in first) == sorted(truth.colors[0])
-        for b in first:
-            j = truth.colors[0].index(b.color)
-            assert np.hypot(b.x - truth.centers[0, j, 0], b.y - truth.centers[0, j, 1]) < 2.0
-        found += sum(len(find_blobs(f)) > 0 for f in video)
-    assert found >= 0.9 * 4 * 17  # balls stay visible in (nearly) every generated frame
+        assert [b.color for b in first] == truth.colors[0]
+        assert np.hypot(first[0].x - truth.centers[0, 0, 0], first[0].y - truth.centers[0, 0, 1]) < 1.0
+    assert sum(score_video(v).render_pass for v in videos) >= 5  # the base renders ~97 % of held-out prompts
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ class EvalConfig(ModelOptions, NegativeOptions):
                                 "else only with --trust-i3d.")
     trust_i3d: bool = field(False, help="Load an --i3d file that is not a known FVD detector file (it runs as a program: "
                             "only for a file you trust).")
-    lab: bool = field(False, help="Also score the videos with the motion lab's physics tracker (lab videos: balls at 64x64): physical_rate, lab_render_pass, lab_residual, lab_consistent_frames, lab_balls_found.")
+    lab: bool = field(False, help="Also score the videos with the motion lab's physics tracker (lab videos: a ball at 32x32): physical_rate, lab_render_pass, lab_residual, lab_consistent_frames, lab_balls_found.")
     strip_videos: int = field(4, help="Videos per method shown in <name>_strip.png.")
     pairs: list[str] = field(default_factory=list, help="Held-out curated shards whose negatives are cached, for pref_accuracy (repeatable; quote globs; with --lora, and --model, --frames, --height, --width, --fps, --cache-dir, --seed and the --negatives-from/--neg-* options as in train).")
     lora: Optional[Path] = field(None, help="LoRA folder of the trained policy (train's OUT/lora), for pref_accuracy; the reference is the model without it.")

@@ -1,10 +1,11 @@
 """`realdpo lab build`: train the lab model from a seed on the web mix, in resumable stages (the fourth optional).
 
 1. VAE: `vae_steps` steps of pixel MSE (ball pixels weighted up) + `vae_kl` x KL on random `vae_frames`-frame
-   windows of fresh web-mix clips, most of them recoloured; first on `vae_crop` crops around a ball, the last
-   `vae_full_fraction` on full frames. Then the latents' scaling factor is set to 1 / std of the latents of 64 clips,
-   the decoder alone trains `decoder_steps` more steps on latents with Gaussian noise added (the encoder, and so
-   every latent the later stages see, is unchanged), and the tracker's reading of 32 reconstructed real clips is
+   windows of fresh web-mix clips (`vae_recolor` of them recoloured; with `vae_crop`, first on crops around the ball,
+   the last `vae_full_fraction` on full frames); in the second half the sampled latents get Gaussian noise of
+   `vae_latent_noise` x their std before decoding. Then the latents' scaling factor is set to 1 / std of the latents
+   of 64 clips, the decoder alone optionally trains `decoder_steps` more steps on noisy latents (the encoder, and so
+   every latent the later stages see, is unchanged), and the tracker's reading of 64 reconstructed real clips is
    recorded.
 2. Data: `clips` web-mix clips encoded once through the spec (`encode_videos`, `encode_first_frames`), exactly as
    `realdpo train` encodes its real clips.
@@ -41,7 +42,7 @@ from realdpo.runtime import step_progress
 
 CHECKPOINT_EVERY = 250
 SCALE_CLIPS = 64  # clips whose latents set the VAE's scaling factor
-CHECK_CLIPS = 32  # real-set clips the tracker reads off VAE reconstructions (build_info.json)
+CHECK_CLIPS = 64  # real-set clips the tracker reads off VAE reconstructions (build_info.json)
 
 
 def _videos(clips) -> torch.Tensor:
@@ -80,17 +81,17 @@ def _recolor(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _vae_batch(cfg: LabBuildConfig, step: int, rng: np.random.Generator, crop: int,
                n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n random windows of web-mix clips (70 % recoloured), cropped to `crop` around a ball, as [n, 3, F, S, S]
+    """n random windows of web-mix clips (`vae_recolor` of them recoloured), cropped to `crop` around a ball, as [n, 3, F, S, S]
     in [-1, 1], and the loss weights [n, 1, F, S, S] (1 + vae_ball_weight where a ball covers the pixel)."""
     from realdpo.lab.world import BACKGROUND, SIZE
 
     clips, weights = [], []
     for i in range(n):
-        clip = set_clip("web", step * cfg.vae_batch + i, derive_seed("lab-build-vae-clips", cfg.seed))
+        clip = set_clip("web", step * cfg.vae_batch + i, derive_seed("lab-build-vae-clips", cfg.seed), cfg.web_unreal)
         start = int(rng.integers(0, FRAMES - cfg.vae_frames + 1))
         frames = clip.frames[start:start + cfg.vae_frames]
         ball = (frames != np.asarray(BACKGROUND, np.uint8)).any(-1)
-        if rng.random() < 0.7:
+        if cfg.vae_recolor and rng.random() < cfg.vae_recolor:
             frames = _recolor(frames, rng)
         if crop < SIZE:
             cx, cy = clip.centers[start + cfg.vae_frames // 2, 0] + rng.normal(0, 6, 2)
@@ -133,6 +134,7 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
     params = list(vae.parameters())
     opt, sched = _one_cycle(params, cfg.vae_lr, cfg.vae_steps)
     rng = np.random.default_rng(derive_seed("lab-build-vae-windows", cfg.seed))
+    noisy_from = cfg.vae_steps // 2
     full_from = cfg.vae_steps - int(round(cfg.vae_full_fraction * cfg.vae_steps)) if cfg.vae_crop else 0
     losses = []
     with step_progress() as bar:
@@ -142,7 +144,10 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
             x, w = _vae_batch(cfg, step, rng, SIZE if full else cfg.vae_crop,
                               max(1, cfg.vae_batch // 2) if full and cfg.vae_crop else cfg.vae_batch)
             posterior = vae.encode(x).latent_dist
-            recon = vae.decode(posterior.sample()).sample
+            z = posterior.sample()
+            if cfg.vae_latent_noise and step >= noisy_from:
+                z = z + cfg.vae_latent_noise * z.detach().std() * torch.randn_like(z)
+            recon = vae.decode(z).sample
             mse = _weighted_mse(recon, x, w)
             kl = posterior.kl().mean() / posterior.mean[0].numel()
             _optimizer_step(mse + cfg.vae_kl * kl, params, opt, sched)
@@ -150,7 +155,7 @@ def train_vae(cfg: LabBuildConfig, folder: Path) -> dict:
             bar.update(task, advance=1, info=f"{'full' if full else 'crop'} mse {np.mean(losses[-20:]):.5f}")
     vae.eval()
     with torch.no_grad():  # unit-scale latents: scaling_factor = 1 / std over SCALE_CLIPS clips
-        x = _videos([set_clip("web", i, derive_seed("lab-build-vae-scale", cfg.seed)).frames
+        x = _videos([set_clip("web", i, derive_seed("lab-build-vae-scale", cfg.seed), cfg.web_unreal).frames
                      for i in range(SCALE_CLIPS)]).permute(0, 2, 1, 3, 4)
         z = torch.cat([vae.encode(x[i:i + 8]).latent_dist.mode() for i in range(0, SCALE_CLIPS, 8)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
@@ -194,22 +199,33 @@ def finetune_decoder(cfg: LabBuildConfig, vae) -> dict:
 
 
 @torch.no_grad()
-def vae_tracking_error(vae, seed: int, n: int = 32) -> dict:
+def vae_tracking_error(vae, seed: int, n: int = CHECK_CLIPS) -> dict:
     """How well the tracker reads balls off VAE reconstructions of n real-set clips: the distance between each
-    tracked blob and the nearest true centre (median, 95th percentile, px) and the share still called physical."""
+    tracked blob and the nearest true centre (median, 95th percentile, px), the share that pass the render checks
+    and the share still called physical (every check), and the medians of size ratio, colour drift and residual."""
     from realdpo.lab.tracker import find_blobs, score_video
 
-    dists, physical = [], []
+    dists, physical, render, ratios, drifts, resids = [], [], [], [], [], []
     for i in range(n):
         clip = set_clip("real", i, derive_seed("lab-build-vae-check", seed))
         x = _videos([clip.frames]).permute(0, 2, 1, 3, 4)
         recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
         frames = ((recon[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
-        physical.append(score_video(frames).physical)
+        s = score_video(frames)
+        physical.append(s.physical)
+        render.append(s.render_pass)
+        if s.residual is not None:
+            ratios.append(s.size_ratio)
+            drifts.append(s.color_drift)
+            resids.append(s.residual)
         for f, blobs in enumerate(find_blobs(fr) for fr in frames):
             dists += [float(np.linalg.norm(clip.centers[f] - [b.x, b.y], axis=1).min()) for b in blobs]
     return {"vae_recon_position_error_px": [float(np.median(dists)), float(np.percentile(dists, 95))],
-            "vae_recon_physical_rate": 100.0 * float(np.mean(physical))}
+            "vae_recon_physical_rate": 100.0 * float(np.mean(physical)),
+            "vae_recon_render_pass": 100.0 * float(np.mean(render)), "vae_recon_clips": n,
+            "vae_recon_medians": {"size_ratio": float(np.median(ratios)) if ratios else None,
+                                  "color_drift": float(np.median(drifts)) if drifts else None,
+                                  "residual": float(np.median(resids)) if resids else None}}
 
 
 # ---------------------------------------------------------------------------------------------- stage 2: data
@@ -223,7 +239,7 @@ def encode_data(cfg: LabBuildConfig, spec, path: Path, count: int, tag: str) -> 
     with step_progress() as bar:
         task = bar.add_task("encode", total=count, info="web-mix clips")
         for start in range(0, count, 16):
-            clips = [set_clip("web", i, data_seed) for i in range(start, min(start + 16, count))]
+            clips = [set_clip("web", i, data_seed, cfg.web_unreal) for i in range(start, min(start + 16, count))]
             video = _videos([c.frames for c in clips])
             latents.append(spec.encode_videos(video))
             images.append(spec.encode_first_frames(video[:, 0], FRAMES)["image_latents"])
@@ -353,6 +369,7 @@ def build(cfg: LabBuildConfig) -> Path:
         """Wall and CPU seconds of a stage (CPU time is what a loaded machine does not inflate), summed over resumes."""
         for key, now, start in (("seconds", time.perf_counter(), t0[0]), ("cpu_seconds", time.process_time(), t0[1])):
             info.setdefault(key, {})[name] = round(now - start + info.get(key, {}).get(name, 0), 1)
+        info.setdefault("threads", {})[name] = torch.get_num_threads()
         info.update(results)
         info_path.write_text(json.dumps(info, indent=1))
 

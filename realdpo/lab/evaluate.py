@@ -86,7 +86,7 @@ def summarize(scores: Sequence[VideoScore]) -> dict:
 def score_videos(videos: Sequence[np.ndarray]) -> dict:
     """The lab's metrics over videos (uint8 [F, H, W, 3] each): `summarize`'s rates and distributions, the mean
     residual (px, over the videos the tracker could follow), the graded consistent frames and balls found (%, mean
-    over all videos), dynamic degree (%) and motion smoothness."""
+    over all videos), dynamic degree (%), motion smoothness, and the per-video physical and render-pass flags."""
     scores = [score_video(v) for v in videos]
     motion = [motion_scores(v, FPS, FPS) for v in videos]
     resid = [s.residual for s in scores if s.residual is not None]
@@ -100,6 +100,8 @@ def score_videos(videos: Sequence[np.ndarray]) -> dict:
         "balls_found": 100.0 * float(np.mean([s.balls_found for s in scores])),
         "dynamic_degree": 100.0 * float(np.mean(dyn)) if dyn else None,
         "motion_smoothness": float(np.mean(smooth)) if smooth else None,
+        # per video, in prompt order: what bootstrap intervals and paired differences are computed from
+        "per_video": {"physical": [bool(s.physical) for s in scores], "render_pass": [bool(s.render_pass) for s in scores]},
     }
 
 

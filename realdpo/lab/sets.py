@@ -1,7 +1,7 @@
 """The lab's clip sets, each a deterministic function of (set name, seed, index):
 
 - `web`: the pretraining mix. A clip is unreal with probability `WEB_UNREAL_FRACTION`; an unreal clip's kind is
-  drawn uniformly from `UNREAL_KINDS` (so each kind is WEB_UNREAL_FRACTION / 6 of the mix).
+  drawn uniformly from `UNREAL_KINDS` (so each kind is WEB_UNREAL_FRACTION / 3 of the mix).
 - `real`: physical clips only, the post-training footage (written to disk and curated like any footage).
 - `heldout`: physical clips whose first frames and captions are the experiment's and the demo's prompts.
 
@@ -26,16 +26,17 @@ WEB_UNREAL_FRACTION = 0.4
 SETS = ("web", "real", "heldout")
 
 
-def web_kind(seed: int, index: int) -> str:
+def web_kind(seed: int, index: int, unreal_fraction: float = WEB_UNREAL_FRACTION) -> str:
     rng = np.random.default_rng(derive_seed("web-kind", seed, index))
-    return str(rng.choice(UNREAL_KINDS)) if rng.random() < WEB_UNREAL_FRACTION else "physical"
+    return str(rng.choice(UNREAL_KINDS)) if rng.random() < unreal_fraction else "physical"
 
 
-def set_clip(name: str, index: int, seed: int = 0) -> Clip:
-    """Clip `index` of set `name` ("web", "real" or "heldout") drawn with `seed`."""
+def set_clip(name: str, index: int, seed: int = 0, unreal_fraction: float = WEB_UNREAL_FRACTION) -> Clip:
+    """Clip `index` of set `name` ("web", "real" or "heldout") drawn with `seed`. `unreal_fraction` sets the web
+    mix's unreal share (0 gives the physical-only mix of the lab's positive control; a clip keeps its scene)."""
     if name not in SETS:
         raise ValueError(f"unknown lab set {name!r}; choose one of {', '.join(SETS)}")
-    kind = web_kind(seed, index) if name == "web" else "physical"
+    kind = web_kind(seed, index, unreal_fraction) if name == "web" else "physical"
     return render_clip(derive_seed("lab", name, seed, index), kind)
 
 
@@ -64,12 +65,14 @@ def write_set(out: Path, name: str, count: int, seed: int = 0, crf: int = 12) ->
 
 
 def lab_curate_config(src: Path, out: Path):
-    """`realdpo curate` options for lab footage: the defaults, except that 64x64 clips are not 'low-resolution' and
-    the text filter is off (the OCR detector reads 4-7 px balls upscaled to --text-side as text; the lab draws none)."""
+    """`realdpo curate` options for lab footage: the defaults, except that 32x32 clips are not 'low-resolution', a
+    9-frame clip (1.1 s) is long enough, the text filter is off (the OCR detector reads 4-5 px balls upscaled to
+    --text-side as text; the lab draws none) and so is dedup (every clip is its own draw, but one ball on a plain
+    32x32 background hashes alike)."""
     from realaction.config import CurateConfig
 
     return CurateConfig(src=Path(src), out=Path(out), min_short_side=SIZE, max_side=SIZE, max_text_area=1.0,
-                        workers=1)
+                        min_seconds=1.0, dedup=False, workers=1)
 
 
 def curated_real_set(folder: Path, count: int, seed: int = 0) -> list[str]:

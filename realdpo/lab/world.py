@@ -1,14 +1,18 @@
-"""The motion lab's world: coloured balls on a plain background, moved by exact physics, rendered deterministically.
+"""The motion lab's world: one coloured ball on a plain background, moved by exact physics, rendered
+deterministically.
 
-A clip is 17 frames of 64x64 RGB at 8 fps (`FRAMES`, `SIZE`, `FPS`). Each holds one or two balls (distinct colours
-from `PALETTE`, radius 4-7 px). A clip's balls either **glide** (constant velocity, speed 1-3 px/frame) or **fall**
-(constant acceleration `GRAVITY` px/frame^2 downwards, horizontal speed 1-2.5 px/frame); all four walls are
-elastic: a ball's centre stays in [r, 64 - r] on both axes and its velocity flips on contact (the bounce instant is
-solved exactly, not stepped). Balls never overlap (two-ball clips are redrawn until they keep 3 px apart).
+A clip is 9 frames of 32x32 RGB at 8 fps (`FRAMES`, `SIZE`, `FPS`), sized so a 2-core CPU can learn to render it.
+It holds one ball of radius 4-5 px in one of three colours far apart in RGB (`PALETTE`: red, blue, white). The ball
+either **glides** (constant velocity, speed 1-2 px/frame) or **falls** (constant acceleration `GRAVITY` px/frame^2
+downwards, horizontal speed 1-2 px/frame, so it always moves at least 1 px per frame except across a bounce); all
+four walls are elastic: the centre stays in [r, 32 - r] on both axes and the velocity flips on contact (the bounce
+instant is solved exactly, not stepped).
 
-Unreal clips (`UNREAL_KINDS`) start as a physical clip and break one ball's motion at an event frame: a teleport,
-jitter, a stall and restart, a size change, a colour change, or a ball vanishing / a new one appearing. Captions
-describe the underlying physical motion only, as web captions would.
+Unreal clips (`UNREAL_KINDS`) start as a physical clip and break the ball's **motion only** at an event frame: a
+teleport (8-14 px), jitter (Gaussian, sigma 1-2 px per axis from frame 1 on), or a stall (the ball stops for 2-4
+frames, then resumes its path). Its size, colour and count never change, so a model trained on the web mix learns
+to render the ball and only its motion can go wrong. Captions describe the underlying physical motion only, as web
+captions would.
 
 `render_clip(seed, kind)` is a pure function of its arguments: the same seed gives the same pixels on any machine.
 """
@@ -20,26 +24,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SIZE = 64
-FRAMES = 17
+SIZE = 32
+FRAMES = 9
 FPS = 8.0
-GRAVITY = 0.3  # px / frame^2, image y grows downwards
+GRAVITY = 0.2  # px / frame^2, image y grows downwards
 BACKGROUND = (46, 50, 58)
-PALETTE = {  # pairwise RGB distance >= 150, and every colour >= 150 from the background
+PALETTE = {  # pairwise RGB distance >= 200, and every colour >= 190 from the background
     "red": (220, 50, 47),
-    "green": (60, 190, 75),
     "blue": (60, 110, 235),
-    "yellow": (235, 205, 50),
-    "magenta": (205, 70, 200),
     "white": (235, 235, 235),
 }
 COLOR_NAMES = tuple(PALETTE)
-RADIUS_RANGE = (4.0, 7.0)
-GLIDE_SPEED = (1.0, 3.0)
-FALL_VX = (1.0, 2.5)
-FALL_VY = (-3.0, 1.0)
-MIN_GAP = 3.0  # px between the edges of two balls, at every frame
-UNREAL_KINDS = ("teleport", "jitter", "stall", "size", "color", "pop")
+RADIUS_RANGE = (4.0, 5.0)
+GLIDE_SPEED = (1.0, 2.0)
+FALL_VX = (1.0, 2.0)
+FALL_VY = (-2.0, 0.5)
+MIN_GAP = 3.0  # px between the edges of two balls, at every frame (scenes built with n_balls=2 only)
+TELEPORT_JUMP = (8.0, 14.0)  # px
+JITTER_SIGMA = (1.0, 2.0)  # px per axis
+STALL_FRAMES = (2, 4)  # frames the ball stands still
+EVENT_FRAMES = (2, 6)  # an unreal clip's event frame, inclusive
+UNREAL_KINDS = ("teleport", "jitter", "stall")
 KINDS = ("physical", *UNREAL_KINDS)
 
 
@@ -140,19 +145,15 @@ def _direction(vx: float, vy: float) -> str:
     return names[int(((ang + 22.5) % 360) // 45)]
 
 
-def _size_word(r: float) -> str:
-    return "small " if r < 5 else "big " if r > 6 else ""
-
-
 def _phrase(ball: Ball, path: np.ndarray, gravity: bool) -> str:
-    """e.g. "a small red ball moves up-left and bounces", "a blue ball is thrown up-right", "a big white ball falls left"."""
+    """e.g. "a red ball moves up-left and bounces", "a blue ball is thrown up-right", "a white ball falls left"."""
     lo, hi = ball.radius, SIZE - ball.radius
     bounced = (np.isclose(path, lo, atol=1e-6) | np.isclose(path, hi, atol=1e-6)).any()
-    name = f"a {_size_word(ball.radius)}{ball.color} ball"
+    name = f"a {ball.color} ball"
     vx, vy = ball.v0
     if not gravity:
         text = f"{name} moves {_direction(vx, vy)}"
-    elif vy < -1.0:
+    elif vy < -0.75:
         text = f"{name} is thrown up-{'right' if vx > 0 else 'left'}"
     else:
         text = f"{name} falls {'right' if vx > 0 else 'left'}"
@@ -204,11 +205,12 @@ def _physical_scene(rng: np.random.Generator, n_balls: int, gravity: bool) -> tu
 def render_clip(seed: int, kind: str = "physical", n_balls: int | None = None,
                 gravity: bool | None = None) -> Clip:
     """Render one clip of `kind` ("physical" or one of UNREAL_KINDS), a pure function of the arguments.
-    n_balls (1 or 2) and gravity default to draws from the seed (two balls with p = 0.35, gravity with p = 0.5)."""
+    The world's clips hold one ball (n_balls=2 is for tests of the tracker); gravity defaults to a draw from the
+    seed (p = 0.5)."""
     if kind not in KINDS:
         raise ValueError(f"unknown clip kind {kind!r}; choose one of {', '.join(KINDS)}")
     rng = np.random.default_rng(seed)
-    n = n_balls if n_balls is not None else (2 if rng.random() < 0.35 else 1)
+    n = n_balls if n_balls is not None else 1
     g = gravity if gravity is not None else bool(rng.random() < 0.5)
     balls, paths = _physical_scene(rng, n, g)
     for b, path in zip(balls, np.moveaxis(paths, 1, 0)):
@@ -221,13 +223,13 @@ def render_clip(seed: int, kind: str = "physical", n_balls: int | None = None,
     visible = np.ones((FRAMES, n), bool)
     event = None
     if kind != "physical":
-        event = int(rng.integers(4, 13))
+        event = int(rng.integers(EVENT_FRAMES[0], EVENT_FRAMES[1] + 1))
         j = int(rng.integers(0, n))
         b = balls[j]
         lo, hi = b.radius, SIZE - b.radius
         if kind == "teleport":
             for _ in range(100):
-                length, angle = rng.uniform(12, 24), rng.uniform(0, 2 * np.pi)
+                length, angle = rng.uniform(*TELEPORT_JUMP), rng.uniform(0, 2 * np.pi)
                 new = centers[event, j] + length * np.array([np.cos(angle), np.sin(angle)])
                 if (new >= lo).all() and (new <= hi).all():
                     break
@@ -236,38 +238,13 @@ def render_clip(seed: int, kind: str = "physical", n_balls: int | None = None,
             v = (centers[event, j] - centers[event - 1, j]).tolist()  # keep moving as before the jump
             centers[event:, j] = simulate(tuple(new), tuple(v), b.radius, g, FRAMES - event)
         elif kind == "jitter":
-            sigma = rng.uniform(1.5, 3.0)
+            sigma = rng.uniform(*JITTER_SIGMA)
             centers[1:, j] = np.clip(centers[1:, j] + rng.normal(0, sigma, centers[1:, j].shape), lo, hi)
         elif kind == "stall":
-            hold = int(rng.integers(3, 7))
+            hold = int(rng.integers(STALL_FRAMES[0], STALL_FRAMES[1] + 1))
             t = np.arange(FRAMES)
             clock = np.where(t <= event, t, np.where(t <= event + hold, event, t - hold))
             centers[:, j] = paths[clock, j]
-        elif kind == "size":
-            factor = rng.uniform(1.5, 1.9)
-            target = b.radius * factor if rng.random() < 0.5 or b.radius / factor < 2.5 else b.radius / factor
-            ramp = np.clip((np.arange(FRAMES) - event + 1) / (1 if rng.random() < 0.5 else 4), 0, 1)
-            radii[:, j] = b.radius + (target - b.radius) * ramp
-        elif kind == "color":
-            new_color = str(rng.choice([c for c in COLOR_NAMES if c not in {x.color for x in balls}]))
-            for f in range(event, FRAMES):
-                colors[f][j] = new_color
-        elif kind == "pop":
-            if rng.random() < 0.5:  # vanish
-                visible[event:, j] = False
-            else:  # a new ball appears, moving physically from its first frame
-                for _ in range(200):
-                    extra = _sample_ball(rng, g, {x.color for x in balls})
-                    path = simulate(extra.p0, extra.v0, extra.radius, g)
-                    gaps = np.linalg.norm(centers - path[:, None], axis=-1) - radii - extra.radius
-                    if gaps.min() >= MIN_GAP:
-                        break
-                centers = np.concatenate([centers, path[:, None]], axis=1)
-                radii = np.concatenate([radii, np.full((FRAMES, 1), extra.radius)], axis=1)
-                for f in range(FRAMES):
-                    colors[f].append(extra.color)
-                visible = np.concatenate([visible, (np.arange(FRAMES) >= event)[:, None]], axis=1)
-                balls.append(extra)
 
     frames = np.empty((FRAMES, SIZE, SIZE, 3), np.uint8)
     frames[:] = np.asarray(BACKGROUND, np.uint8)
