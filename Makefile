@@ -1,11 +1,12 @@
 # `make demo` and `make test` each create .venv if absent, install the project, then run.
-# `make test` = lint (ruff), layer contracts (import-linter), then the tests.
+# `make test` = lint (ruff), layer contracts (import-linter), then every test.
+# `make quick` = the same checks and the fast tests only (not marked slow): the loop to run while working.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test quick install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
+
+quick: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/curate.py

@@ -166,7 +166,7 @@ def _arch_name(arch: str) -> str:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors only: safetensors, or a torch file through the weights-only unpickler (DESIGN §5)."""
+    """Tensors only: safetensors, or a torch file through the weights-only unpickler (docs/curation.md, captions)."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 from string import Template
 
@@ -13,24 +14,8 @@ import numpy as np
 from realaction import __version__
 from realaction.shards import read_jsonl, write_atomic
 
-CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "realaction_card.md"
-_FALLBACK_CARD = """# RealAction clips: $name
-
-Curated by realaction $version on $date from `$src`.
-
-| | |
-| --- | --- |
-| sources | $sources_done done, $sources_error errors, $sources_skipped paths skipped |
-| candidate clips | $candidates |
-| kept clips | $kept ($kept_seconds s) |
-| rejected clips | $rejected ($rejected_seconds s) |
-
-## Rejected, by reason
-$rejected_table
-
-## Options used
-$options_section
-"""
+# Package data (pyproject's package-data), so an installed wheel writes the same card as a checkout.
+CARD_TEMPLATE = resources.files("realaction") / "assets" / "data_card.md"
 
 
 def _ranked(counts: Counter) -> dict:
@@ -142,9 +127,9 @@ def record_config(out: Path, config_hash: str, config: dict) -> dict[str, dict]:
 
 
 def write_card(out: Path, summary: dict, config: dict, known_configs: dict[str, dict] | None = None) -> Path:
-    """Fill the data-card template (data_cards/realaction_card.md) and write it as OUT/DATA_CARD.md."""
+    """Fill the data-card template (realaction/assets/data_card.md) and write it as OUT/DATA_CARD.md."""
     out = Path(out)
-    text = CARD_TEMPLATE.read_text(encoding="utf-8") if CARD_TEMPLATE.is_file() else _FALLBACK_CARD
+    text = CARD_TEMPLATE.read_text(encoding="utf-8")
     reasons = summary["rejected_by_reason"]
     seconds = summary.get("rejected_seconds_by_reason", {})
     table = "| reason | clips | seconds |\n| --- | --- | --- |\n" + "".join(

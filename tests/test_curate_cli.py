@@ -81,6 +81,7 @@ def _keys_in_shards(shards: Path) -> list[str]:
     return [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in shards.glob("realaction-*.tar")), shardshuffle=False)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, bikes_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -125,6 +126,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, bikes_path):
     assert json.loads((out / "summary.json").read_text())["sources"]["done"] == 10
 
 
+@pytest.mark.slow
 def test_parallel_workers_match_one_worker(tmp_path, tiny_src):
     make_synthetic(tiny_src / "cut.mp4", "cut", seconds=5.0, cut_at=60, seed=2)
     (tiny_src / "cut.txt").write_text("discs")

@@ -18,6 +18,8 @@ from realaction.pipeline import curate
 from realaction.scenes import DETECTORS, detect_cuts, make_detector
 from realaction.shards import read_jsonl
 
+pytestmark = pytest.mark.slow  # builds its videos with ffmpeg, then whole curate runs
+
 SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "4873105.mp4"
 
 

@@ -88,6 +88,7 @@ def test_corrupt_frames_are_counted_and_never_kept(tmp_path, bikes_path):
     assert any(c["kept"] and c["end_frame"] <= bad[0] for c in clips)  # the undamaged stretch still gives clips
 
 
+@pytest.mark.slow
 def test_non_square_pixels_are_resampled_to_square(tmp_path, bikes_path):
     """A 16:11 sample aspect ratio: 640x272 stored, 931x272 on screen; the clip is written 640x187-ish, unsquashed."""
     import decord
@@ -127,6 +128,7 @@ def test_full_range_source_keeps_its_contrast(tmp_path, bikes_path):
     assert min(scores) > 38  # 29 dB when full-range pixels were written as limited-range ones
 
 
+@pytest.mark.slow
 def test_max_side_does_not_change_any_score(tmp_path, bikes_path, carphone_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -195,6 +197,7 @@ def test_a_fade_leaving_too_little_is_too_short(tmp_path, carphone_path):
     assert all(c["reason"] == "black" for c in rest)
 
 
+@pytest.mark.slow
 def test_curation_never_imports_torch(tmp_path, bikes_path, carphone_path):
     """A fake torch that refuses to import, first on the path of the main process and of the pool's workers."""
     fake = tmp_path / "fake"

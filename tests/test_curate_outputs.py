@@ -202,6 +202,7 @@ def test_unreadable_folder_is_listed_as_skipped():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_scores_do_not_depend_on_max_side(tmp_path, carphone_path):
     """The filters and the text detector see the same frames whatever size the clips are written at."""
     src = tmp_path / "src"

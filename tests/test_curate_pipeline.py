@@ -182,6 +182,7 @@ def test_fps_resampling_and_max_side(tmp_path, carphone_path):
         assert (meta["width"], meta["height"]) == (96, 72)  # square pixels: carphone is 192x144 on screen
 
 
+@pytest.mark.slow
 def test_person_filter(tmp_path, shared_data):
     src = tmp_path / "src"
     make_synthetic(src / "discs.mp4", "moving", seconds=2.0, seed=8)
@@ -194,6 +195,7 @@ def test_person_filter(tmp_path, shared_data):
     assert rows["pizza.mp4"]["kept"] and rows["pizza.mp4"]["scores"]["person"] >= 0.3
 
 
+@pytest.mark.slow
 def test_fade_cuts_with_threshold_detector(tmp_path):
     """ThresholdDetector places a fade's cut in the past: clips emitted meanwhile must still not span it."""
     from realaction.footage import _moving_scene

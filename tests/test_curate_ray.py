@@ -24,6 +24,8 @@ from realaction.pipeline import curate
 from realaction.shards import read_jsonl
 from realaction.source_tasks import TEST_EXIT_ENV
 
+pytestmark = pytest.mark.slow  # a local Ray and whole curate runs
+
 ray = pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parents[1]

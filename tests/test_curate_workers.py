@@ -30,6 +30,7 @@ def _src(root: Path, footage: Path, names: list[str]) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_mid_source_is_recorded_and_the_run_goes_on(tmp_path, carphone_path, monkeypatch):
     src = _src(tmp_path / "src", carphone_path, ["a", "b", "c", "d", "e"])
     monkeypatch.setenv(TEST_EXIT_ENV, "b.mp4")  # the worker that gets b.mp4 exits at once, as if OOM-killed
@@ -49,6 +50,7 @@ def test_a_worker_that_dies_mid_source_is_recorded_and_the_run_goes_on(tmp_path,
     assert len(keys) == len(set(keys)) == 5
 
 
+@pytest.mark.slow
 def test_pool_replaces_each_worker_that_dies():
     """Every odd item kills the worker holding it: each is recorded, a new worker takes over, all items finish."""
     from realaction.process_pool import ProcessPool, WorkerDied
@@ -83,6 +85,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow
 def test_a_worker_killed_with_sigkill(tmp_path, bikes_path):
     """The OOM killer's way: SIGKILL a busy worker of a real `realdpo curate --workers 2`."""
     src = _src(tmp_path / "src", bikes_path, [f"b{i}" for i in range(6)])
@@ -107,6 +110,7 @@ def test_a_worker_killed_with_sigkill(tmp_path, bikes_path):
     assert Counter(shard_keys(out)).most_common(1)[0][1] == 1
 
 
+@pytest.mark.slow
 def test_killing_curate_leaves_no_worker_behind(tmp_path, bikes_path):
     """SIGKILL the main process of `realdpo curate --workers 2` mid-run: every child exits within a few seconds."""
     src = _src(tmp_path / "src", bikes_path, [f"b{i}" for i in range(6)])

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cli.main import run
+
+pytestmark = pytest.mark.slow  # the whole demo: minutes
 
 
 def test_demo_curates_trains_on_the_lab_and_samples(tmp_path, monkeypatch, capsys):

@@ -38,6 +38,7 @@ def folders(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_eval_writes_the_report_pngs_and_table(folders, tmp_path, capsys):
     out = tmp_path / "report"
     i3d = save_tiny_i3d(tmp_path / "i3d_torchscript.pt")

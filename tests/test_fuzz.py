@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from tiny_models import curated_members, synthetic_clip, tiny_model, write_raw_shard, write_tiny_shard
 
+pytestmark = pytest.mark.slow  # every case is the real command in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

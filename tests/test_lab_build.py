@@ -25,6 +25,7 @@ def _same(a, b):
                                         for k in a)
 
 
+@pytest.mark.slow
 def test_toy_build_is_reproducible_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(build_mod, "SCALE_CLIPS", 8)
     monkeypatch.setattr(build_mod, "CHECK_CLIPS", 2)

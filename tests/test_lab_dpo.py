@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from realdpo.configs.eval import EvalConfig
 from realdpo.configs.negatives import NegativesConfig
 from realdpo.configs.train import TrainConfig
@@ -14,6 +16,8 @@ from realdpo.generation.negatives import precompute
 from realdpo.lab.model import SAMPLE_GUIDANCE, lab_model_path
 from realdpo.lab.sets import curated_real_set
 from realdpo.training.trainer import train
+
+pytestmark = pytest.mark.slow  # negatives, a training run and preference accuracy on the lab model
 
 
 def test_short_dpo_run_prefers_held_out_real_clips(tmp_path):

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
+
+pytestmark = pytest.mark.slow  # two processes under accelerate launch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
+pytestmark = pytest.mark.slow  # processes under accelerate launch, killed and restarted
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 

@@ -3,7 +3,7 @@
 Models: `tiny_model(family, task)` saves a tiny diffusers pipeline with `save_pretrained` (once per test process)
 and returns its folder; load it with `realdpo.models.load_spec(path)`. conftest.py's `tiny_*` fixtures wrap it.
 
-Shards: `write_tiny_shard(path, samples)` writes a curated-shard-shaped tar (mp4/txt/jpg/json members, DESIGN §3.1);
+Shards: `write_tiny_shard(path, samples)` writes a curated-shard-shaped tar (mp4/txt/jpg/json members, docs/curation.md);
 `synthetic_clip(...)` makes a small moving-pattern mp4.
 """
 

@@ -2,7 +2,7 @@
 
 For every held-out sample in `--pairs` with K cached negatives (round `--round`), and for `--pref-timesteps`
 timesteps and noise tensors drawn from a generator seeded by (`--seed`, the sample key) — the same draws for every
-LoRA evaluated, so runs compare on identical noise — we compute the per-sample errors E of DESIGN §1 for the
+LoRA evaluated, so runs compare on identical noise — we compute the per-sample errors E of the loss (docs/method.md) for the
 policy (model + `--lora`) and the reference (the same transformer with the adapters disabled), average them over
 the timesteps, and form `d_k = [E_θ(x_w) - E_ref(x_w)] - [E_θ(x_l^k) - E_ref(x_l^k)]` (`realdpo.method.losses`).
 
@@ -42,7 +42,7 @@ def pair_diffs(spec, winner: torch.Tensor, losers: torch.Tensor, cond: dict[str,
     for _ in range(n_timesteps):
         t = spec.sample_timesteps(1, t_min, t_max, generator=generator)
         noise = torch.randn(spec.noise_shape(tuple(winner.shape)), generator=generator, dtype=torch.float32)
-        # one timestep and one noise tensor shared by the winner and all K losers (DESIGN §1)
+        # one timestep and one noise tensor shared by the winner and all K losers (docs/method.md, "The loss")
         noise_all = noise.expand(k + 1, *noise.shape[1:]).to(spec.device)
         t_all = t.expand(k + 1).to(spec.device)
         err_pol += spec.per_sample_error(spec.transformer, latents, noise_all, t_all, cond_all).float().cpu()

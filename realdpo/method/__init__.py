@@ -1,1 +1,1 @@
-"""The method (DESIGN §1): losses as plain functions, the reference model, and one batched RealDPO step."""
+"""The method (docs/method.md): losses as plain functions, the reference model, and one batched RealDPO step."""

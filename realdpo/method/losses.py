@@ -1,4 +1,4 @@
-"""RealDPO objectives as plain functions of per-sample errors (DESIGN §1).
+"""RealDPO objectives as plain functions of per-sample errors (docs/method.md).
 
 Every function takes the weighted squared errors `E` that `ModelSpec.per_sample_error` returns, so it is the same
 for v-prediction and flow matching. Shapes: winners `[B]`, losers `[B, K]`. Lower error means higher implicit

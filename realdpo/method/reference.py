@@ -1,4 +1,4 @@
-"""The DPO reference model (DESIGN §1): LoRA adapters disabled, an fp32 EMA of the LoRA update, or a frozen copy.
+"""The DPO reference model (docs/method.md): LoRA adapters disabled, an fp32 EMA of the LoRA update, or a frozen copy.
 
 Every reference offers the same things: `errors(spec, latents, noise, timesteps, cond)` (per-sample errors
 under `torch.no_grad()`; `errors_chunked` for several chunks at once, switching adapters once), `update(step)` after

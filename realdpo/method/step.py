@@ -1,4 +1,4 @@
-"""One RealDPO micro-batch, computed once and batched (DESIGN §1 "Compute it once, batched").
+"""One RealDPO micro-batch, computed once and batched (docs/memory.md, "Streamed chunks").
 
 The policy runs once on the concatenation `[x_w (B), x_l (B*K, sample-major)]` with gradients and the reference
 once under `no_grad`; all B*(K+1) inputs of a sample share its timestep and its noise tensor. With `chunk_size`

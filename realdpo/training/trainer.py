@@ -1,4 +1,4 @@
-"""`realdpo train`: RealDPO post-training with accelerate (DESIGN §1, §3.3).
+"""`realdpo train`: RealDPO post-training with accelerate (the method and what a run writes: docs/method.md).
 
 The loop, per optimizer step: `grad_accum` micro-batches of (real clip, K cached negatives); each draws one timestep
 and one noise tensor per clip, shared by the winner and its losers; the policy runs once on the concatenation with
