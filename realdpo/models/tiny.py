@@ -191,10 +191,11 @@ def tiny_gemma_tokenizer():
     return GemmaTokenizer(vocab=vocab, merges=[])
 
 
-def ltx2_parts(text_dim: int, connectors: dict, audio_vae: dict, text_layers: int = 2) -> dict:
+def ltx2_parts(text_dim: int, connectors, audio_vae, text_layers: int = 2) -> dict:
     """LTX-2's text and audio components around a transformer: a `text_layers`-layer Gemma 3 stand-in of width
     `text_dim` (its tiny SigLIP tower included, as Gemma3ForConditionalGeneration has one), the connectors (taking
-    the stand-in's text_layers + 1 stacked hidden states), the audio VAE and a small vocoder."""
+    the stand-in's text_layers + 1 stacked hidden states), the audio VAE and a small vocoder. `connectors` and
+    `audio_vae` are configs or already built modules."""
     from diffusers import AutoencoderKLLTX2Audio
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
@@ -212,9 +213,10 @@ def ltx2_parts(text_dim: int, connectors: dict, audio_vae: dict, text_layers: in
     torch.manual_seed(0)
     text_encoder = Gemma3ForConditionalGeneration(cfg)
     torch.manual_seed(0)
-    conn = LTX2TextConnectors(**{**connectors, "caption_channels": text_dim, "text_proj_in_factor": text_layers + 1})
+    conn = connectors if isinstance(connectors, torch.nn.Module) else LTX2TextConnectors(
+        **{**connectors, "caption_channels": text_dim, "text_proj_in_factor": text_layers + 1})
     torch.manual_seed(0)
-    avae = AutoencoderKLLTX2Audio(**audio_vae)
+    avae = audio_vae if isinstance(audio_vae, torch.nn.Module) else AutoencoderKLLTX2Audio(**audio_vae)
     torch.manual_seed(0)
     vocoder = LTX2Vocoder(in_channels=avae.config.output_channels * avae.config.mel_bins, hidden_channels=32,
                           out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
