@@ -48,10 +48,14 @@ def _spec(name: str, task: str):
     cls = {"cogvideox": CogVideoXSpec, "wan": WanSpec, "hunyuanvideo15": HunyuanVideo15Spec, "ltx2": LTX2Spec}[cfg.family]
     spec = cls.from_pipeline(build_pipeline(cfg, task=task, num_layers=1, transformer_overrides=overrides),
                              task=task, path=f"<{name}>")
-    spec.max_sequence_length = TEXT_TOKENS
+    spec.max_sequence_length = _text_tokens(spec)
     if cfg.family == "hunyuanvideo15":
         spec.max_sequence_length_2 = TEXT_TOKENS
     return spec
+
+
+def _text_tokens(spec) -> int:
+    return 128 if spec.family == "ltx2" else TEXT_TOKENS  # LTX-2's connectors' 128 registers need a multiple of 128
 
 
 def _experts(spec) -> dict[str, torch.nn.Module]:
@@ -153,7 +157,7 @@ def _real_clip(spec, task):
 def _pipeline_kwargs(spec, size, prompt, image, x0):
     frames, height, width = size
     kw = dict(prompt=prompt, num_frames=frames, height=height, width=width, num_inference_steps=STEPS,
-              guidance_scale=1.0, output_type="latent", max_sequence_length=TEXT_TOKENS, return_dict=False)
+              guidance_scale=1.0, output_type="latent", max_sequence_length=_text_tokens(spec), return_dict=False)
     if spec.task == "i2v":
         kw["image"] = image
     # the starting noise, drawn here so the pipeline's generator only draws CogVideoX's first-frame latent sample

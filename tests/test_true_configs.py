@@ -173,7 +173,7 @@ def encoded():
 def test_dpo_step_at_true_width(name, task, encoded):
     """One layer at true width and heads, a real clip at a small size, K = 2 negatives from the model's own
     pipeline: the DPO step of training, policy (LoRA) against reference (adapter off). Input sizes only are cut for
-    the CPU: 9 frames at 32x32 (64x64 for TI2V), 16 text tokens."""
+    the CPU: 9 frames at 32x32 (64x64 for TI2V and LTX-2), 16 text tokens (LTX-2: 128)."""
     from peft import LoraConfig
 
     from realdpo.method.reference import DisabledAdapterReference
@@ -186,8 +186,10 @@ def test_dpo_step_at_true_width(name, task, encoded):
 
     def spec_for(vae):
         spec = _spec(name, task=task, num_layers=1, transformer_overrides=overrides, vae=vae)
-        if spec.family in ("wan", "ltx2"):
-            spec.max_sequence_length = 16  # the pipelines' 512 (Wan) and 1024 (LTX-2) text tokens
+        if spec.family == "wan":
+            spec.max_sequence_length = 16  # the pipeline's 512 text tokens
+        if spec.family == "ltx2":  # 1024; its connectors' 128 registers need a multiple of 128
+            spec.max_sequence_length = 128
         if spec.family == "hunyuanvideo15":
             spec.max_sequence_length = spec.max_sequence_length_2 = 16  # the pipeline's 1000 and 256
         return spec
@@ -198,7 +200,8 @@ def test_dpo_step_at_true_width(name, task, encoded):
     k, prompt = 2, "a cyclist rides down a street"
     first_frame = spec.encode_first_frames(video[:, 0], size[0])
     cond = {**spec.encode_prompts([prompt]), **first_frame}
-    assert (spec.task == "i2v") == bool(first_frame) and cond["prompt_embeds"].shape[1] == 16
+    assert (spec.task == "i2v") == bool(first_frame)
+    assert cond["prompt_embeds"].shape[1] == (128 if spec.family == "ltx2" else 16)
     images = video[:, 0].expand(k, -1, -1, -1) if spec.task == "i2v" else None
     losers = spec.generate_latents([prompt] * k, {"prompt_embeds": cond["prompt_embeds"].expand(k, -1, -1)},
                                    num_frames=size[0], height=size[1], width=size[2], steps=1,

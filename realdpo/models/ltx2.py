@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -207,9 +206,8 @@ class LTX2Spec(DiffusersSpec):
         text-to-video."""
         if self.task != "i2v":
             return {}
-        from PIL import Image
-
         from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf, resolve_default_image_crf
+        from PIL import Image
 
         pipe = self.pipeline()
         height, width = images.shape[-2:]
