@@ -165,7 +165,7 @@ def _pipeline_kwargs(spec, size, prompt, image, x0):
     shape = spec.pipeline_latents(x0).shape
     kw["latents"] = torch.randn(shape, generator=g)
     if spec.family == "ltx2":  # classifier-free guidance only, as generate_latents runs it
-        kw.update(stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0,
+        kw.update(audio_guidance_scale=1.0, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0,
                   guidance_rescale=0.0, audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None,
                   use_cross_timestep=spec.use_cross_timestep, frame_rate=spec.frame_rate)
         if spec.task == "i2v":  # given latents, the pipeline takes their frame 0 as the first frame's: let it encode
