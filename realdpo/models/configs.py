@@ -8,7 +8,8 @@ latents (`realdpo.models.builders`); benchmarks build them on the meta device at
 
 Sources: the diffusers conversion scripts (`scripts/convert_cogvideox_to_diffusers.py`,
 `scripts/convert_wan_to_diffusers.py`), the model classes' defaults in diffusers 0.42.1, and the model cards.
-HunyuanVideo 1.5's 480p transformer config is the one copied in several public repositories' tests.
+HunyuanVideo 1.5's 480p transformer config is the one copied in several public repositories' tests; LTX-2's are the
+LTX-2.0 settings of diffusers' conversion script.
 Fields that could not be checked against a downloaded `config.json` here are listed in `UNVERIFIED`.
 """
 
@@ -90,11 +91,52 @@ _HY15_VAE = dict(  # AutoencoderKLHunyuanVideo15's defaults: 16x spatial, 4x tem
     upsample_match_channel=True, scaling_factor=1.03682,
 )
 
+# ---- LTX-2 (19B audio-video) --------------------------------------------------------------------------------------
+_LTX2_TRANSFORMER = dict(  # LTX-2.0: 48 blocks; video 32 heads of 128 (4096), audio 32 heads of 64 (2048)
+    in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32, attention_head_dim=128,
+    cross_attention_dim=4096, vae_scale_factors=[8, 32, 32], pos_embed_max_pos=20, base_height=2048, base_width=2048,
+    audio_in_channels=128, audio_out_channels=128, audio_patch_size=1, audio_patch_size_t=1,
+    audio_num_attention_heads=32, audio_attention_head_dim=64, audio_cross_attention_dim=2048, audio_scale_factor=4,
+    audio_pos_embed_max_pos=20, audio_sampling_rate=16000, audio_hop_length=160, num_layers=48,
+    activation_fn="gelu-approximate", qk_norm="rms_norm_across_heads", norm_elementwise_affine=False, norm_eps=1e-6,
+    caption_channels=3840, attention_bias=True, attention_out_bias=True, rope_theta=10000.0,
+    rope_double_precision=True, causal_offset=1, timestep_scale_multiplier=1000,
+    cross_attn_timestep_scale_multiplier=1000, rope_type="split",
+)
+_LTX2_VAE = dict(  # 32x spatial, 8x temporal, 128 channels
+    in_channels=3, out_channels=3, latent_channels=128, block_out_channels=[256, 512, 1024, 2048],
+    down_block_types=["LTX2VideoDownBlock3D"] * 4, decoder_block_out_channels=[256, 512, 1024],
+    layers_per_block=[4, 6, 6, 2, 2], decoder_layers_per_block=[5, 5, 5, 5],
+    spatio_temporal_scaling=[True, True, True, True], decoder_spatio_temporal_scaling=[True, True, True],
+    decoder_inject_noise=[False, False, False, False],
+    downsample_type=["spatial", "temporal", "spatiotemporal", "spatiotemporal"], upsample_residual=[True, True, True],
+    upsample_factor=[2, 2, 2], timestep_conditioning=False, patch_size=4, patch_size_t=1, resnet_norm_eps=1e-6,
+    scaling_factor=1.0, encoder_causal=True, decoder_causal=False, encoder_spatial_padding_mode="zeros",
+    decoder_spatial_padding_mode="reflect", spatial_compression_ratio=32, temporal_compression_ratio=8,
+)
+LTX2_AUDIO_VAE = dict(  # mel spectrograms (64 bins, 16 kHz, hop 160) to 8 x 16 latents, 4x in time
+    base_channels=128, output_channels=2, ch_mult=[1, 2, 4], num_res_blocks=2, attn_resolutions=None, in_channels=2,
+    resolution=256, latent_channels=8, norm_type="pixel", causality_axis="height", dropout=0.0,
+    mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=64, double_z=True,
+)
+LTX2_CONNECTORS = dict(  # two 2-layer connectors (video, audio) over Gemma 3 12B's 49 stacked hidden states
+    caption_channels=3840, text_proj_in_factor=49, video_connector_num_attention_heads=30,
+    video_connector_attention_head_dim=128, video_connector_num_layers=2,
+    video_connector_num_learnable_registers=128, audio_connector_num_attention_heads=30,
+    audio_connector_attention_head_dim=128, audio_connector_num_layers=2,
+    audio_connector_num_learnable_registers=128, connector_rope_base_seq_len=4096, rope_theta=10000.0,
+    rope_double_precision=True, causal_temporal_positioning=False, rope_type="split",
+)
+_LTX2_SCHEDULER = dict(  # LTX-Video's: shift by the video token count (0.95 at 1024 tokens, 2.05 at 4096)
+    num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+    base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1, time_shift_type="exponential",
+)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    family: str  # "cogvideox", "wan" or "hunyuanvideo15"
+    family: str  # "cogvideox", "wan", "hunyuanvideo15" or "ltx2"
     pipeline: str  # the diffusers pipeline class of the checkpoint (model_index.json's _class_name)
     task: str  # "t2v" or "i2v" (TI2V-5B does both; its folder is a WanPipeline)
     transformer: dict[str, Any]
@@ -110,17 +152,18 @@ class ModelConfig:
     image_encoder_dim: int | None = None  # Wan 2.1 I2V: CLIP ViT-H/14 hidden size (the transformer's image_dim)
     text_dim_2: int | None = None  # HunyuanVideo 1.5: the second text encoder's width (ByT5)
     max_sequence_length_2: int | None = None  # and its token count
-    guidance: float | None = None  # HunyuanVideo 1.5: its guider's guidance_scale
+    guidance: float | None = None  # HunyuanVideo 1.5: its guider's guidance_scale; LTX-2: its default guidance
 
     @property
     def vae_class(self) -> str:
         return {"cogvideox": "AutoencoderKLCogVideoX", "wan": "AutoencoderKLWan",
-                "hunyuanvideo15": "AutoencoderKLHunyuanVideo15"}[self.family]
+                "hunyuanvideo15": "AutoencoderKLHunyuanVideo15", "ltx2": "AutoencoderKLLTX2Video"}[self.family]
 
     @property
     def transformer_class(self) -> str:
         return {"cogvideox": "CogVideoXTransformer3DModel", "wan": "WanTransformer3DModel",
-                "hunyuanvideo15": "HunyuanVideo15Transformer3DModel"}[self.family]
+                "hunyuanvideo15": "HunyuanVideo15Transformer3DModel",
+                "ltx2": "LTX2VideoTransformer3DModel"}[self.family]
 
 
 def _cog(name, pipeline, task, transformer, vae, scheduler, size, fps) -> ModelConfig:
@@ -138,6 +181,12 @@ def _hy15(name, pipeline, task, transformer, flow_shift, size) -> ModelConfig:
                        dict(num_train_timesteps=1000, shift=flow_shift), size, 24.0, text_dim=3584,
                        max_sequence_length=1000, image_encoder_dim=1152 if task == "i2v" else None, text_dim_2=1472,
                        max_sequence_length_2=256, guidance=6.0)
+
+
+def _ltx2(name, pipeline, task) -> ModelConfig:
+    # Gemma 3 12B: 3840 wide, 1024 tokens; 121 frames at 512x768, 24 fps (the pipelines' defaults)
+    return ModelConfig(name, "ltx2", pipeline, task, _LTX2_TRANSFORMER, _LTX2_VAE, "FlowMatchEulerDiscreteScheduler",
+                       _LTX2_SCHEDULER, (121, 512, 768), 24.0, text_dim=3840, max_sequence_length=1024, guidance=4.0)
 
 
 _COG5_SCHED = {**_COG_SCHEDULER, "snr_shift_scale": 1.0}
@@ -169,6 +218,8 @@ CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (
     _hy15("HunyuanVideo-1.5-480p_t2v", "HunyuanVideo15Pipeline", "t2v", _HY15_TRANSFORMER, 5.0, (121, 480, 848)),
     _hy15("HunyuanVideo-1.5-480p_i2v", "HunyuanVideo15ImageToVideoPipeline", "i2v",
           {**_HY15_TRANSFORMER, "task_type": "i2v"}, 5.0, (121, 480, 848)),
+    _ltx2("LTX-2", "LTX2Pipeline", "t2v"),
+    _ltx2("LTX-2_i2v", "LTX2ImageToVideoPipeline", "i2v"),
 )}
 
 # What could not be checked here against the checkpoints' own config.json files (no hub access):
@@ -183,6 +234,11 @@ UNVERIFIED = {
                                "VAE config = AutoencoderKLHunyuanVideo15's defaults; scheduler shift 5.0 and guider "
                                "guidance_scale 6.0 from the official 480p sampler settings, not from the folders; "
                                "image encoder: only SigLIP's width 1152 and 729 tokens are used here",
+    "LTX-2*": "transformer, connector, VAE and audio VAE configs from the diffusers conversion script's LTX-2.0 "
+              "settings (scripts/convert_ltx2_to_diffusers.py), not from the released folder; scheduler config = "
+              "LTX-Video's (dynamic shift 0.95-2.05 over 1024-4096 tokens, shift_terminal 0.1); guidance 4.0 from "
+              "public LTX-2 examples; Gemma 3 12B only as its width 3840, 49 hidden states and 1024 tokens; the "
+              "image-to-video folder is the same checkpoint under LTX2ImageToVideoPipeline",
 }
 
 

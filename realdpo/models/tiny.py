@@ -153,6 +153,86 @@ def build_hunyuan15_pipeline(task: str, transformer, vae, scheduler, guidance: f
     return diffusers.HunyuanVideo15Pipeline(**parts)
 
 
+# LTX-2: the true VAE layout (32x spatial, 8x temporal) at 8 latent channels; a 2-layer Gemma 3 stand-in, so the
+# connectors take its 3 stacked hidden states; the audio branch at 2 channels x 2 latent mel bins
+LTX2_TRANSFORMER = dict(
+    in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+    audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=4,
+    audio_cross_attention_dim=8, num_layers=1, caption_channels=TEXT_DIM, rope_type="split",
+)
+LTX2_VAE = dict(
+    latent_channels=8, block_out_channels=(8, 16, 32, 64), decoder_block_out_channels=(8, 16, 32),
+    layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1), spatial_compression_ratio=32,
+    temporal_compression_ratio=8,
+)
+LTX2_AUDIO_VAE_TINY = dict(base_channels=4, ch_mult=(1,), num_res_blocks=1, resolution=32, latent_channels=2,
+                           mel_bins=8)
+LTX2_CONNECTORS_TINY = dict(
+    video_connector_num_attention_heads=4, video_connector_attention_head_dim=8, video_connector_num_layers=1,
+    video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=4,
+    audio_connector_attention_head_dim=8, audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
+    connector_rope_base_seq_len=32, rope_type="split",
+)
+LTX2_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+                      base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
+
+
+def tiny_gemma_tokenizer():
+    """A Gemma tokenizer over the 256 byte-fallback symbols and lower-case letters (no merges), built offline."""
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_image>", "<end_of_image>",
+                "<image_soft_token>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for ch in "\u2581abcdefghijklmnopqrstuvwxyz":
+        vocab.setdefault(ch, len(vocab))
+    return GemmaTokenizer(vocab=vocab, merges=[])
+
+
+def ltx2_parts(text_dim: int, connectors, audio_vae, text_layers: int = 2) -> dict:
+    """LTX-2's text and audio components around a transformer: a `text_layers`-layer Gemma 3 stand-in of width
+    `text_dim` (its tiny SigLIP tower included, as Gemma3ForConditionalGeneration has one), the connectors (taking
+    the stand-in's text_layers + 1 stacked hidden states), the audio VAE and a small vocoder. `connectors` and
+    `audio_vae` are configs or already built modules."""
+    from diffusers import AutoencoderKLLTX2Audio
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    tokenizer = tiny_gemma_tokenizer()
+    heads = max(1, text_dim // 128) if text_dim % 128 == 0 else 2
+    cfg = Gemma3Config(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=64,
+                         num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=1,
+                         head_dim=text_dim // heads, max_position_embeddings=2048, sliding_window=64),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=5, eoi_token_index=6, image_token_index=7)
+    torch.manual_seed(0)
+    text_encoder = Gemma3ForConditionalGeneration(cfg)
+    torch.manual_seed(0)
+    conn = connectors if isinstance(connectors, torch.nn.Module) else LTX2TextConnectors(
+        **{**connectors, "caption_channels": text_dim, "text_proj_in_factor": text_layers + 1})
+    torch.manual_seed(0)
+    avae = audio_vae if isinstance(audio_vae, torch.nn.Module) else AutoencoderKLLTX2Audio(**audio_vae)
+    torch.manual_seed(0)
+    vocoder = LTX2Vocoder(in_channels=avae.config.output_channels * avae.config.mel_bins, hidden_channels=32,
+                          out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
+                          resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], output_sampling_rate=16000)
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, connectors=conn, audio_vae=avae, vocoder=vocoder)
+
+
+def build_ltx2_pipeline(task: str, transformer, vae, scheduler, text_dim: int, connectors: dict, audio_vae: dict):
+    """An LTX-2 pipeline of `task` around the given transformer, VAE and scheduler with stand-in text and audio
+    components (`ltx2_parts`)."""
+    import diffusers
+
+    cls = diffusers.LTX2ImageToVideoPipeline if task == "i2v" else diffusers.LTX2Pipeline
+    return cls(transformer=transformer, vae=vae, scheduler=scheduler, **ltx2_parts(text_dim, connectors, audio_vae))
+
+
 def build_tiny_pipeline(family: str, task: str = "t2v", seed: int = 0, variant: str | None = None):
     """A tiny random-weight diffusers pipeline (deterministic for a given seed). variant="1.5": CogVideoX 1.5's
     layout (temporal patches, ofs embedding for i2v, inverted image-latent scaling). Wan variant "2.2-ti2v": TI2V-5B's
@@ -160,9 +240,18 @@ def build_tiny_pipeline(family: str, task: str = "t2v", seed: int = 0, variant: 
     "2.2-a14b": A14B's two experts split at boundary_ratio (T2V 0.875, I2V 0.9; no CLIP image encoder)."""
     from transformers import ByT5Tokenizer
 
-    if family not in ("cogvideox", "wan", "hunyuanvideo15") or task not in ("t2v", "i2v"):
+    if family not in ("cogvideox", "wan", "hunyuanvideo15", "ltx2") or task not in ("t2v", "i2v"):
         raise UserError(f"no tiny model for family={family!r} task={task!r}")
     torch.manual_seed(seed)
+    if family == "ltx2":
+        if variant is not None:
+            raise UserError(f"unknown tiny LTX-2 variant {variant!r}")
+        import diffusers
+
+        transformer = diffusers.LTX2VideoTransformer3DModel(**LTX2_TRANSFORMER)
+        vae = diffusers.AutoencoderKLLTX2Video(**LTX2_VAE)
+        return build_ltx2_pipeline(task, transformer, vae, diffusers.FlowMatchEulerDiscreteScheduler(**LTX2_SCHEDULER),
+                                   TEXT_DIM, LTX2_CONNECTORS_TINY, LTX2_AUDIO_VAE_TINY)
     if family == "hunyuanvideo15":
         if variant is not None:
             raise UserError(f"unknown tiny HunyuanVideo 1.5 variant {variant!r}")
@@ -249,7 +338,7 @@ def save_tiny_pipeline(family: str, task: str, out: Path, seed: int = 0, variant
 
     with quiet_progress():
         pipe.save_pretrained(out, safe_serialization=True)
-    if family in ("wan", "hunyuanvideo15"):  # no frame count in their configs: what this toy model runs at
+    if family in ("wan", "hunyuanvideo15", "ltx2"):  # no frame count in their configs: what this toy model runs at
         (out / "realdpo.json").write_text(json.dumps({"default_size": [9, 64, 64]}))
     return out
 

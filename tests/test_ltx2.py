@@ -1,0 +1,119 @@
+"""LTX-2 through the commands, on tiny saved pipelines (`save_tiny_pipeline("ltx2", task)`): `realdpo train` for
+two steps through --model, its LoRA loaded by the diffusers pipeline with `load_lora_weights`, `realdpo sample`
+writing a video, the family's defaults, and how the audio stream runs beside the video during training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
+
+from cli.main import run
+from realaction.errors import UserError
+from realdpo.models import LTX2Spec, load_spec
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("shards")
+    clips = [(f"synth-{i:04d}", f"a yellow square moving right, take {i}", synthetic_clip(frames=20, seed=i))
+             for i in range(2)]
+    return [str(write_tiny_shard(root / "realaction-000000.tar", clips))]
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_the_spec_owns_the_family_defaults(task):
+    spec = load_spec(tiny_model("ltx2", task))
+    assert isinstance(spec, LTX2Spec) and spec.task == task
+    run_defaults = spec.run_defaults()
+    assert run_defaults.fps == 24.0 and run_defaults.guidance == 4.0 and run_defaults.beta == 500.0
+    assert "blurry" in run_defaults.negative_prompt and spec.vae.dtype == torch.float32
+    with pytest.raises(UserError, match="8k\\+1"):
+        spec.check_size(10, 64, 64)
+    with pytest.raises(UserError, match="divisible by 32"):
+        spec.check_size(9, 48, 64)
+    with pytest.raises(UserError, match="--sampler default"):
+        spec.sampling_scheduler("multistep")
+    cond = spec.encode_prompts(["a cat", "a dog on a long walk"])
+    assert cond["prompt_embeds"].shape[:2] == cond["audio_prompt_embeds"].shape[:2] == (2, 1024)
+    assert cond["prompt_attention_mask"].shape == (2, 1024)
+    assert not torch.allclose(cond["prompt_embeds"][0], cond["prompt_embeds"][1])
+
+
+def _inputs(spec, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 8, 2, 2, 2, generator=g)
+    cond = spec.encode_prompts(["a square"])
+    if spec.task == "i2v":
+        cond["image_latents"] = spec.normalize(x[:, :, :1])
+    return x, torch.randn(spec.noise_shape(tuple(x.shape)), generator=g), cond
+
+
+def test_the_audio_stream_runs_jointly_and_only_the_video_error_counts():
+    """The transformer sees audio tokens noised to the video's timestep from the noise past the video's frames, with
+    isolate_modalities off; the error does not change with the audio prediction (the audio projection zeroed) but
+    does with the audio noise, which the video attends to."""
+    spec = load_spec(tiny_model("ltx2", "t2v"))
+    x, noise, cond = _inputs(spec)
+    assert noise.shape[2] > x.shape[2]  # the audio stream's noise rides after the video's latent frames
+    seen = {}
+    hook = spec.transformer.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    t = torch.tensor([600.0])
+    with torch.no_grad():
+        e = spec.per_sample_error(spec.transformer, x, noise, t, cond)
+        hook.remove()
+        audio = seen["audio_hidden_states"]
+        length = spec.audio_num_frames(x.shape[2])
+        assert audio.shape == (1, length, spec.transformer.config.audio_in_channels)
+        expected = 0.6 * noise[:, :, x.shape[2]:].reshape(1, -1)[:, :audio[0].numel()].reshape(audio.shape)
+        torch.testing.assert_close(audio, expected)
+        assert seen["isolate_modalities"] is False and torch.equal(seen["timestep"], seen["sigma"])
+        proj = spec.transformer.audio_proj_out
+        saved = proj.weight.clone()
+        proj.weight.zero_()
+        torch.testing.assert_close(spec.per_sample_error(spec.transformer, x, noise, t, cond), e)
+        proj.weight.copy_(saved)
+        other = noise.clone()
+        other[:, :, x.shape[2]:] = torch.randn(other[:, :, x.shape[2]:].shape)
+        assert not torch.allclose(spec.per_sample_error(spec.transformer, x, other, t, cond), e)
+
+
+def _output(spec, seed=0):
+    x, noise, cond = _inputs(spec, seed)
+    with torch.no_grad():
+        return spec.per_sample_error(spec.transformer, x, noise, torch.tensor([500.0]), cond)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_train_two_steps_lora_loads_into_the_pipeline_and_sample_writes_a_video(task, shards, tmp_path):
+    model = tiny_model("ltx2", task)
+    out = tmp_path / "run"
+    assert run(["train", "--shards", *shards, "--model", str(model), "--out", str(out), "--cache-dir",
+                str(tmp_path / "cache"), "--steps", "2", "--negatives", "1", "--neg-steps", "2", "--lora-rank", "2",
+                "--lr", "1e-2", "--checkpoint-every", "0"]) == 0
+    lora = out / "lora"
+    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+
+    spec = load_spec(model)
+    before = _output(spec)
+    import diffusers
+
+    pipe = getattr(diffusers, spec.pipeline_classes[task]).from_pretrained(model)  # the plain diffusers pipeline
+    pipe.load_lora_weights(str(lora))  # its own LTX2LoraLoaderMixin
+    spec.transformer = pipe.transformer
+    assert not torch.allclose(_output(spec), before)
+
+    video = tmp_path / "v.mp4"
+    argv = ["sample", "--prompt", "a yellow square", "--model", str(model), "--lora", str(lora), "--steps", "2",
+            "--out", str(video)]
+    if task == "i2v":
+        from PIL import Image
+
+        image = tmp_path / "first.png"
+        Image.new("RGB", (64, 64), (200, 180, 40)).save(image)
+        argv += ["--image", str(image)]
+    assert run(argv) == 0
+    assert video.stat().st_size > 0
