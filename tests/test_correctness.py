@@ -134,8 +134,7 @@ def test_cache_entries_are_told_apart_by_dtype_and_fp8_storage(tmp_path):
     tags = {}
     for fp8 in (False, True):
         trainer = Trainer(TrainConfig(shards=["unused"], out=tmp_path / "run", model=model, fp8_base=fp8))
-        trainer.spec = fp32
-        tags[fp8] = {recipe.tag for recipe, _ in trainer.negative_plan(1).parts}
+        tags[fp8] = {recipe.tag for recipe, _ in trainer.negative_plan(fp32, 1).parts}
     assert tags[False].isdisjoint(tags[True])
 
 

@@ -27,23 +27,24 @@ def shards(tmp_path_factory) -> list[str]:
 def test_real_checkpoints_default_to_checkpointing_one_row_at_a_time(monkeypatch, shards, tmp_path):
     import realdpo.models.placement as placement
 
-    t = Trainer(_cfg(shards, tmp_path / "latents", tmp_path / "tiny", steps=1))
-    t.setup()
-    assert t.cfg.gradient_checkpointing is False and t.cfg.chunk_size is None  # a tiny model: one pass, no recompute
+    o = Trainer(_cfg(shards, tmp_path / "latents", tmp_path / "tiny", steps=1)).setup().options
+    assert o.gradient_checkpointing is False and o.chunk_size is None  # a tiny model: one pass, no recompute
     reset_accelerate()
     monkeypatch.setattr(placement, "REAL_MODEL_PARAMS", 1)  # every model counts as a real checkpoint
-    t = Trainer(_cfg(shards, tmp_path / "latents", tmp_path / "real", steps=1))
-    t.setup()
-    t.build_model()
-    t.restore()
-    assert t.cfg.gradient_checkpointing is True and t.cfg.chunk_size == 1 and t.transformer.is_gradient_checkpointing
+    cfg = _cfg(shards, tmp_path / "latents", tmp_path / "real", steps=1)
+    t = Trainer(cfg)
+    s = t.setup()
+    m = t.build_model(s)
+    t.restore(s, m)
+    assert s.options.gradient_checkpointing is True and s.options.chunk_size == 1
+    assert m.transformer.is_gradient_checkpointing
+    assert cfg.gradient_checkpointing is None and cfg.chunk_size is None  # resolved in the run, not in the user's
     saved = json.loads((tmp_path / "real" / "train_config.json").read_text())
     assert saved["gradient_checkpointing"] is True and saved["chunk_size"] == 1 and saved["keep_graph"] is False
     reset_accelerate()
-    t = Trainer(_cfg(shards, tmp_path / "latents", tmp_path / "mine", steps=1, gradient_checkpointing=False,
-                     chunk_size=2))
-    t.setup()
-    assert t.cfg.gradient_checkpointing is False and t.cfg.chunk_size == 2  # explicit choices win
+    o = Trainer(_cfg(shards, tmp_path / "latents", tmp_path / "mine", steps=1, gradient_checkpointing=False,
+                     chunk_size=2)).setup().options
+    assert o.gradient_checkpointing is False and o.chunk_size == 2  # explicit choices win
 
 
 def test_encoders_leave_the_device_after_caching_and_never_come_with_a_warm_cache(monkeypatch, shards, tmp_path):
@@ -54,16 +55,16 @@ def test_encoders_leave_the_device_after_caching_and_never_come_with_a_warm_cach
     onloads = []
     for run in ("cold", "warm"):
         t = Trainer(_cfg(shards, cache, tmp_path / run, steps=2))
-        t.setup()
-        t.build_model()
-        t.restore()
-        t.open_round(1)  # caches real latents, prompt embeddings and negatives
-        cached = t.spec.encoders.onloads()
-        t.train_step()
-        t.train_step()
-        assert t.spec.encoders.onloads() == cached and t.spec.encoders.resident() == []
+        s = t.setup()
+        data, m = t.build_data(s), t.build_model(s)
+        progress = t.restore(s, m)
+        rnd = t.open_round(s, data, m, progress, 1)  # caches real latents, prompt embeddings and negatives
+        cached = s.spec.encoders.onloads()
+        t.train_step(s, m, rnd, progress)
+        t.train_step(s, m, rnd, progress)
+        assert s.spec.encoders.onloads() == cached and s.spec.encoders.resident() == []
         onloads.append(cached)
-        t.finish(None)
+        t.finish(s, m, progress)
         reset_accelerate()
     assert onloads[0]["text_encoder"] > 0 and onloads[0]["vae"] > 0
     assert onloads[1] == {"text_encoder": 0, "vae": 0}
@@ -87,13 +88,15 @@ def test_adamw8bit_full_fine_tuning_resumes_exactly(shards, tmp_path):
     kw = dict(lora=False, optimizer="adamw8bit", checkpoint_every=2, lr=1e-4)
     straight, split = tmp_path / "straight", tmp_path / "split"
     t = Trainer(_cfg(shards, tmp_path / "latents", straight, steps=4, **kw))
-    t.run()
-    assert type(t.optimizer.optimizer).__name__ == "AdamW8bit"
-    opt = t.optimizer.optimizer
-    large = [p for p in t.trainable.values() if p.numel() >= 4096]  # bitsandbytes keeps smaller tensors' in fp32
+    s = t.setup()
+    m = t.build_model(s)
+    t.loop(s, t.build_data(s), m)
+    assert type(m.optimizer.optimizer).__name__ == "AdamW8bit"
+    opt = m.optimizer.optimizer
+    large = [p for p in m.trainable.values() if p.numel() >= 4096]  # bitsandbytes keeps smaller tensors' in fp32
     assert large and all(opt.state[p]["state1"].dtype == opt.state[p]["state2"].dtype == torch.uint8 for p in large)
     # AdamW holds 8 bytes per weight; in this tiny model a third of the weights sit in small tensors
-    assert state_bytes(opt) < 0.4 * 8 * sum(p.numel() for p in t.trainable.values())
+    assert state_bytes(opt) < 0.4 * 8 * sum(p.numel() for p in m.trainable.values())
     reset_accelerate()
     train(_cfg(shards, tmp_path / "latents", split, steps=2, **kw))
     reset_accelerate()

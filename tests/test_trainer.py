@@ -154,18 +154,48 @@ def test_trainer_phases_run_one_by_one(shards, cache_dir, tmp_path):
     train(_cfg(shards, cache_dir, whole, steps=1))
     reset_accelerate()
     t = Trainer(_cfg(shards, cache_dir, tmp_path / "phases", steps=1))
-    t.setup()
-    assert t.frames == 9 and not (tmp_path / "phases" / "metrics.jsonl").exists()
-    t.build_model()
-    assert t.trainable and all("lora" in n for n in t.trainable) and t.reference is not None
-    t.restore()
-    t.open_round(1)
-    assert t.current_round == 1 and len(t.stream.stream.keys) == 4
-    row = t.train_step()
-    assert row["step"] == 1 and t.state == {"step": 1, "batch": 1} and t.step_keys and row["accuracy"] == 0.5
+    s = t.setup()
+    assert s.run.frames == 9 and not (tmp_path / "phases" / "metrics.jsonl").exists()
+    data = t.build_data(s)
+    m = t.build_model(s)
+    assert m.trainable and all("lora" in n for n in m.trainable) and m.reference is not None
+    progress = t.restore(s, m)
+    rnd = t.open_round(s, data, m, progress, 1)
+    assert rnd.number == 1 and len(rnd.stream.stream.keys) == 4
+    row, keys = t.train_step(s, m, rnd, progress)
+    assert row["step"] == 1 and progress.state == {"step": 1, "batch": 1} and keys and row["accuracy"] == 0.5
     assert row["loss"] == pytest.approx(_rows(whole)[0]["loss"])
-    result = t.finish(None)
+    result = t.finish(s, m, progress)
     assert result.steps == 1 and (tmp_path / "phases" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_run_leaves_the_users_config_and_the_models_fingerprint_as_they_were(shards, cache_dir, tmp_path,
+                                                                                monkeypatch):
+    """The defaults a run resolves (--t-min/--t-max, the memory options, the model's beta) go into its own record,
+    never into the config it was given; the model loads with the run's options (first-frame noise here), so its
+    fingerprint, which keys the caches, is the one it had when it loaded."""
+    import dataclasses
+
+    import realdpo.models as models
+
+    loaded = []
+    load_spec = models.load_spec
+
+    def recording(*args, **kw):
+        spec = load_spec(*args, **kw)
+        loaded.append((spec, spec.fingerprint()))
+        return spec
+
+    monkeypatch.setattr(models, "load_spec", recording)
+    cfg = _cfg(shards, cache_dir, tmp_path / "run", task="i2v", steps=1, first_frame_noise=True, beta=None)
+    given = dataclasses.asdict(cfg)
+    train(cfg)
+    assert dataclasses.asdict(cfg) == given
+    [(spec, at_load)] = loaded
+    assert spec.fingerprint() == at_load and (cache_dir / at_load).is_dir()
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["t_min"] == 0.0 and saved["t_max"] == 0.5 and saved["gradient_checkpointing"] is False
+    assert saved["beta"] is None and saved["resolved"]["beta"] == 5000.0 and saved["resolved"]["task"] == "i2v"
 
 
 def test_rounds_sft_chunks_and_full_fine_tuning(shards, cache_dir, tmp_path):

@@ -8,7 +8,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 from rich.console import Console
@@ -16,8 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from realaction.errors import UserError
 from realdpo.configs.eval import EvalConfig
-from realdpo.evaluation import motion
 from realdpo.evaluation.intervals import LEVEL, interval
+from realdpo.evaluation.metrics.base import Column, Context, Metric
+from realdpo.evaluation.metrics.clipsim import ClipSimMetric
+from realdpo.evaluation.metrics.fvd import FvdMetric
+from realdpo.evaluation.metrics.motion import MotionMetric
+from realdpo.evaluation.metrics.plugin import ScorerMetric
+from realdpo.evaluation.metrics.pref import PrefMetric
 from realdpo.evaluation.scoring import FrameScorer, Job, Result, init_worker, run_job
 from realdpo.evaluation.videos import (
     expand_real,
@@ -28,26 +33,14 @@ from realdpo.evaluation.videos import (
     read_samples,
 )
 
-# Metric name -> True when higher is better. Order is the table's column order.
-METRICS = {
-    "dynamic_degree": True,
-    "motion_smoothness": True,
-    "flicker": False,
-    "clipsim": True,
-    "fvd": False,
-    "pref_accuracy": True,
-    "pref_margin": True,
-    "physical_rate": True,  # --lab only
-    "lab_residual": False,
-    "lab_consistent_frames": True,
-    "lab_balls_found": True,
-}
-# Metric -> (per-video score it is the mean of, scale): these get bootstrap intervals and paired differences (FVD is
-# a distance between two sets of videos, pref_accuracy comes from --pairs: neither is a mean over videos)
-PER_VIDEO = {"dynamic_degree": ("dynamic", 100.0), "motion_smoothness": ("motion_smoothness", 1.0),
-             "flicker": ("flicker", 1.0), "clipsim": ("clipsim", 1.0), "physical_rate": ("lab_physical", 100.0),
-             "lab_residual": ("lab_residual", 1.0), "lab_consistent_frames": ("lab_consistent_frames", 1.0),
-             "lab_balls_found": ("lab_balls_found", 1.0)}
+
+def metric_list(cfg: EvalConfig, plug_in: FrameScorer | None = None) -> list[Metric]:
+    """A run's metrics, in the table's column order; --lab adds the plugged-in scorer."""
+    return [MotionMetric(), ClipSimMetric(), FvdMetric(), PrefMetric()] + ([ScorerMetric(plug_in)] if cfg.lab else [])
+
+
+# the built-in columns -> True when higher is better (a plug-in adds its own)
+METRICS = {k: v for m in (MotionMetric, ClipSimMetric, FvdMetric, PrefMetric) for k, v in m.columns.items()}
 
 
 def _jobs_iter(jobs: list[Job], workers: int) -> Iterator[Result]:
@@ -72,108 +65,35 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=False)
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return float(np.mean(vals)) if vals else None
-
-
 def evaluate(cfg: EvalConfig, lab_scorer: FrameScorer | None = None) -> dict:
-    """Run every available metric over every method's videos; returns the report dict (also written as JSON).
+    """Run every metric of `metric_list` over every method's videos; returns the report dict (also written as JSON).
     `--lab` scores with `lab_scorer`, the motion lab's tracker, which the command line plugs in (the library's
     evaluation does not import the lab)."""
     if cfg.lab and lab_scorer is None:
         raise UserError("--lab needs the motion lab's scorer; run it as `realdpo eval --lab`")
     console = Console(stderr=False)
     started = time.time()
-    methods = parse_methods(cfg.videos)
-    prompts_file = read_prompts(cfg.prompts)
-    videos: dict[str, list[Path]] = {}
-    prompts: dict[str, list[str | None]] = {}
-    samples: dict[str, dict[str, dict]] = {}
-    for name, folder in methods.items():
-        videos[name] = list_videos(folder)
-        if not videos[name]:
-            raise UserError(f"--videos {name}: no video files in {folder}")
-        prompts[name] = match_prompts(videos[name], prompts_file, name)
-        samples[name] = read_samples(folder)
-    warnings = _count_warnings(videos, prompts_file)
+    videos, prompts, samples, warnings = _read_methods(cfg)
     for w in warnings:
         console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
-    real = expand_real(cfg.real) if cfg.real else []
+    ctx = Context(cfg, console, videos, prompts, expand_real(cfg.real) if cfg.real else [])
 
+    metrics = metric_list(cfg, lab_scorer)
     skipped: dict[str, str] = {}
-    clip_model = None
-    if cfg.clip_checkpoint is None:
-        skipped["clipsim"] = "no --clip-checkpoint given"
-    elif not all(p for ps in prompts.values() for p in ps):
-        skipped["clipsim"] = "some videos have no prompt (give --prompts or a <stem>.txt beside each video)"
-    else:
-        from realdpo.evaluation.clipsim import ClipScorer
+    active = []
+    for metric in metrics:  # models load before the videos: a bad one fails before the long part
+        why = metric.prepare(ctx)
+        if why is None:
+            active.append(metric)
+        else:
+            skipped.update(dict.fromkeys(metric.columns, why))
+    results, real_errors, elapsed = _score(ctx, active, console)
 
-        clip_model = ClipScorer.load(cfg.clip_arch, cfg.clip_checkpoint)
-    detector = None
-    if cfg.i3d is None:
-        skipped["fvd"] = "no --i3d given"
-    elif not real:
-        skipped["fvd"] = "no --real clips given"
-    else:
-        from realdpo.evaluation.fvd import i3d_features, load_i3d
-
-        detector = load_i3d(cfg.i3d, trust=cfg.trust_i3d)
-    pref = None
-    if not cfg.pairs:
-        skipped["pref_accuracy"] = skipped["pref_margin"] = "no --pairs given"
-    else:  # before the videos: a bad --lora or --model fails before the long part
-        from realdpo.evaluation.pref_accuracy import preference_accuracy
-
-        pref = preference_accuracy(cfg, console)
-        if "skipped" in pref:
-            skipped["pref_accuracy"] = skipped["pref_margin"] = pref["skipped"]
-
-    jobs: list[Job] = []
-    for name, files in videos.items():
-        for i, path in enumerate(files):
-            jobs.append(Job(name, i, path.name, path, cfg.flow_side, cfg.sample_fps,
-                            clip_frames=cfg.clip_frames if clip_model is not None else None,
-                            fvd=detector is not None, strip=i < cfg.strip_videos,
-                            scorer=lab_scorer if cfg.lab else None))
-    if detector is not None:
-        jobs += [Job("", i, c.name, c.data, cfg.flow_side, cfg.sample_fps, motion=False, fvd=True)
-                 for i, c in enumerate(real)]
-
-    results: dict[str, list[Result | None]] = {name: [None] * len(files) for name, files in videos.items()}
-    real_feats: list[np.ndarray] = []
-    gen_feats: dict[str, list[np.ndarray]] = {name: [] for name in videos}
-    text_cache: dict = {}  # prompt -> text embedding
-    real_errors: list[str] = []
-
-    t0 = time.time()
-    with _progress(console) as progress:
-        task = progress.add_task("scoring videos", total=len(jobs), rate="")
-        for done, res in enumerate(_jobs_iter(jobs, cfg.workers), 1):
-            if not res.method:
-                if res.error:
-                    real_errors.append(f"{res.name}: {res.error}")
-                elif res.fvd_clip is not None:
-                    real_feats.append(i3d_features(detector, [res.fvd_clip])[0])
-            else:
-                results[res.method][res.index] = res
-                if res.clip_images is not None:
-                    prompt = prompts[res.method][res.index]
-                    if prompt not in text_cache:
-                        text_cache[prompt] = clip_model.text_embedding(prompt)
-                    res.scores["clipsim"] = clip_model.score(res.clip_images, text_cache[prompt])
-                if res.fvd_clip is not None:
-                    gen_feats[res.method].append(i3d_features(detector, [res.fvd_clip])[0])
-                res.clip_images = res.fvd_clip = None  # free the frames as we go
-            elapsed = max(time.time() - t0, 1e-6)
-            progress.update(task, advance=1, rate=f"{done / elapsed:.2f} videos/s")
-    elapsed = time.time() - t0
-
-    report = _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_errors, skipped, elapsed)
+    report = _assemble(cfg, ctx, metrics, active, results, real_errors, skipped, elapsed)
+    columns = {k: c for m in metrics for k, c in m.per_video.items()}
     units = {name: _units(videos[name], prompts[name], samples[name]) for name in videos}
-    report["intervals"] = _intervals(results, units, cfg.bootstrap, cfg.seed)
-    report["differences"], pair_warnings = _differences(results, videos, units, cfg.bootstrap, cfg.seed)
+    report["intervals"] = _intervals(results, units, columns, cfg.bootstrap, cfg.seed)
+    report["differences"], pair_warnings = _differences(results, videos, units, columns, cfg.bootstrap, cfg.seed)
     for w in pair_warnings:
         console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
     report["settings"]["warnings"] = warnings + pair_warnings
@@ -182,51 +102,91 @@ def evaluate(cfg: EvalConfig, lab_scorer: FrameScorer | None = None) -> dict:
         "definition": "percentile bootstrap over prompts: a resample draws the prompts with replacement and takes "
                       "the mean over all their videos (their seeds); differences are method minus the first --videos "
                       "method over the videos both have (same file name: same prompt and seed), resampled the same "
-                      "way", "metrics": list(PER_VIDEO)}
-    if cfg.lab:
-        report["settings"]["lab"] = lab_scorer.settings
-    if pref is not None:
-        if pref["metrics"]:
-            report["methods"].setdefault(cfg.pref_name, {"n_videos": 0}).update(pref["metrics"])
-        report["settings"]["pref_accuracy"] = {"row": cfg.pref_name, **pref["settings"],
-                                               "definition": "percentage of (real clip, cached negative) pairs whose "
-                                               "policy-vs-reference error difference d_k < 0, a tie counting one "
-                                               "half; pref_margin is mean "
-                                               "-(beta/2) d_k; errors averaged over fixed timesteps and noise"}
+                      "way", "metrics": list(columns)}
+    for metric in metrics:
+        for row, values in metric.rows().items():
+            report["methods"].setdefault(row, {"n_videos": 0}).update(values)
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     report["settings"]["wall_seconds"] = round(time.time() - started, 2)
-    tmp = out / "report.json.tmp"
     report = _finite(report)
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, out / "report.json")
+    _write(Path(cfg.out), report, results, {k: v for m in metrics for k, v in m.columns.items()}, console)
+    console.print(f"{sum(len(v) for v in videos.values())} videos in {elapsed:.1f} s "
+                  f"({report['settings']['videos_per_second']:.2f} videos/s); report in {cfg.out}")
+    return report
 
+
+def _read_methods(cfg: EvalConfig) -> tuple[dict, dict, dict, list[str]]:
+    """method -> its video files, their prompts and their samples.jsonl rows; warnings about the folders."""
+    prompts_file = read_prompts(cfg.prompts)
+    videos: dict[str, list[Path]] = {}
+    prompts: dict[str, list[str | None]] = {}
+    samples: dict[str, dict[str, dict]] = {}
+    for name, folder in parse_methods(cfg.videos).items():
+        videos[name] = list_videos(folder)
+        if not videos[name]:
+            raise UserError(f"--videos {name}: no video files in {folder}")
+        prompts[name] = match_prompts(videos[name], prompts_file, name)
+        samples[name] = read_samples(folder)
+    return videos, prompts, samples, _count_warnings(videos, prompts_file)
+
+
+def _write(out: Path, report: dict, results: dict[str, list[Result | None]], directions: dict[str, bool],
+           console: Console) -> None:
+    """report.json, metrics.png, differences.png, each method's strip, and the table on the terminal."""
     from realdpo.evaluation.plots import differences_chart, metrics_chart, write_strip
     from realdpo.evaluation.table import print_table
 
-    metrics_chart(report, out / "metrics.png", METRICS)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, out / "report.json")
+    metrics_chart(report, out / "metrics.png", directions)
     if report["differences"]:
-        differences_chart(report, out / "differences.png", METRICS)
+        differences_chart(report, out / "differences.png", directions)
     for name, res_list in results.items():
         strips = [(r.name, r.strip) for r in res_list if r is not None and r.strip is not None]
         if strips:
             write_strip(strips, out / f"{name}_strip.png")
-    print_table(console, report, METRICS)
-    console.print(f"{sum(len(v) for v in videos.values())} videos in {elapsed:.1f} s "
-                  f"({report['settings']['videos_per_second']:.2f} videos/s); report in {out}")
-    return report
+    print_table(console, report, directions)
 
 
-def _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_errors, skipped, elapsed) -> dict:
+def _score(ctx: Context, metrics: list[Metric], console: Console) -> tuple[dict[str, list[Result | None]], list[str],
+                                                                            float]:
+    """Decode and score every video (and the metrics' reference clips) in the workers, each result then by every
+    metric in this process: (method -> results in file order, reference clips that failed, seconds)."""
+    cfg = ctx.cfg
+    options = {k: v for m in metrics for k, v in m.job_options().items()}
+    jobs = [Job(name, i, path.name, path, cfg.flow_side, cfg.sample_fps, **{"motion": False, **options},
+                strip=i < cfg.strip_videos) for name, files in ctx.videos.items() for i, path in enumerate(files)]
+    jobs += [job for m in metrics for job in m.reference_jobs()]
+    results: dict[str, list[Result | None]] = {name: [None] * len(files) for name, files in ctx.videos.items()}
+    real_errors: list[str] = []
+    t0 = time.time()
+    with _progress(console) as progress:
+        task = progress.add_task("scoring videos", total=len(jobs), rate="")
+        for done, res in enumerate(_jobs_iter(jobs, cfg.workers), 1):
+            if res.method:
+                results[res.method][res.index] = res
+            elif res.error:
+                real_errors.append(f"{res.name}: {res.error}")
+            for metric in metrics:
+                metric.score(res)
+            res.clip_images = res.fvd_clip = None  # free the frames as we go
+            elapsed = max(time.time() - t0, 1e-6)
+            progress.update(task, advance=1, rate=f"{done / elapsed:.2f} videos/s")
+    return results, real_errors, time.time() - t0
+
+
+def _assemble(cfg, ctx, metrics, active, results, real_errors, skipped, elapsed) -> dict:
     methods_out: dict[str, dict] = {}
     per_video: dict[str, list[dict]] = {}
     errors: list[str] = list(real_errors)
-    fvd_on = "fvd" not in skipped
+    # means over videos first, then the distances between sets (FVD)
+    ordered = sorted(active, key=lambda m: not m.per_video)
     for name, res_list in results.items():
         rows = []
         ok = [r for r in res_list if r is not None and r.error is None]
-        for r, path, prompt in zip(res_list, videos[name], prompts[name]):
+        for r, path, prompt in zip(res_list, ctx.videos[name], ctx.prompts[name]):
             row = {"file": path.name, "prompt": prompt}
             if r is None or r.error:
                 row["error"] = r.error if r is not None else "not scored"
@@ -236,47 +196,23 @@ def _assemble(cfg, videos, prompts, results, gen_feats, real_feats, real, real_e
             rows.append(row)
         per_video[name] = rows
         m: dict[str, float | int] = {}
-        dyn = [r.scores["dynamic"] for r in ok if r.scores.get("dynamic") is not None]
-        if dyn:
-            m["dynamic_degree"] = 100.0 * float(np.mean(dyn))
-        for key in ("motion_smoothness", "flicker", "clipsim"):
-            v = _mean(r.scores.get(key) for r in ok)
-            if v is not None:
-                m[key] = v
-        if cfg.lab:
-            m.update(_lab_metrics(ok))
-        if fvd_on:
-            fvd = _fvd(gen_feats[name], real_feats)
-            if isinstance(fvd, str):
-                skipped.setdefault("fvd", "")
-                skipped["fvd"] = (skipped["fvd"] + f"; {name}: {fvd}").lstrip("; ")
+        for metric in ordered:
+            values = metric.aggregate(name, ok)
+            if isinstance(values, str):  # no value for this method: said among the skipped, per method
+                for column in metric.columns:
+                    skipped[column] = (skipped.get(column, "") + f"; {name}: {values}").lstrip("; ")
             else:
-                m["fvd"] = fvd
+                m.update(values)
         m["n_videos"] = len(ok)
         methods_out[name] = m
-    settings = {
-        "flow": motion.FLOW_ALGORITHM,
-        "flow_short_side": cfg.flow_side,
-        "sample_fps": cfg.sample_fps,
-        "dynamic_rule": "a sampled pair moves when the mean of its top 5% flow magnitudes exceeds "
-                        "6.0 * min(H, W) / 256 * max(1, sample_fps / fps) at the working resolution H x W; "
-                        "a video is dynamic when round(4 * n_sampled / 16) pairs move",
-        "motion_smoothness": "odd frames dropped and rebuilt by bidirectional-flow interpolation of their "
-                             "neighbours; (255 - MAE) / 255 * 100 on uint8 RGB at the working resolution",
-        "flicker": "mean |frame_t - warp(frame_t+1, flow t->t+1)| in uint8 gray levels, RGB, working resolution; "
-                   "lower is better",
-        "clipsim": {"arch": cfg.clip_arch, "checkpoint": str(cfg.clip_checkpoint) if cfg.clip_checkpoint else None,
-                    "frames": "every frame" if cfg.clip_frames == 0 else cfg.clip_frames,
-                    "definition": "mean cosine(image embedding of frame, text embedding of prompt) x 100"},
-        "fvd": {"i3d": str(cfg.i3d) if cfg.i3d else None, "n_real": len(real_feats), "real_sources": len(real),
-                "frames": 16, "size": 224, "definition": "Fréchet distance of I3D logits (first 16 frames, "
-                "shorter side 224 + centre crop, [-1, 1]) between generated and real clips"},
-        "higher_is_better": dict(METRICS),
+    settings = {k: v for metric in metrics for k, v in metric.describe().items()}
+    settings.update({
+        "higher_is_better": {k: v for metric in metrics for k, v in metric.columns.items()},
         "skipped": skipped,
         "errors": errors,
         "workers": cfg.workers,
-        "videos_per_second": round(sum(len(v) for v in videos.values()) / max(elapsed, 1e-6), 4),
-    }
+        "videos_per_second": round(sum(len(v) for v in ctx.videos.values()) / max(elapsed, 1e-6), 4),
+    })
     return {"methods": methods_out, "per_video": per_video, "settings": settings}
 
 
@@ -306,31 +242,31 @@ def _units(files: list[Path], prompts: list[str | None], samples: dict[str, dict
     return out
 
 
-def _scores(res: Result | None, metric: str) -> float | None:
-    key, scale = PER_VIDEO[metric]
+def _scores(res: Result | None, column: Column) -> float | None:
     if res is None or res.error is not None:
         return None
-    v = res.scores.get(key)
+    v = res.scores.get(column.key)
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return None
-    return float(v) * scale
+    return float(v) * column.scale
 
 
-def _intervals(results: dict[str, list], units: dict[str, list], resamples: int, seed: int) -> dict[str, dict]:
+def _intervals(results: dict[str, list], units: dict[str, list], columns: dict[str, Column], resamples: int,
+               seed: int) -> dict[str, dict]:
     """method -> metric -> [lo, hi], the 95 % bootstrap interval of the method's mean."""
     out: dict[str, dict] = {}
     for name, res_list in results.items():
         out[name] = {}
-        for metric in PER_VIDEO:
-            pts = [(v, u[0]) for r, u in zip(res_list, units[name]) if (v := _scores(r, metric)) is not None]
+        for metric, column in columns.items():
+            pts = [(v, u[0]) for r, u in zip(res_list, units[name]) if (v := _scores(r, column)) is not None]
             if pts:
                 vals, clusters = zip(*pts)
                 out[name][metric] = list(interval(vals, clusters, resamples=resamples, seed=seed))
     return out
 
 
-def _differences(results: dict[str, list], videos: dict[str, list[Path]], units: dict[str, list], resamples: int,
-                 seed: int) -> tuple[list[dict], list[str]]:
+def _differences(results: dict[str, list], videos: dict[str, list[Path]], units: dict[str, list],
+                 columns: dict[str, Column], resamples: int, seed: int) -> tuple[list[dict], list[str]]:
     """Each method minus the first, over the videos both have: mean paired difference and its bootstrap interval."""
     names = list(results)
     out, warnings = [], []
@@ -352,25 +288,15 @@ def _differences(results: dict[str, list], videos: dict[str, list[Path]], units:
         if not pairs:
             continue
         row = {"a": a, "b": b, "n_pairs": len(pairs), "metrics": {}}
-        for metric in PER_VIDEO:
+        for metric, column in columns.items():
             pts = [(vb - va, c) for ra, rb, c in pairs
-                   if (va := _scores(ra, metric)) is not None and (vb := _scores(rb, metric)) is not None]
+                   if (va := _scores(ra, column)) is not None and (vb := _scores(rb, column)) is not None]
             if pts:
                 diffs, clusters = zip(*pts)
                 lo, hi = interval(diffs, clusters, resamples=resamples, seed=seed)
                 row["metrics"][metric] = {"diff": float(np.mean(diffs)), "interval": [lo, hi], "n_pairs": len(pts)}
         out.append(row)
     return out, warnings
-
-
-def _lab_metrics(ok: list[Result]) -> dict:
-    phys = [r.scores["lab_physical"] for r in ok if "lab_physical" in r.scores]
-    out = {"physical_rate": 100.0 * float(np.mean(phys))} if phys else {}
-    for key in ("lab_residual", "lab_consistent_frames", "lab_balls_found"):
-        value = _mean(r.scores.get(key) for r in ok)
-        if value is not None:
-            out[key] = value
-    return out
 
 
 def _finite(obj):
@@ -382,11 +308,3 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _fvd(gen: list[np.ndarray], real: list[np.ndarray]) -> float | str:
-    from realdpo.evaluation.frechet import frechet_from_features
-
-    if len(gen) < 2 or len(real) < 2:
-        return f"needs at least 2 generated and 2 real clips of >= 16 frames (have {len(gen)} and {len(real)})"
-    return frechet_from_features(np.stack(gen), np.stack(real))

@@ -19,14 +19,26 @@ STRIP_HEIGHT = 96
 
 
 @dataclass(frozen=True)
+class Column:
+    """A report column that is a mean over a method's videos: of the per-video score `key`, times `scale`. Such columns
+    get bootstrap intervals and paired differences."""
+
+    key: str
+    scale: float = 1.0
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
 class FrameScorer:
     """A plug-in score for each decoded video, supplied by a consumer of the library (the motion lab's physics
     tracker is one, plugged in by `realdpo eval --lab`). `score` must be a module-level function (the workers
-    receive it by reference): uint8 frames [F, H, W, 3] -> scores, under keys prefixed `name`_."""
+    receive it by reference): uint8 frames [F, H, W, 3] -> scores, under keys prefixed `name`_. `columns` are the
+    report's columns made of them (means over a method's videos), in the table's order."""
 
     name: str
     score: Callable[[np.ndarray], dict]
     settings: dict = field(default_factory=dict)  # tolerances and definitions, copied into the report
+    columns: dict[str, Column] = field(default_factory=dict)
 
 
 @dataclass

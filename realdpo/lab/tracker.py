@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from realdpo.evaluation.scoring import FrameScorer
+from realdpo.evaluation.scoring import Column, FrameScorer
 from realdpo.lab.world import GRAVITY, PALETTE, SIZE, simulate_axis
 
 CORE_CONTRAST = 60.0
@@ -261,4 +261,6 @@ LAB_SCORER = FrameScorer("lab", score_lab_frames, {
     "definition": "physical_rate: percentage of videos whose tracked balls pass every check of realdpo.lab.tracker "
     "(render checks and motion checks); lab_render_pass: % passing the render checks; lab_residual: mean RMS px of "
     "the best physical fit (tracked videos); lab_consistent_frames: % of frames after frame 0 holding exactly frame "
-    "0's balls; lab_balls_found: % of (frame-0 ball, later frame) pairs whose colour is found (means over videos)"})
+    "0's balls; lab_balls_found: % of (frame-0 ball, later frame) pairs whose colour is found (means over videos)"},
+    columns={"physical_rate": Column("lab_physical", 100.0), "lab_residual": Column("lab_residual", higher_is_better=False),
+             "lab_consistent_frames": Column("lab_consistent_frames"), "lab_balls_found": Column("lab_balls_found")})

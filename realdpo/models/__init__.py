@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from realaction.errors import UserError
-from realdpo.models.base import Cond, ModelSpec
+from realdpo.models.base import Cond, ModelSpec, SpecOptions
 from realdpo.models.cogvideox import CogVideoXSpec
 from realdpo.models.common import read_model_index
 from realdpo.models.hunyuanvideo15 import HunyuanVideo15Spec
@@ -16,7 +16,8 @@ from realdpo.models.wan import WanSpec
 
 SPECS: tuple[type[ModelSpec], ...] = (CogVideoXSpec, WanSpec, HunyuanVideo15Spec, LTX2Spec)
 
-__all__ = ["Cond", "ModelSpec", "CogVideoXSpec", "WanSpec", "HunyuanVideo15Spec", "LTX2Spec", "SPECS", "load_spec", "spec_class"]
+__all__ = ["Cond", "ModelSpec", "SpecOptions", "CogVideoXSpec", "WanSpec", "HunyuanVideo15Spec", "LTX2Spec", "SPECS",
+           "load_spec", "spec_class"]
 
 
 def spec_class(path: Path) -> type[ModelSpec]:
@@ -30,11 +31,12 @@ def spec_class(path: Path) -> type[ModelSpec]:
 
 def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32, task: str | None = None, *, offload_encoders: bool = True,
-              group_offload: bool = False) -> ModelSpec:
+              group_offload: bool = False, options: SpecOptions | None = None) -> ModelSpec:
     """Load the model spec for a local diffusers folder; None loads the built-in tiny model. `task` ("t2v", "i2v")
     chooses for a model that runs both (Wan2.2-TI2V-5B); default: its pipeline's. On an accelerator,
     `offload_encoders` keeps the text/image encoders and the VAE in CPU memory until they run and `group_offload`
-    streams the transformer block by block (for generation on small cards); see `realdpo.models.placement`."""
+    streams the transformer block by block (for generation on small cards); see `realdpo.models.placement`.
+    `options`: how the run uses the model (image noise, trained experts), set before the spec is returned."""
     if path is None:
         from realdpo.models.tiny import builtin_model_path
 
@@ -42,5 +44,8 @@ def load_spec(path: Path | str | None = None, device: str | torch.device = "cpu"
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"model folder not found: {path}")
-    return spec_class(path).from_pretrained(path, device=device, dtype=dtype, task=task,
-                                             offload_encoders=offload_encoders, group_offload=group_offload)
+    spec = spec_class(path).from_pretrained(path, device=device, dtype=dtype, task=task,
+                                            offload_encoders=offload_encoders, group_offload=group_offload)
+    if options is not None:
+        spec.use(options)
+    return spec

@@ -32,6 +32,18 @@ class RunDefaults:
     beta: float = 5000.0
 
 
+@dataclass(frozen=True)
+class SpecOptions:
+    """How a run uses the model it loads: given to `load_spec`, so no one patches a loaded spec and its fingerprint
+    (which `image_noise` enters) is the same from the moment it loads."""
+
+    image_noise: bool = False  # image-to-video: perturb first frames with small pixel noise before encoding them
+    train_experts: str | None = None  # two-expert models: "high", "low" or "both" (None: `expert_default`)
+    expert_default: str = "low"
+    expert_ranges: tuple[tuple[str, float, float], ...] = ()  # (expert, sigma min, sigma max) given
+    t_range: tuple[float, float] = (0.0, 1.0)  # the experts' sigma range where `expert_ranges` names none
+
+
 class ModelSpec(ABC):
     family: ClassVar[str]  # "cogvideox", "wan"
     prediction_type: ClassVar[str]  # "v_prediction" or "flow_matching"
@@ -87,6 +99,12 @@ class ModelSpec(ABC):
             from realaction.errors import UserError
 
             raise UserError(f"expert options apply to two-expert models (Wan 2.2 A14B); {self.path} has one transformer")
+
+    def use(self, options: SpecOptions) -> None:
+        """Set how a run uses the model; `load_spec(..., options=)` calls it before returning the spec."""
+        self.image_noise = options.image_noise
+        self.set_experts(options.train_experts, {e: (lo, hi) for e, lo, hi in options.expert_ranges},
+                         default=options.expert_default, t_range=options.t_range)
 
     def trained_modules(self, transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
         """The modules that train (and carry the LoRA adapters), keyed by pipeline component ("transformer",
