@@ -12,9 +12,9 @@ from realaction.fields import field
 @dataclass
 class DemoConfig:
     out: Path = field(Path("demo_out"), help="Folder for the demo's footage, curated shards, run, strip and sample.")
-    steps: int = field(60, help="RealDPO training steps on the lab model.")
-    lab_clips: int = field(16, help="Real clips of the motion lab rendered and curated for training.")
-    prompts: int = field(16, help="Held-out first frames + captions sampled before and after training.")
+    steps: int = field(300, help="RealDPO training steps on the lab model.")
+    lab_clips: int = field(32, help="Real clips of the motion lab rendered and curated for training.")
+    prompts: int = field(32, help="Held-out first frames + captions sampled before and after training.")
     seed: int = field(0, at_most=2**32 - 1, help="Random seed (0 to 2^32-1).")
 
     def validate(self) -> None:
