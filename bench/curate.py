@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from realaction.config import CurateConfig  # noqa: E402
 from realaction.footage import make_demo_footage, make_synthetic  # noqa: E402
 from realaction.probe import ProbeError, discover, probe  # noqa: E402
-from realaction.shards import read_jsonl  # noqa: E402
+from realbase.files import read_jsonl  # noqa: E402
 
 SHARED_REAL = ROOT.parent / "shared" / "data" / "real"
 HD = (1280, 720)
@@ -127,7 +127,7 @@ def run_floor(src: Path, kept: list[dict], sizes: dict[str, tuple[int, int]]) ->
     """(frames decoded, seconds of footage)."""
     import av
 
-    from realaction.video_io import encode_video_frames
+    from realbase.video import encode_video_frames
 
     by_source: dict[str, list[tuple[int, int]]] = {}
     for r in kept:
@@ -166,10 +166,10 @@ def run_multipass(src: Path, work: Path, cfg: CurateConfig) -> int:
     import scenedetect
 
     from realaction.motion import motion_reasons, motion_scores
-    from realaction.quality import quality_reasons, quality_scores, to_gray
+    from realaction.quality import quality_reasons, quality_scores
     from realaction.scenes import detect_size
     from realaction.segments import split_scenes
-    from realaction.video_io import decode_frames
+    from realbase.video import decode_frames, to_gray
 
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     shutil.rmtree(work, ignore_errors=True)

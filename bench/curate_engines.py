@@ -136,7 +136,7 @@ def bench_filters(src: Path, seconds: float, repeat: int) -> None:
 
     from realaction.dedup import DuplicateIndex, clip_hashes
     from realaction.text_overlay import TextAreaDetector
-    from realaction.video_io import decode_frames
+    from realbase.video import decode_frames
 
     frames = decode_frames(discover(src)[0].path, list(range(0, 120, 10)), size=(256, 108))
     det = TextAreaDetector()

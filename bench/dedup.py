@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from realaction.dedup import DuplicateIndex, clip_hashes, motion_hashes  # noqa: E402
 from realaction.footage import make_fixed_camera_pieces  # noqa: E402
 from realaction.scenes import detect_size  # noqa: E402
-from realaction.video_io import small_rgb  # noqa: E402
+from realbase.video import small_rgb  # noqa: E402
 
 SHARED_PIZZA = ROOT.parent / "shared" / "data" / "real" / "4873105.mp4"
 

@@ -20,7 +20,7 @@ that are malformed, repeat an earlier row or name no video under --src, are repo
 most `WARN_LIMIT` of each kind, then a count).
 
 Every caption, whatever its source, loses control characters, escape sequences and bidi controls
-(`realaction.text.clean_caption`).
+(`realbase.text.clean_caption`).
 
 Size limits: every caption, whatever its source, is capped at `MAX_CAPTION_BYTES` (4 KiB) of UTF-8, cut at the
 last word boundary before the cap, with a warning. A `.txt` sidecar is read only as far as the cap needs; a
@@ -40,16 +40,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from realaction.errors import UserError, one_line
-from realaction.text import CappedWarnings, clean_caption, printable
+from realaction.config import CAPTIONERS
+from realbase.errors import UserError, one_line
+from realbase.fields import one_of
+from realbase.folders import folder_code
+from realbase.text import MAX_CAPTION_BYTES, CappedWarnings, cap_caption, clean_caption, printable
 
 if TYPE_CHECKING:
-    from realaction.clip_model import ClipModel
     from realaction.config import CurateConfig
+    from realbase.clip_model import ClipModel
 
 log = logging.getLogger(__name__)
 
-MAX_CAPTION_BYTES = 4096
 MAX_JSON_SIDECAR_BYTES = 16 << 20
 _TXT_READ_BYTES = 4 * MAX_CAPTION_BYTES  # whitespace is collapsed after reading, so read a little more than the cap
 WARN_LIMIT = 10  # warnings of one kind (per CSV, per worker for sidecars) before they are only counted
@@ -87,16 +89,6 @@ class Caption:
 
 class Captioner(Protocol):
     def caption(self, req: CaptionRequest) -> Caption | None: ...
-
-
-def cap_caption(text: str) -> str:
-    """`text` cut to at most MAX_CAPTION_BYTES of UTF-8, at the last word boundary before the cap."""
-    data = text.encode("utf-8")
-    if len(data) <= MAX_CAPTION_BYTES:
-        return text
-    cut = data[:MAX_CAPTION_BYTES].decode("utf-8", "ignore")
-    space = cut.rfind(" ")
-    return cut[:space] if space > MAX_CAPTION_BYTES // 2 else cut
 
 
 def _warn_cut(origin: object, n: int = 1) -> None:
@@ -157,21 +149,20 @@ def build_captioner(cfg: CurateConfig, clip: ClipModel | None = None) -> Caption
 
 
 def _build(cfg: CurateConfig, clip: ClipModel | None) -> Captioner:
+    one_of(cfg.captioner, CAPTIONERS, "--captioner")
     if cfg.captioner == "sidecar":
         return SidecarCaptioner(cfg.captions_csv, cfg.src)
     if cfg.captioner == "clip":
         if clip is None:
             if cfg.clip_checkpoint is None:
                 raise UserError("--captioner clip needs --clip-checkpoint PATH (a local open_clip checkpoint)")
-            from realaction.clip_model import ClipModel
+            from realbase.clip_model import ClipModel
 
             clip = ClipModel.load(cfg.clip_arch, cfg.clip_checkpoint)
         return ClipCaptioner(clip, load_actions(cfg.action_vocab))
-    if cfg.captioner == "vlm":
-        if cfg.vlm_model is None:
-            raise UserError("--captioner vlm needs --vlm-model DIR (a local vision-language model folder)")
-        return VlmCaptioner(cfg.vlm_model, cfg.vlm_prompt, cfg.vlm_max_tokens)
-    raise UserError(f"unknown --captioner {cfg.captioner!r}; choose one of sidecar, clip, vlm")
+    if cfg.vlm_model is None:  # vlm
+        raise UserError("--captioner vlm needs --vlm-model DIR (a local vision-language model folder)")
+    return VlmCaptioner(cfg.vlm_model, cfg.vlm_prompt, cfg.vlm_max_tokens)
 
 
 # ---------------------------------------------------------------- sidecar
@@ -402,8 +393,8 @@ class ClipCaptioner:
     def caption(self, req: CaptionRequest) -> Caption | None:
         if req.frames is None or len(req.frames) == 0:
             return None
-        from realaction.clip_model import MAX_SCORED_FRAMES
-        from realaction.video_io import evenly_spaced
+        from realbase.clip_model import MAX_SCORED_FRAMES
+        from realbase.video import evenly_spaced
 
         # the same frames the CLIP person score embeds, so the model's one-clip cache serves both
         probs = self.clip.label_probs(evenly_spaced(np.asarray(req.frames), MAX_SCORED_FRAMES), self._text)
@@ -472,7 +463,7 @@ class VlmCaptioner:
         frames = np.asarray(req.frames)
         if frames.ndim != 4 or len(frames) == 0:
             return None
-        from realaction.video_io import evenly_spaced
+        from realbase.video import evenly_spaced
 
         frames = np.ascontiguousarray(evenly_spaced(frames, self.max_frames))
         if self.use_video:
@@ -492,25 +483,12 @@ class VlmCaptioner:
 
 
 
-# The files through which a model folder can ask transformers to import its own Python code (`auto_map`).
-_CODE_HOOK_FILES = ("config.json", "processor_config.json", "preprocessor_config.json",
-                    "video_preprocessor_config.json", "tokenizer_config.json", "feature_extractor_config.json")
-
-
 def _refuse_folder_code(folder: Path) -> None:
     """A folder that maps transformers' classes to its own code is refused: realaction never runs a model's code."""
-    for name in _CODE_HOOK_FILES:
-        path = folder / name
-        if not path.is_file() or path.stat().st_size > MAX_JSON_SIDECAR_BYTES:
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue  # the loader reports a broken file
-        auto_map = data.get("auto_map") if isinstance(data, dict) else None
-        if auto_map:
-            target = next(iter(auto_map.values())) if isinstance(auto_map, dict) else auto_map
-            raise UserError(
-                f"--vlm-model {folder} ships its own model code ({name} maps classes to {target}); realdpo never "
-                "runs code from a model folder (trust_remote_code=False): use a model that transformers supports natively"
-            )
+    found = folder_code(folder)
+    if found:
+        name, target = found
+        raise UserError(
+            f"--vlm-model {folder} ships its own model code ({name} maps classes to {target}); realdpo never "
+            "runs code from a model folder (trust_remote_code=False): use a model that transformers supports natively"
+        )

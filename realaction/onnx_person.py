@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from realaction.errors import UserError, one_line
 from realaction.people import person_fraction
+from realbase.errors import UserError, one_line
 
 DYNAMIC_SIDE = 640
 PAD = 114

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from realaction.errors import UserError
-from realaction.video_io import evenly_spaced
+from realbase.errors import UserError
+from realbase.fields import one_of
+from realbase.video import evenly_spaced
 
 KINDS = ("hog", "haar", "hog+haar")
 
@@ -63,8 +64,7 @@ def person_fraction(has_person, frames: np.ndarray, max_frames: int) -> float:
 
 class PersonDetector:
     def __init__(self, kind: str, max_frames: int = 8):
-        if kind not in KINDS:
-            raise UserError(f"unknown person detector {kind!r}; choose one of {', '.join(KINDS)}")
+        one_of(kind, KINDS, "person detector")
         cv2 = _cv2()
         self.kind = kind
         self.max_frames = max(1, int(max_frames))

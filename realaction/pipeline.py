@@ -11,14 +11,15 @@ from typing import Callable, Iterator
 
 from realaction.config import CurateConfig
 from realaction.dedup import DuplicateIndex
-from realaction.errors import UserError
 from realaction.probe import Skipped, Source, discover
 from realaction.process_pool import ProcessPool, WorkerDied
 from realaction.report import build_summary, record_config, write_card, write_summary
-from realaction.shards import ShardCommitter, append_jsonl, iter_jsonl, prepare_out
+from realaction.shards import ShardCommitter, prepare_out
 from realaction.source_tasks import init_pool_worker, run_in_pool_worker, worker_died_row
-from realaction.text import printable
 from realaction.worker import Models, SourceCurator, SourceResult, config_hash
+from realbase.errors import UserError
+from realbase.files import append_jsonl, iter_jsonl
+from realbase.text import printable
 
 IN_PROCESS_ENV = "REALACTION_IN_PROCESS"
 

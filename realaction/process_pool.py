@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Iterator
 
+from realbase.errors import one_line
+
 PR_SET_PDEATHSIG = 1
 STARTUP_DEATHS = 3  # workers dying before they take any item, in a row, before the pool gives up
 
@@ -94,7 +96,7 @@ def _worker_main(conn, parent_pid: int, init: Callable, init_args: tuple, work: 
             result = work(state, item)
             send(("result", index, result))
         except Exception as e:  # noqa: BLE001 - one item's failure is that item's outcome
-            send(("failed", index, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"))
+            send(("failed", index, one_line(e, typed=True, first_line=True)))
 
 
 class _Worker:

@@ -11,14 +11,6 @@ FADE_LEVEL = 0.8  # ... which lasts while the frames stay darker than this fract
 FROZEN_DIFF = 0.1  # mean absolute luma change (0-255) under which two sampled frames are the same picture (repeated frames decode identically)
 
 
-def to_gray(frames: np.ndarray) -> np.ndarray:
-    """[T, H, W, 3] uint8 RGB -> [T, H, W] uint8 luma (BT.601, like OpenCV)."""
-    import cv2
-
-    return np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]) if len(frames) else \
-        np.zeros((0, 0, 0), np.uint8)
-
-
 def quality_scores(gray: np.ndarray) -> dict[str, float]:
     """brightness (mean luma), sharpness (mean variance of the Laplacian), black_fraction, frozen_fraction."""
     import cv2

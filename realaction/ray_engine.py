@@ -21,10 +21,10 @@ import socket
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from realaction.errors import UserError, one_line
 from realaction.probe import Source
 from realaction.source_tasks import curate_source_task, worker_died_row
 from realaction.worker import SourceResult
+from realbase.errors import UserError, one_line
 
 CONNECT_TIMEOUT_S = 5.0
 

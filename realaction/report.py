@@ -11,7 +11,7 @@ from string import Template
 import numpy as np
 
 from realaction import __version__
-from realaction.shards import read_jsonl, write_atomic
+from realbase.files import read_jsonl, write_atomic
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "realaction_card.md"
 _FALLBACK_CARD = """# RealAction clips: $name

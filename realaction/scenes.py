@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realaction.video_io import DecodeError, StreamClock, decode_packets, to_bgr
+from realbase.video import DecodeError, StreamClock, decode_packets, to_bgr
 
 # --detector name -> (PySceneDetect class, the keyword its threshold goes to); "transnetv2" is ours
 DETECTORS = {

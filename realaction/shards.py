@@ -12,89 +12,17 @@ On restart (`prepare_out`) a source counts as finished only if its `done` row is
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from realaction.text import finite_or_none
 from realaction.worker import SourceResult
+from realbase.files import TEMP_SUFFIX, append_jsonl, fsync_dir, jsonl_text, read_jsonl, write_atomic
 
 SHARD_PATTERN = "realaction-%06d.tar"
-TEMP_SUFFIX = ".tmp"
 _SHARD_RE = re.compile(r"^realaction-(\d{6,})\.tar$")
-
-
-def append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Append rows with one write and an fsync, so a kill leaves at most one torn last line."""
-    if not rows:
-        return
-    data = jsonl_text(rows).encode("utf-8")
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def jsonl_text(rows) -> str:
-    """JSON lines that are JSON: a non-finite float (which json would write as bare NaN) is written as null."""
-    return "".join(_json_line(r) + "\n" for r in rows)
-
-
-def _json_line(row) -> str:
-    try:
-        return json.dumps(row, ensure_ascii=False, sort_keys=True, allow_nan=False)
-    except ValueError:
-        return json.dumps(finite_or_none(row), ensure_ascii=False, sort_keys=True, allow_nan=False)
-
-
-def read_jsonl(path: Path, non_finite: list | None = None) -> list[dict]:
-    """Rows of a JSON-lines file; a torn or damaged line (from a kill) is skipped."""
-    return list(iter_jsonl(path, non_finite))
-
-
-def iter_jsonl(path: Path, non_finite: list | None = None) -> Iterator[dict]:
-    """The rows of `read_jsonl`, one at a time (a manifest can be big). Bare NaN/Infinity (written by versions
-    before JSON lines were kept valid) are read as None, and each one is appended to `non_finite` if given."""
-    if not Path(path).is_file():
-        return
-
-    def constant(name: str) -> None:
-        if non_finite is not None:
-            non_finite.append(name)
-        return None
-
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                row = json.loads(line, parse_constant=constant)
-            except (json.JSONDecodeError, RecursionError):
-                continue
-            if isinstance(row, dict):
-                yield row
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(path.name + TEMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -159,7 +87,7 @@ class ShardCommitter:
             with open(temp_path, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(temp_path, self.dir / self._final_name(temp))
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         self._opened = time.monotonic()
         pending, self._pending = self._pending, []
         for result, names in pending:

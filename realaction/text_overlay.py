@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from realaction.errors import UserError, one_line
-from realaction.video_io import evenly_spaced
+from realbase.errors import UserError, one_line
+from realbase.video import evenly_spaced
 
 DETECTION_MODEL = "models/ch_PP-OCRv4_det_infer.onnx"  # inside the rapidocr_onnxruntime package
 # rapidocr's own defaults for this model (its config.yaml), except box_thresh: 0.6 instead of 0.5 drops the

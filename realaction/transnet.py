@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from realaction.errors import UserError
-from realaction.video_io import StreamClock
+from realbase.errors import UserError
+from realbase.video import StreamClock
 
 WINDOW, STEP, PAD = 100, 50, 25  # the package's windowing: predictions for frames [PAD, PAD + STEP) of a window
 BATCH_WINDOWS = 4  # windows per forward pass

@@ -39,10 +39,11 @@ import numpy as np
 from realaction import __version__
 from realaction.motion import MIN_FLOW_SIDE, motion_reasons, motion_scores
 from realaction.probe import ProbeError, Source, VideoProbe, probe, sha256_file
-from realaction.quality import fade_trim, quality_reasons, quality_scores, to_gray
+from realaction.quality import fade_trim, quality_reasons, quality_scores
 from realaction.scenes import build_cut_detector, detect_size, rotate
 from realaction.segments import Segment, Segmenter
-from realaction.video_io import (
+from realbase.errors import one_line
+from realbase.video import (
     DecodeError,
     Prefetch,
     StreamClock,
@@ -51,6 +52,7 @@ from realaction.video_io import (
     frame_luma,
     resize_frame,
     small_rgb,
+    to_gray,
 )
 
 DECODE_THREADING = "AUTO"  # FFmpeg frame + slice threads
@@ -97,7 +99,7 @@ class Models:
     def __init__(self, cfg):
         self.clip = None
         if cfg.clip_checkpoint is not None:
-            from realaction.clip_model import ClipModel
+            from realbase.clip_model import ClipModel
 
             self.clip = ClipModel.load(cfg.clip_arch, Path(cfg.clip_checkpoint))
         from realaction.captioners import build_captioner
@@ -122,8 +124,7 @@ def _non_finite(scores: dict) -> list[str]:
 
 
 def _reason(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+    return one_line(e, typed=True, first_line=True)
 
 
 @dataclass

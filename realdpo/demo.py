@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from realaction.config import CurateConfig
-from realaction.errors import UserError
-from realaction.shards import read_jsonl
+from realbase.errors import UserError
+from realbase.files import read_jsonl
 from realdpo.configs.demo import DemoConfig
 from realdpo.configs.sample import SampleConfig
 from realdpo.configs.train import TrainConfig

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from realaction.captioners import Caption, CaptionRequest, SidecarCaptioner, build_captioner, load_actions
-from realaction.clip_model import ClipModel
 from realaction.config import CurateConfig
-from realaction.errors import UserError
 from realaction.footage import make_synthetic
+from realbase.clip_model import ClipModel
+from realbase.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tiny-model helpers beside this file
 from tiny_clip import TINY_CLIP_CONFIG, write_tiny_clip  # noqa: E402
@@ -167,7 +167,7 @@ def test_builtin_action_vocabulary():
 
 
 def real_frames(path: Path, n: int = 4, side: int = 256) -> np.ndarray:
-    from realaction.video_io import decode_frames, video_info
+    from realbase.video import decode_frames, video_info
 
     total, _, w, h = video_info(path)
     s = side / max(w, h)

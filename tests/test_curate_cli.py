@@ -16,7 +16,7 @@ import pytest
 
 from cli.main import run
 from realaction.footage import make_synthetic
-from realaction.shards import read_jsonl
+from realbase.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

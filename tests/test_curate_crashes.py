@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from realaction.config import CurateConfig
-from realaction.errors import UserError
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
+from realbase.errors import UserError
+from realbase.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(max_side=64, max_text_area=1.0, person_detector="none", dedup=False)
@@ -48,7 +48,7 @@ def test_the_flow_never_gets_a_shape_that_crashes_it(size):
 
 def test_a_source_of_extreme_shape_is_curated_not_crashed(tmp_path, carphone_path):
     """A 2048x128 video (analysis frames 256x16) killed the whole `realdpo curate` with a segfault."""
-    from realaction.video_io import encode_mp4
+    from realbase.video import encode_mp4
 
     src = _src_with_carphone(tmp_path, carphone_path)
     frames = np.zeros((12, 128, 2048, 3), np.uint8)

@@ -12,11 +12,11 @@ import pytest
 from curate_helpers import shard_keys, shard_samples
 
 from realaction.config import CurateConfig
-from realaction.errors import UserError
 from realaction.footage import make_synthetic
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
-from realaction.video_io import decode_frames, encode_mp4
+from realbase.errors import UserError
+from realbase.files import read_jsonl
+from realbase.video import decode_frames, encode_mp4
 
 
 def _with_text(frames: np.ndarray, text: str) -> np.ndarray:

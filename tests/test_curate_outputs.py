@@ -11,7 +11,7 @@ import pytest
 from realaction.config import CurateConfig
 from realaction.footage import make_synthetic
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
+from realbase.files import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_out_that_is_a_file_or_not_writable_fails_in_one_line_before_any_work(ca
     import tempfile
 
     from cli.main import run
-    from realaction.errors import UserError
+    from realbase.errors import UserError
 
     # a tree the `nobody` user can walk (pytest's own tmp folders are root's alone)
     base = Path(tempfile.mkdtemp())

@@ -13,7 +13,7 @@ import pytest
 
 from realaction.config import CurateConfig
 from realaction.pipeline import curate
-from realaction.shards import jsonl_text, read_jsonl
+from realbase.files import jsonl_text, read_jsonl
 
 FAST = dict(max_side=64, max_text_area=1.0, person_detector="none", dedup=False)  # the cheap filters only
 
@@ -90,7 +90,7 @@ def test_a_rerun_into_an_out_whose_manifest_holds_bare_nan_goes_on(tmp_path, car
 
 
 def test_captions_lose_control_characters_escapes_and_bidi_overrides():
-    from realaction.text import clean_caption
+    from realbase.text import clean_caption
 
     hostile = ("\x1b[2J\x1b[H\x1b]0;pwned title\x07A man\x00 runs\r\n\tfast \u202eevil\u202c "
                "\x9b31mred\x1b[0m \u2066iso\u2069 \x07bell\x7f")

@@ -21,8 +21,8 @@ from curate_helpers import alive, descendants, shard_keys, shard_samples, write_
 from realaction.config import CurateConfig
 from realaction.footage import make_synthetic
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
 from realaction.source_tasks import TEST_EXIT_ENV
+from realbase.files import read_jsonl
 
 ray = pytest.importorskip("ray")
 

@@ -155,8 +155,8 @@ def test_probe_reads_rotation(tmp_path, carphone_path):
 
 def test_quality_and_motion_scores_separate_static_from_moving(tmp_path):
     from realaction.motion import motion_scores
-    from realaction.quality import quality_scores, to_gray
-    from realaction.video_io import decode_frames
+    from realaction.quality import quality_scores
+    from realbase.video import decode_frames, to_gray
 
     scores = {}
     for kind in ("moving", "static", "black"):

@@ -16,8 +16,8 @@ from curate_helpers import alive, children, shard_keys, wait_for
 
 from realaction.config import CurateConfig
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
 from realaction.source_tasks import TEST_EXIT_ENV
+from realbase.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

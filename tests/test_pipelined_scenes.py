@@ -8,7 +8,7 @@ import pytest
 
 from realaction.pipelined_scenes import PipelinedCutDetector
 from realaction.scenes import CutDetector, detect_cuts, make_detector
-from realaction.video_io import StreamClock, decode_packets
+from realbase.video import StreamClock, decode_packets
 
 
 def pyscenedetect_cuts(path, detector: str) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -14,7 +13,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from realaction.errors import UserError
+from realbase.errors import UserError
+from realbase.files import write_atomic
 from realdpo.configs.eval import EvalConfig
 from realdpo.evaluation import motion
 from realdpo.evaluation.intervals import LEVEL, interval
@@ -197,10 +197,8 @@ def evaluate(cfg: EvalConfig, lab_scorer: FrameScorer | None = None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     report["settings"]["wall_seconds"] = round(time.time() - started, 2)
-    tmp = out / "report.json.tmp"
     report = _finite(report)
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, out / "report.json")
+    write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
 
     from realdpo.evaluation.plots import differences_chart, metrics_chart, write_strip
     from realdpo.evaluation.table import print_table

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
+from realbase.files import atomic_dir
 from realdpo.configs.train import TrainConfig
 from realdpo.runtime import step_progress
 
@@ -266,7 +266,7 @@ class Trainer:
             tracker_cfg = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                            for k, v in _config_dict(cfg).items()}
             acc.init_trackers("realdpo", config=tracker_cfg)
-        from realaction.shards import read_jsonl
+        from realbase.files import read_jsonl
         from realdpo.training.health import HealthMonitor
 
         self.health = HealthMonitor(cfg.steps, preference=cfg.loss != "sft")
@@ -514,7 +514,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self, step: int) -> None:
         """One validation video with the current policy: the configured prompt or the first clip's caption."""
-        from realaction.video_io import encode_mp4
+        from realbase.video import encode_mp4
         from realdpo.models.frames import to_uint8
 
         cfg, spec, transformer = self.cfg, self.spec, self.transformer
@@ -566,7 +566,7 @@ class Trainer:
 
     def finish(self, last_ckpt: Path | None) -> TrainResult:
         """The final checkpoint, OUT/lora (or OUT/transformer), the plot; every process's weight checksum."""
-        from realaction.shards import read_jsonl
+        from realbase.files import read_jsonl
         from realdpo.training.plot import plot_metrics
 
         cfg, out, step = self.cfg, self.out, int(self.state["step"])
@@ -604,7 +604,7 @@ class Trainer:
         from realdpo.training.health import HealthMonitor
 
         if not self.health.rows:  # a complete run's outputs written again: its rows are in metrics.jsonl
-            from realaction.shards import read_jsonl
+            from realbase.files import read_jsonl
 
             self.health = HealthMonitor(self.cfg.steps, preference=self.cfg.loss != "sft")
             self.health.preload(read_jsonl(self.metrics_path))
@@ -646,13 +646,8 @@ def save_transformer(transformer: torch.nn.Module, out: Path, state: dict[str, t
 
 def _atomic_dir(final: Path, write) -> Path:
     """Write a folder under a temporary name, then swap it into place."""
-    from realdpo.training.checkpoint import replace_dir
-
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    replace_dir(tmp, final)
+    with atomic_dir(final) as tmp:
+        write(tmp)
     return final
 
 

@@ -2,7 +2,7 @@
 
 Each command has one config dataclass (TRL style): every field carries its default and its help text in
 `metadata["help"]`, so the CLI (`cli/`), `--config FILE` and the library read the same definition. This lives in
-`realaction`, the bottom layer, because both halves' configs use it.
+`realbase`, below both halves, because both halves' configs use it.
 """
 
 from __future__ import annotations
@@ -12,21 +12,24 @@ import math
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from realaction.errors import UserError, one_line
+from realbase.errors import UserError, one_line
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
-          default_factory: Any = dataclasses.MISSING, required: bool = False, at_most: float | None = None) -> Any:
+          default_factory: Any = dataclasses.MISSING, required: bool = False, at_most: float | None = None,
+          choices: Sequence[str] | None = None) -> Any:
     """A config field with its help text; `flag` names the option when it differs from the field's name;
     `required` marks the option so in `--help` (the config's `validate` says what is missing, in one line);
-    `at_most` is a number option's largest value (`check_numbers`).
+    `at_most` is a number option's largest value (`check_numbers`); `choices` the values a text option takes
+    (`check_choices`; None stays allowed for an optional one).
 
     A list field's option takes one or more values (`--shards a.tar b.tar`, so a shell-expanded glob works)
     and may also be repeated.
     """
-    meta = {"help": help, "flag": flag, "required": required, "at_most": at_most}
+    meta = {"help": help, "flag": flag, "required": required, "at_most": at_most,
+            "choices": tuple(choices) if choices is not None else None}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -34,6 +37,26 @@ def field(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = N
 
 def option_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def one_of(value: Any, choices: Sequence[str], what: str, error: type[Exception] = UserError) -> None:
+    """Fail in one line ("unknown --detector 'x'; choose one of a, b") unless `value` is one of `choices`."""
+    if value not in choices:
+        raise error(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def check_choices(cfg: Any) -> None:
+    """Fail in one line on a text option whose value is not one of its field's `choices`."""
+    for f in dataclasses.fields(cfg):
+        choices, value = f.metadata.get("choices"), getattr(cfg, f.name)
+        if choices and value is not None:
+            one_of(value, choices, option_name(f))
+
+
+def check_fields(cfg: Any) -> None:
+    """Everything a field says of its own values: numbers (`check_numbers`) and choices (`check_choices`)."""
+    check_numbers(cfg)
+    check_choices(cfg)
 
 
 INT_LIMIT = 2**63 - 1  # what torch and numpy can hold; a larger count or size is a typo
@@ -164,7 +187,7 @@ def read_config_file(path: Path, config_cls: type) -> dict[str, Any]:
     except UserError:
         raise
     except Exception as e:  # parse errors of either format
-        raise UserError(f"cannot parse config file {path} as {kind}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot parse config file {path} as {kind}: {one_line(e, first_line=True)}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of option names to values")
     hints = typing.get_type_hints(config_cls)

@@ -29,15 +29,15 @@ def _check_openable(src: VideoSource) -> None:
     screen or set the terminal's title. PyAV's logging is off, so nothing from the file reaches the terminal."""
     import av
 
-    from realaction.text import printable
+    from realbase.errors import one_line
+    from realbase.text import printable
 
     try:
         with av.open(io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray)) else str(src)) as container:
             if not container.streams.video:
                 raise ValueError("not a readable video: no video stream")
     except (av.error.FFmpegError, OSError) as e:
-        lines = str(e).strip().splitlines()
-        reason = getattr(e, "strerror", None) or (lines[0] if lines else type(e).__name__)
+        reason = getattr(e, "strerror", None) or one_line(e, 200, first_line=True)
         raise ValueError(f"not a readable video: {printable(reason, 200)}") from None
 
 
@@ -357,3 +357,11 @@ def _shrink_i420(frame, width: int, height: int) -> np.ndarray:
 def _plane(plane) -> np.ndarray:
     """One 8-bit plane of a decoded frame as a [height, width] view (rows are `line_size` apart)."""
     return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: plane.height, : plane.width]
+
+
+def to_gray(frames: np.ndarray) -> np.ndarray:
+    """[T, H, W, 3] uint8 RGB -> [T, H, W] uint8 luma (BT.601, like OpenCV)."""
+    import cv2
+
+    return np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]) if len(frames) else \
+        np.zeros((0, 0, 0), np.uint8)

@@ -80,3 +80,16 @@ class CappedWarnings:
             if self.log is not None and n > self.limit:
                 self.log.warning("... and %d more %s", n - self.limit, kind)
         self.counts.clear()
+
+
+MAX_CAPTION_BYTES = 4096  # the longest caption curation writes and training reads, in UTF-8 bytes
+
+
+def cap_caption(text: str) -> str:
+    """`text` cut to at most MAX_CAPTION_BYTES of UTF-8, at the last word boundary before the cap."""
+    data = text.encode("utf-8")
+    if len(data) <= MAX_CAPTION_BYTES:
+        return text
+    cut = data[:MAX_CAPTION_BYTES].decode("utf-8", "ignore")
+    space = cut.rfind(" ")
+    return cut[:space] if space > MAX_CAPTION_BYTES // 2 else cut

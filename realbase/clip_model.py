@@ -25,8 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from realaction.errors import UserError, one_line
-from realaction.video_io import evenly_spaced
+from realbase.errors import UserError, one_line
+from realbase.video import evenly_spaced
 
 PERSON_PROMPTS = (
     "a photo of a person.",
