@@ -6,15 +6,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from realaction.motion import MIN_ANALYSIS_SIDE
+from realaction.filters.motion import MIN_ANALYSIS_SIDE
+from realaction.options import (
+    CAPTIONERS,
+    DETECTORS,
+    ENGINES,
+    PERSON_DETECTORS,
+    CaptionOptions,
+    CutOptions,
+    DecodeOptions,
+    EngineOptions,
+    FilterOptions,
+    OutputOptions,
+    view,
+)
 from realbase.errors import UserError
 from realbase.fields import check_choices, field
 from realbase.files import check_writable_folder
-
-DETECTORS = ("adaptive", "content", "threshold", "hash", "histogram", "transnetv2")
-CAPTIONERS = ("sidecar", "clip", "vlm")
-PERSON_DETECTORS = ("hog", "haar", "hog+haar", "none")
-ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -61,6 +69,31 @@ class CurateConfig:
     shard_max_count: int = field(1000, help="Most samples per shard.")
     shard_max_mb: float = field(1024.0, help="Largest shard size in MiB.")
     commit_seconds: float = field(300.0, help="Close and commit the open shard at least this often, so a killed run redoes at most this much work.")
+
+    # Each stage takes the few options it uses (realaction.options), not this whole config.
+    @property
+    def decode(self) -> DecodeOptions:
+        return view(DecodeOptions, self)
+
+    @property
+    def cuts(self) -> CutOptions:
+        return view(CutOptions, self)
+
+    @property
+    def filters(self) -> FilterOptions:
+        return view(FilterOptions, self)
+
+    @property
+    def captions(self) -> CaptionOptions:
+        return view(CaptionOptions, self)
+
+    @property
+    def output(self) -> OutputOptions:
+        return view(OutputOptions, self)
+
+    @property
+    def engines(self) -> EngineOptions:
+        return view(EngineOptions, self)
 
     def validate(self) -> None:
         if self.src is None:

@@ -28,7 +28,7 @@ console = Console()
 def demo(cfg: DemoConfig) -> dict:
     from PIL import Image
 
-    from realaction.footage import make_demo_footage
+    from realaction.decoding.footage import make_demo_footage
     from realaction.pipeline import curate
     from realdpo.generation.sampling import load_lora, sample
     from realdpo.lab.evaluate import generate_videos, heldout_prompts, score_videos, write_strip_png

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from realaction.config import CurateConfig
-from realaction.footage import make_real_concat, real_shots
+from realaction.cuts.scenes import DETECTORS, detect_cuts, make_detector
+from realaction.decoding.footage import make_real_concat, real_shots
 from realaction.pipeline import curate
-from realaction.scenes import DETECTORS, detect_cuts, make_detector
 from realbase.files import read_jsonl
 
 SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "4873105.mp4"
@@ -205,7 +205,7 @@ def test_transnetv2_in_the_single_pass_equals_the_package(tmp_path, bikes_path, 
     import av
     import torch
 
-    from realaction import transnet
+    from realaction.cuts import transnet
 
     calls = []
     real_load = torch.load

@@ -13,7 +13,7 @@ import pytest
 from curate_helpers import write_real_sources
 
 from realaction.config import CurateConfig
-from realaction.footage import make_synthetic
+from realaction.decoding.footage import make_synthetic
 from realaction.pipeline import curate
 from realbase.files import read_jsonl
 
@@ -196,7 +196,7 @@ def test_person_filter(tmp_path, shared_data):
 
 def test_fade_cuts_with_threshold_detector(tmp_path):
     """ThresholdDetector places a fade's cut in the past: clips emitted meanwhile must still not span it."""
-    from realaction.footage import _moving_scene
+    from realaction.decoding.footage import _moving_scene
     from realbase.video import encode_mp4
 
     rng = np.random.default_rng(3)

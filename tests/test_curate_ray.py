@@ -19,9 +19,9 @@ import pytest
 from curate_helpers import alive, descendants, shard_keys, shard_samples, write_real_sources
 
 from realaction.config import CurateConfig
-from realaction.footage import make_synthetic
+from realaction.decoding.footage import make_synthetic
+from realaction.engines.source_tasks import TEST_EXIT_ENV
 from realaction.pipeline import curate
-from realaction.source_tasks import TEST_EXIT_ENV
 from realbase.files import read_jsonl
 
 ray = pytest.importorskip("ray")

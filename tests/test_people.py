@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from realaction.people import KINDS, PersonDetector
+from realaction.filters.people import KINDS, PersonDetector
 from realbase.errors import UserError
 from realbase.video import decode_frames, video_info
 

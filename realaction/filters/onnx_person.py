@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realaction.people import person_fraction
+from realaction.filters.people import person_fraction
 from realbase.errors import UserError, one_line
 
 DYNAMIC_SIDE = 640

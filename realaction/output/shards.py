@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from realaction.worker import SourceResult
+from realaction.options import OutputOptions
+from realaction.output.samples import SourceResult
 from realbase.files import TEMP_SUFFIX, append_jsonl, fsync_dir, jsonl_text, read_jsonl, write_atomic
 
 SHARD_PATTERN = "realaction-%06d.tar"
@@ -63,17 +64,17 @@ def prepare_out(out: Path) -> OutState:
 class ShardCommitter:
     """Takes finished sources, writes their kept clips to shards and commits rows as described above."""
 
-    def __init__(self, out: Path, start_shard: int, maxcount: int, maxsize_bytes: float, commit_seconds: float = 300.0):
-        from realaction.tar_writer import ShardWriter
+    def __init__(self, out: Path, start_shard: int, options: OutputOptions):
+        from realaction.output.tar_writer import ShardWriter
 
         self.out = Path(out)
         self.dir = self.out / "shards"
-        self.maxcount, self.maxsize = maxcount, maxsize_bytes
-        self.commit_seconds = commit_seconds
+        self.maxcount, self.maxsize = options.shard_max_count, options.shard_max_mb * 1024 * 1024
+        self.commit_seconds = options.commit_seconds
         self._pending: list[tuple[SourceResult, list[str]]] = []
         self._opened = time.monotonic()
-        self.writer = ShardWriter(str(self.dir / (SHARD_PATTERN + TEMP_SUFFIX)), maxcount=maxcount,
-                                  maxsize=maxsize_bytes, post=self._finished, start_shard=start_shard)
+        self.writer = ShardWriter(str(self.dir / (SHARD_PATTERN + TEMP_SUFFIX)), maxcount=self.maxcount,
+                                  maxsize=self.maxsize, post=self._finished, start_shard=start_shard)
 
     def _final_name(self, temp: str) -> str:
         return Path(temp).name[: -len(TEMP_SUFFIX)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from realaction.options import FilterOptions
+
 BLACK_LUMA = 16.0  # a frame whose mean luma is below this is black
 FADE_START = 0.2  # a clip end darker than this fraction of the clip's brightness level starts a fade ...
 FADE_LEVEL = 0.8  # ... which lasts while the frames stay darker than this fraction of it
@@ -57,7 +59,7 @@ def fade_trim(luma: np.ndarray) -> tuple[int, int]:
     return lead, run(luma[::-1][: n - lead])
 
 
-def quality_reasons(scores: dict[str, float], cfg) -> list[str]:
+def quality_reasons(scores: dict[str, float], cfg: FilterOptions) -> list[str]:
     reasons = []
     if scores["black_fraction"] > cfg.max_black_fraction:
         reasons.append("black")

@@ -4,7 +4,7 @@
 2. person detector (`--min-person` with `--person-detector` or `--person-model`, 3 frames; score `person`);
 3. CLIP person score (`--min-clip-person`, needs `--clip-checkpoint`; score `clip_person`).
 Each filter that runs records its score; once one rejects, the costlier ones after it are not run. A clip that
-passes them all gets the perceptual hashes the near-duplicate check in the driver needs (`realaction.dedup`).
+passes them all gets the perceptual hashes the near-duplicate check in the driver needs (`realaction.filters.dedup`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from realaction.dedup import clip_hashes, motion_hashes
+from realaction.filters.dedup import clip_hashes, motion_hashes
+from realaction.options import FilterOptions
 
 if TYPE_CHECKING:
     from realbase.clip_model import ClipModel
@@ -27,28 +28,28 @@ class Verdict:
     scores: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)  # for the near-duplicate check; only when nothing rejected
-    motion_hashes: list[str] = field(default_factory=list)  # the same frames' moving content (realaction.dedup)
+    motion_hashes: list[str] = field(default_factory=list)  # the same frames' moving content (realaction.filters.dedup)
 
 
 class ModelFilters:
     """Built once per worker process (each detector loads its model here)."""
 
-    def __init__(self, cfg, clip: ClipModel | None = None):
+    def __init__(self, cfg: FilterOptions, clip: ClipModel | None = None):
         self.cfg = cfg
         self.text = None
         self.person = None
         self.clip = clip  # given a checkpoint, the CLIP person score is recorded even when it rejects nothing
         self.dedup = bool(cfg.dedup)
         if cfg.max_text_area < 1:
-            from realaction.text_overlay import TextAreaDetector
+            from realaction.filters.text_overlay import TextAreaDetector
 
             self.text = TextAreaDetector(side=cfg.text_side, max_frames=MODEL_FRAMES)
         if cfg.person_model is not None:  # recorded for every clip it sees; --min-person rejects
-            from realaction.onnx_person import OnnxPersonDetector
+            from realaction.filters.onnx_person import OnnxPersonDetector
 
             self.person = OnnxPersonDetector(cfg.person_model, cfg.person_confidence, max_frames=MODEL_FRAMES)
         elif cfg.person_detector != "none" and cfg.min_person > 0:  # a disabled filter costs nothing
-            from realaction.people import PersonDetector
+            from realaction.filters.people import PersonDetector
 
             self.person = PersonDetector(cfg.person_detector, max_frames=MODEL_FRAMES)
 

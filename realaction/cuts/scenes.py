@@ -163,12 +163,12 @@ class CutDetector:
 def build_cut_detector(name: str, threshold: float | None, clock: StreamClock, rotation: int = 0):
     """A CutDetector, or the TransNetV2 one for `--detector transnetv2` (which needs torch)."""
     if name == "transnetv2":
-        from realaction.transnet import TransNetCutDetector
+        from realaction.cuts.transnet import TransNetCutDetector
 
         return TransNetCutDetector(threshold, clock)
-    if not os.environ.get("REALACTION_DETECTOR_THREAD"):  # opt-in: see realaction/pipelined_scenes.py
+    if not os.environ.get("REALACTION_DETECTOR_THREAD"):  # opt-in: see realaction/cuts/pipelined_scenes.py
         return CutDetector(name, threshold, clock, rotation)
-    from realaction.pipelined_scenes import PipelinedCutDetector  # the same cuts, scored beside decoding
+    from realaction.cuts.pipelined_scenes import PipelinedCutDetector  # the same cuts, scored beside decoding
 
     return PipelinedCutDetector(CutDetector(name, threshold, clock, rotation, own_reformatter=True))
 

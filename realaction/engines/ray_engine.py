@@ -21,9 +21,10 @@ import socket
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from realaction.probe import Source
-from realaction.source_tasks import curate_source_task, worker_died_row
-from realaction.worker import SourceResult
+from realaction.decoding.probe import Source
+from realaction.engines.source_tasks import curate_source_task, worker_died_row
+from realaction.options import EngineOptions
+from realaction.output.samples import SourceResult
 from realbase.errors import UserError, one_line
 
 CONNECT_TIMEOUT_S = 5.0
@@ -41,21 +42,21 @@ def _check_reachable(address: str) -> None:
 
 
 @contextmanager
-def ray_session(cfg) -> Iterator[None]:
+def ray_session(options: EngineOptions) -> Iterator[None]:
     """Join the cluster at --ray-address, or start a local Ray with --workers CPUs (and stop it at the end).
     A Ray already initialised in this process (a notebook, a test) is used as it is."""
     try:
         import ray
     except ImportError:
         raise UserError("--engine ray needs the ray package: pip install 'realdpo[ray]'") from None
-    if cfg.ray_address:
-        _check_reachable(cfg.ray_address)
+    if options.ray_address:
+        _check_reachable(options.ray_address)
     if ray.is_initialized():
         yield
         return
-    where = f"the Ray cluster at {cfg.ray_address}" if cfg.ray_address else "a local Ray instance"
+    where = f"the Ray cluster at {options.ray_address}" if options.ray_address else "a local Ray instance"
     try:
-        ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
+        ray.init(address=options.ray_address, num_cpus=None if options.ray_address else options.workers,
                  include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError, ... for a wrong address or a failed start
         raise UserError(f"--engine ray: cannot start or reach {where}: {one_line(e)}") from None

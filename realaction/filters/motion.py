@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from realaction.options import FilterOptions
+
 GRID_STEP = 8  # pixels between flow samples used for the camera fit
 # DIS flow refuses frames under 12 pixels a side, and OpenCV 4.14's DIS *segfaults* on wide frames 12-24 pixels
 # high (48x12, 128x16, 256x24: measured); from 32 pixels up every shape we tried (to 2048x32) is safe. Frames
@@ -75,7 +77,7 @@ def motion_scores(gray: np.ndarray, times: np.ndarray) -> dict[str, float]:
     }
 
 
-def motion_reasons(scores: dict[str, float], cfg) -> list[str]:
+def motion_reasons(scores: dict[str, float], cfg: FilterOptions) -> list[str]:
     reasons = []
     if scores["subject_motion"] < cfg.min_motion:
         reasons.append("static")

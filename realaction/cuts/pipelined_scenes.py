@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class PipelinedCutDetector:
-    """A `realaction.scenes.CutDetector` (`inner`) whose frame input and scoring run in a worker thread, `depth`
+    """A `realaction.cuts.scenes.CutDetector` (`inner`) whose frame input and scoring run in a worker thread, `depth`
     frames behind `feed`; the same interface (feed, finish, cuts, cut_numbers, latency, hold_from)."""
 
     def __init__(self, inner, depth: int = 4):

@@ -13,7 +13,7 @@ import numpy as np
 from realaction import __version__
 from realbase.files import read_jsonl, write_atomic
 
-CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "realaction_card.md"
+CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "realaction_card.md"
 _FALLBACK_CARD = """# RealAction clips: $name
 
 Curated by realaction $version on $date from `$src`.

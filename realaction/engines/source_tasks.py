@@ -4,10 +4,10 @@ Ray task, the error row of a source whose worker died, and the test hook that ki
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from realaction.probe import Source
-from realaction.worker import Models, SourceCurator, SourceResult, config_hash
+from realaction.curator import Curator, Models, config_hash
+from realaction.decoding.probe import Source
+from realaction.output.samples import SourceResult
 
 TEST_EXIT_ENV = "REALACTION_TEST_EXIT_ON"  # tests: a worker given the source with this relative path dies at once
 TEST_CRASH_ENV = "REALACTION_TEST_SEGFAULT_ON"  # tests: ... or crashes in native code (a real SIGSEGV)
@@ -29,26 +29,26 @@ def worker_died_row(source: Source, why: str) -> SourceResult:
                          "reason": f"worker died: {why}"})
 
 
-# -- the local engine's pool (realaction.process_pool) --------------------------------------------------------
+# -- the local engine's pool (realaction.engines.process_pool) -----------------------------------------------------
 
-def init_pool_worker(cfg, emit) -> SourceCurator:
+def init_pool_worker(cfg, emit) -> Curator:
     from multiprocessing.util import Finalize
 
-    from realaction.captioners import flush_warnings, quiet_csv_warnings
+    from realaction.captions.captioners import flush_warnings, quiet_csv_warnings
 
     quiet_csv_warnings()  # the driver has reported --captions-csv's problems
     Finalize(None, flush_warnings, exitpriority=10)  # "... and N more": run as the worker exits (atexit is not)
-    return SourceCurator(cfg, Models(cfg), Path(cfg.src), emit)
+    return Curator(cfg, Models.of(cfg), emit)
 
 
-def run_in_pool_worker(curator: SourceCurator, source: Source) -> SourceResult:
+def run_in_pool_worker(curator: Curator, source: Source) -> SourceResult:
     exit_if_asked(source)
     return curator.run(source).resolve()
 
 
-# -- the Ray engine's task (realaction.ray_engine) ------------------------------------------------------------
+# -- the Ray engine's task (realaction.engines.ray_engine) ---------------------------------------------------------
 
-_CURATOR: tuple | None = None  # (config key, SourceCurator), kept by a Ray worker process for its next source
+_CURATOR: tuple | None = None  # (config key, Curator), kept by a Ray worker process for its next source
 
 
 def curate_source_task(cfg, source: Source) -> SourceResult:
@@ -56,9 +56,9 @@ def curate_source_task(cfg, source: Source) -> SourceResult:
     global _CURATOR
     key = (config_hash(cfg), str(cfg.src))
     if _CURATOR is None or _CURATOR[0] != key:
-        from realaction.captioners import quiet_csv_warnings
+        from realaction.captions.captioners import quiet_csv_warnings
 
         quiet_csv_warnings()
-        _CURATOR = (key, SourceCurator(cfg, Models(cfg), Path(cfg.src)))
+        _CURATOR = (key, Curator(cfg, Models.of(cfg)))
     exit_if_asked(source)
     return _CURATOR[1].run(source).resolve()

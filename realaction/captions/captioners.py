@@ -40,14 +40,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from realaction.config import CAPTIONERS
+from realaction.options import CAPTIONERS, CaptionOptions
 from realbase.errors import UserError, one_line
 from realbase.fields import one_of
 from realbase.folders import folder_code
 from realbase.text import MAX_CAPTION_BYTES, CappedWarnings, cap_caption, clean_caption, printable
 
 if TYPE_CHECKING:
-    from realaction.config import CurateConfig
     from realbase.clip_model import ClipModel
 
 log = logging.getLogger(__name__)
@@ -143,12 +142,12 @@ class CappedCaptioner:
         return Caption(text, got.source, got.error)
 
 
-def build_captioner(cfg: CurateConfig, clip: ClipModel | None = None) -> Captioner:
+def build_captioner(cfg: CaptionOptions, clip: ClipModel | None = None) -> Captioner:
     """The captioner `cfg` asks for, its captions capped at MAX_CAPTION_BYTES."""
     return CappedCaptioner(_build(cfg, clip))
 
 
-def _build(cfg: CurateConfig, clip: ClipModel | None) -> Captioner:
+def _build(cfg: CaptionOptions, clip: ClipModel | None) -> Captioner:
     one_of(cfg.captioner, CAPTIONERS, "--captioner")
     if cfg.captioner == "sidecar":
         return SidecarCaptioner(cfg.captions_csv, cfg.src)
