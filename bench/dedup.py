@@ -11,7 +11,7 @@ Copies of every piece, each of which must be caught: re-encoded at half size wit
 contrast changed; started 2 frames late (re-encoded); cropped by 6% (centred).
 
 Each clip is hashed as the curator hashes it: frames on the --analysis-fps grid, shrunk to --analysis-side
-from the full decoded frame (`small_rgb`), then `clip_hashes` and `motion_hashes` of realaction.dedup. Two
+from the full decoded frame (`small_rgb`), then `clip_hashes` and `motion_hashes` of realaction.filters.dedup. Two
 judgements, side by side on the same hashes: frames only (the filter before motion hashes) and frames + motion.
 - pieces lost: the pieces of a set fed one by one to a fresh index, as the curator commits them; each matching
   an earlier one would be dropped as `duplicate`;
@@ -35,10 +35,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from realaction.dedup import DuplicateIndex, clip_hashes, motion_hashes  # noqa: E402
-from realaction.footage import make_fixed_camera_pieces  # noqa: E402
-from realaction.scenes import detect_size  # noqa: E402
-from realaction.video_io import small_rgb  # noqa: E402
+from realaction.cuts.scenes import detect_size  # noqa: E402
+from realaction.decoding.footage import make_fixed_camera_pieces  # noqa: E402
+from realaction.filters.dedup import DuplicateIndex, clip_hashes, motion_hashes  # noqa: E402
+from realbase.video import small_rgb  # noqa: E402
 
 SHARED_PIZZA = ROOT.parent / "shared" / "data" / "real" / "4873105.mp4"
 

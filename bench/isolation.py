@@ -2,7 +2,7 @@
 in one source from ending the run): the same footage curated in the main process (REALACTION_IN_PROCESS=1, as
 before) and in one spawned worker, interleaved, --repeat times each; medians and their ratio.
 
-    python bench/isolation.py [--src DIR] [--repeat 3]     # default footage: the demo's (realaction.footage)
+    python bench/isolation.py [--src DIR] [--repeat 3]     # default footage: the demo's (realaction.decoding.footage)
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from realaction.config import CurateConfig  # noqa: E402
-from realaction.footage import make_demo_footage  # noqa: E402
-from realaction.pipeline import IN_PROCESS_ENV, curate  # noqa: E402
+from realaction.decoding.footage import make_demo_footage  # noqa: E402
+from realaction.engines.sources import IN_PROCESS_ENV  # noqa: E402
+from realaction.pipeline import curate  # noqa: E402
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from realaction.errors import UserError
+    from realbase.errors import UserError
 
     try:
         main()

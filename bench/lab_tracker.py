@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realaction.video_io import decode_frames, encode_mp4  # noqa: E402
+from realbase.video import decode_frames, encode_mp4  # noqa: E402
 from realdpo.lab.tracker import CHECKS, score_video  # noqa: E402
 from realdpo.lab.world import FPS, KINDS, derive_seed, render_clip  # noqa: E402
 

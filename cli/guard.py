@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 
 LOCK_NAME = ".realdpo.lock"
 _DISK_FULL_TEXT = ("no space left on device", "storagefull", "disk quota exceeded")

@@ -10,7 +10,7 @@ import typer
 from cli.guard import outputs_line
 from cli.options import CommandGroup, add_command
 from realaction.config import CurateConfig
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.configs.demo import DemoConfig
 from realdpo.configs.eval import EvalConfig
 from realdpo.configs.lab import LabBuildConfig, LabCheckConfig, LabRenderConfig

@@ -1,4 +1,4 @@
-"""Build Typer commands from the library's typed config dataclasses (fields from `realaction.fields`)."""
+"""Build Typer commands from the library's typed config dataclasses (fields from `realbase.fields`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from cli.guard import disk_full, disk_full_error, out_lock, quiet_library_noise
-from realaction.errors import UserError
-from realaction.fields import check_numbers, option_name, read_config_file
+from realbase.errors import UserError
+from realbase.fields import check_fields, option_name, read_config_file
 
 
 def _resolve(target: str | Callable) -> Callable:
@@ -145,7 +145,7 @@ def add_command(app: typer.Typer, name: str, config_cls: type, target: str | Cal
             if isinstance(kwargs.get(f.name), tuple):
                 kwargs[f.name] = list(kwargs[f.name])
         cfg = config_cls(**kwargs)
-        check_numbers(cfg)  # every command: nan, inf, negative or too large, before any work
+        check_fields(cfg)  # every command: nan, inf, negative, too large or not one of the choices, before any work
         if hasattr(cfg, "validate"):
             cfg.validate()
         folder = out_folder(cfg) if out_folder is not None else None

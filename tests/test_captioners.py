@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from realaction.captioners import Caption, CaptionRequest, SidecarCaptioner, build_captioner, load_actions
-from realaction.clip_model import ClipModel
+from realaction.captions.captioners import Caption, CaptionRequest, SidecarCaptioner, build_captioner, load_actions
 from realaction.config import CurateConfig
-from realaction.errors import UserError
-from realaction.footage import make_synthetic
+from realaction.decoding.footage import make_synthetic
+from realbase.clip_model import ClipModel
+from realbase.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tiny-model helpers beside this file
 from tiny_clip import TINY_CLIP_CONFIG, write_tiny_clip  # noqa: E402
@@ -106,7 +106,7 @@ def _words(n_bytes: int, word: str = "wave ") -> str:
 def test_huge_txt_sidecar_is_capped_without_reading_it_whole(src, caplog):
     import tracemalloc
 
-    from realaction.captioners import MAX_CAPTION_BYTES
+    from realaction.captions.captioners import MAX_CAPTION_BYTES
 
     (src / "a.txt").write_text(_words(40 << 20), encoding="utf-8")  # 40 MiB of caption
     tracemalloc.start()
@@ -120,7 +120,7 @@ def test_huge_txt_sidecar_is_capped_without_reading_it_whole(src, caplog):
 
 
 def test_long_json_and_csv_captions_are_capped_and_a_huge_json_sidecar_is_not_read(src, tmp_path, caplog):
-    from realaction.captioners import MAX_CAPTION_BYTES, MAX_JSON_SIDECAR_BYTES
+    from realaction.captions.captioners import MAX_CAPTION_BYTES, MAX_JSON_SIDECAR_BYTES
 
     multibyte = _words(3 * MAX_CAPTION_BYTES, "é ü ")  # 2-byte characters: the cut must not split one
     (src / "b.json").write_text(json.dumps({"captions": [multibyte, "short"]}), encoding="utf-8")
@@ -138,7 +138,7 @@ def test_long_json_and_csv_captions_are_capped_and_a_huge_json_sidecar_is_not_re
 
 
 def test_every_captioner_is_capped(src):
-    from realaction.captioners import MAX_CAPTION_BYTES, CappedCaptioner
+    from realaction.captions.captioners import MAX_CAPTION_BYTES, CappedCaptioner
 
     class Chatty:
         def caption(self, req):
@@ -167,7 +167,7 @@ def test_builtin_action_vocabulary():
 
 
 def real_frames(path: Path, n: int = 4, side: int = 256) -> np.ndarray:
-    from realaction.video_io import decode_frames, video_info
+    from realbase.video import decode_frames, video_info
 
     total, _, w, h = video_info(path)
     s = side / max(w, h)
@@ -304,7 +304,7 @@ def test_vlm_captioner_describes_real_frames(tiny_vlm, carphone_path, carphone_f
 
 
 def test_vlm_captioner_frames_as_images(tiny_vlm, carphone_path, carphone_frames):
-    from realaction.captioners import VlmCaptioner
+    from realaction.captions.captioners import VlmCaptioner
 
     captioner = VlmCaptioner(tiny_vlm, "What is the person doing?", max_tokens=6, inputs="images")
     got = captioner.caption(request(carphone_path, carphone_path.parent, frames=carphone_frames[:3]))
@@ -313,7 +313,7 @@ def test_vlm_captioner_frames_as_images(tiny_vlm, carphone_path, carphone_frames
 
 
 def test_vlm_folder_errors_are_one_line_user_errors(tmp_path, tiny_clip):
-    from realaction.captioners import VlmCaptioner
+    from realaction.captions.captioners import VlmCaptioner
 
     not_a_vlm = tmp_path / "not-a-vlm"
     not_a_vlm.mkdir()
@@ -360,7 +360,7 @@ def test_vlm_loaders_are_told_not_to_trust_folder_code(tiny_vlm, monkeypatch):
     """Every transformers loader that reads the folder gets trust_remote_code=False explicitly."""
     import transformers
 
-    from realaction.captioners import VlmCaptioner
+    from realaction.captions.captioners import VlmCaptioner
 
     calls = []
     for cls in (transformers.AutoConfig, transformers.AutoProcessor, transformers.AutoModelForImageTextToText,

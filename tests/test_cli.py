@@ -12,8 +12,8 @@ import typer
 
 from cli.main import run
 from cli.options import add_command
-from realaction.errors import UserError
-from realaction.fields import field
+from realbase.errors import UserError
+from realbase.fields import field
 
 
 def test_help_lists_every_command(capsys):
@@ -173,7 +173,7 @@ def _number_options():
     import typing
 
     from realaction.config import CurateConfig
-    from realaction.fields import option_name
+    from realbase.fields import option_name
     from realdpo.configs.eval import EvalConfig
     from realdpo.configs.negatives import NegativesConfig
     from realdpo.configs.sample import SampleConfig

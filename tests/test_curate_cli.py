@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from cli.main import run
-from realaction.footage import make_synthetic
-from realaction.shards import read_jsonl
+from realaction.decoding.footage import make_synthetic
+from realbase.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from realaction.config import CurateConfig
-from realaction.errors import UserError
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
+from realbase.errors import UserError
+from realbase.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(max_side=64, max_text_area=1.0, person_detector="none", dedup=False)
@@ -38,7 +38,7 @@ def test_the_flow_never_gets_a_shape_that_crashes_it(size):
     """OpenCV's DIS flow segfaulted on wide frames 12-24 pixels high (the process died with SIGSEGV). Run in a
     child process, so that a crash fails this test instead of ending the test session."""
     w, h = size
-    code = ("import numpy as np, json; from realaction.motion import motion_scores; "
+    code = ("import numpy as np, json; from realaction.filters.motion import motion_scores; "
             f"g = np.random.default_rng(0).integers(0, 255, (3, {h}, {w}), dtype=np.uint8); "
             "print(json.dumps(motion_scores(g, np.arange(3) / 4.0)))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -48,7 +48,7 @@ def test_the_flow_never_gets_a_shape_that_crashes_it(size):
 
 def test_a_source_of_extreme_shape_is_curated_not_crashed(tmp_path, carphone_path):
     """A 2048x128 video (analysis frames 256x16) killed the whole `realdpo curate` with a segfault."""
-    from realaction.video_io import encode_mp4
+    from realbase.video import encode_mp4
 
     src = _src_with_carphone(tmp_path, carphone_path)
     frames = np.zeros((12, 128, 2048, 3), np.uint8)
@@ -66,7 +66,7 @@ def test_a_source_of_extreme_shape_is_curated_not_crashed(tmp_path, carphone_pat
 
 
 def test_a_native_crash_in_one_source_does_not_end_a_one_worker_run(tmp_path, carphone_path, monkeypatch):
-    from realaction.source_tasks import TEST_CRASH_ENV
+    from realaction.engines.source_tasks import TEST_CRASH_ENV
 
     src = _src_with_carphone(tmp_path, carphone_path, ("a.mp4", "b.mp4", "c.mp4"))
     monkeypatch.setenv(TEST_CRASH_ENV, "b.mp4")  # the worker that gets b.mp4 segfaults in native code
@@ -92,7 +92,7 @@ def test_a_deeply_nested_caption_sidecar_is_a_recorded_error(tmp_path, carphone_
 
 
 def test_a_symlink_to_a_system_folder_is_not_followed(tmp_path, carphone_path):
-    from realaction.probe import discover
+    from realaction.decoding.probe import discover
 
     src = _src_with_carphone(tmp_path, carphone_path)
     os.symlink("/etc", src / "etc")
@@ -108,7 +108,7 @@ def test_a_symlink_to_a_system_folder_is_not_followed(tmp_path, carphone_path):
 
 
 def test_a_full_disk_is_one_line_and_a_rerun_resumes(tmp_path, carphone_path, monkeypatch):
-    from realaction import tar_writer
+    from realaction.output import tar_writer
 
     src = _src_with_carphone(tmp_path, carphone_path, ("a.mp4", "b.mp4"))
     out = tmp_path / "out"

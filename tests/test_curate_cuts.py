@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from realaction.config import CurateConfig
-from realaction.footage import make_real_concat, real_shots
+from realaction.cuts.scenes import DETECTORS, detect_cuts, make_detector
+from realaction.decoding.footage import make_real_concat, real_shots
 from realaction.pipeline import curate
-from realaction.scenes import DETECTORS, detect_cuts, make_detector
-from realaction.shards import read_jsonl
+from realbase.files import read_jsonl
 
 pytestmark = pytest.mark.slow  # builds its videos with ffmpeg, then whole curate runs
 
@@ -50,7 +50,7 @@ def transnet_test_video() -> Path | None:
 
 def fade_through_black(path: Path, a: Path, b: Path) -> Path:
     """Real shots joined by a fade to black, 6 s of black, and a fade in: ThresholdDetector's case."""
-    from realaction.video_io import decode_frames, encode_mp4
+    from realbase.video import decode_frames, encode_mp4
 
     first, second = decode_frames(a, size=(320, 136))[:76], decode_frames(b, size=(320, 136))
     ramp = np.linspace(1, 0, 20)[:, None, None, None]
@@ -207,7 +207,7 @@ def test_transnetv2_in_the_single_pass_equals_the_package(tmp_path, bikes_path, 
     import av
     import torch
 
-    from realaction import transnet
+    from realaction.cuts import transnet
 
     calls = []
     real_load = torch.load

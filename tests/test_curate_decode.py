@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from realaction.config import CurateConfig
-from realaction.errors import UserError
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
+from realbase.errors import UserError
+from realbase.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +158,7 @@ def test_analysis_side_below_the_flow_minimum_is_refused(tmp_path, carphone_path
 def test_fades_are_trimmed_not_rejected(tmp_path, carphone_path):
     """carphone with a 0.6 s fade-in from black, a 1 s fade-out and 2.5 s of black: 33% black frames, which the
     black filter rejects whole; trimmed, the talking man is kept."""
-    from realaction.video_io import decode_frames, encode_mp4
+    from realbase.video import decode_frames, encode_mp4
 
     frames = decode_frames(carphone_path)  # 120 frames at 29.97 fps
     ramp_in, ramp_out, black = 18, 30, 75
@@ -182,7 +182,7 @@ def test_fades_are_trimmed_not_rejected(tmp_path, carphone_path):
 
 
 def test_a_fade_leaving_too_little_is_too_short(tmp_path, carphone_path):
-    from realaction.video_io import decode_frames, encode_mp4
+    from realbase.video import decode_frames, encode_mp4
 
     frames = decode_frames(carphone_path)[:50]  # 1.7 s, then a 0.7 s fade-out and 1.7 s of black
     w_out = np.linspace(1, 0, 20)[:, None, None, None]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from realaction.config import CurateConfig
-from realaction.footage import make_fixed_camera_pieces
+from realaction.decoding.footage import make_fixed_camera_pieces
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
+from realbase.files import read_jsonl
 
 
 def _ffmpeg(src, dst, *args):
@@ -37,8 +37,8 @@ def test_pieces_of_one_fixed_camera_are_kept_and_a_reencoded_copy_is_not(tmp_pat
 
 
 def test_motion_hashes_tell_pieces_of_one_camera_apart(tmp_path):
-    from realaction.dedup import DuplicateIndex, clip_hashes, motion_hashes
-    from realaction.video_io import decode_frames
+    from realaction.filters.dedup import DuplicateIndex, clip_hashes, motion_hashes
+    from realbase.video import decode_frames
 
     pieces = make_fixed_camera_pieces(tmp_path, n=3, seconds=2.0, fps=12.0, size=(256, 108))
     rgb = [decode_frames(p)[::3] for p in pieces]  # the analysis grid: 4 frames a second

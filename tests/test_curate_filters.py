@@ -12,11 +12,11 @@ import pytest
 from curate_helpers import shard_keys, shard_samples
 
 from realaction.config import CurateConfig
-from realaction.errors import UserError
-from realaction.footage import make_synthetic
+from realaction.decoding.footage import make_synthetic
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
-from realaction.video_io import decode_frames, encode_mp4
+from realbase.errors import UserError
+from realbase.files import read_jsonl
+from realbase.video import decode_frames, encode_mp4
 
 
 def _with_text(frames: np.ndarray, text: str) -> np.ndarray:
@@ -133,7 +133,7 @@ def test_duplicates_with_two_workers(copies, tmp_path):
 def test_consecutive_clips_of_one_scene_are_not_duplicates(tmp_path, bikes_path):
     """A tripod shot: one real street frame that stays put, a patch swaying on it (someone talking at a podium,
     say); cut into 2 s clips."""
-    from realaction.dedup import DuplicateIndex
+    from realaction.filters.dedup import DuplicateIndex
 
     src = tmp_path / "src"
     src.mkdir()
@@ -158,7 +158,7 @@ def test_consecutive_clips_of_one_scene_are_not_duplicates(tmp_path, bikes_path)
 
 def test_duplicate_index_rule():
     """A clip matches a kept clip when each of its frames is near some frame of it; gaps never match."""
-    from realaction.dedup import DuplicateIndex
+    from realaction.filters.dedup import DuplicateIndex
 
     def flip(h: int, n: int) -> str:
         return f"{h ^ ((1 << n) - 1):016x}"
@@ -235,7 +235,7 @@ def _tinted(frames: np.ndarray, channel: int) -> np.ndarray:
 
 @pytest.mark.parametrize("transposed", [False, True])
 def test_onnx_person_detector_input_and_output_format(tmp_path, carphone_path, transposed):
-    from realaction.onnx_person import OnnxPersonDetector
+    from realaction.filters.onnx_person import OnnxPersonDetector
 
     model = write_redness_detector(tmp_path / "m.onnx", transposed=transposed)
     frames = decode_frames(carphone_path, [0, 30, 60, 90])
@@ -271,7 +271,7 @@ def test_bad_person_models_fail_in_one_line(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from realaction.onnx_person import OnnxPersonDetector
+    from realaction.filters.onnx_person import OnnxPersonDetector
 
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")

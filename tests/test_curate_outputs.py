@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from realaction.config import CurateConfig
-from realaction.footage import make_synthetic
+from realaction.decoding.footage import make_synthetic
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
+from realbase.files import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_summary_gives_seconds_of_footage_per_reason(curated):
 def test_a_huge_caption_sidecar_is_capped_in_manifest_and_shard(curated):
     import webdataset as wds
 
-    from realaction.captioners import MAX_CAPTION_BYTES
+    from realaction.captions.captioners import MAX_CAPTION_BYTES
 
     kept = [r for r in read_jsonl(curated / "manifest.jsonl") if r["kept"]]
     assert kept and all(0 < len(r["caption"].encode()) <= MAX_CAPTION_BYTES for r in kept)
@@ -101,7 +101,7 @@ def test_out_that_is_a_file_or_not_writable_fails_in_one_line_before_any_work(ca
     import tempfile
 
     from cli.main import run
-    from realaction.errors import UserError
+    from realbase.errors import UserError
 
     # a tree the `nobody` user can walk (pytest's own tmp folders are root's alone)
     base = Path(tempfile.mkdtemp())
@@ -176,7 +176,7 @@ def test_unreadable_folder_is_listed_as_skipped():
     import sys
     import tempfile
 
-    from realaction.probe import Skipped, discover
+    from realaction.decoding.probe import Skipped, discover
 
     base = Path(tempfile.mkdtemp())
     try:

@@ -13,9 +13,9 @@ import pytest
 from curate_helpers import write_real_sources
 
 from realaction.config import CurateConfig
-from realaction.footage import make_synthetic
+from realaction.decoding.footage import make_synthetic
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
+from realbase.files import read_jsonl
 
 BIKES_CUTS = [30, 76, 137, 187, 242]
 SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -198,8 +198,8 @@ def test_person_filter(tmp_path, shared_data):
 @pytest.mark.slow
 def test_fade_cuts_with_threshold_detector(tmp_path):
     """ThresholdDetector places a fade's cut in the past: clips emitted meanwhile must still not span it."""
-    from realaction.footage import _moving_scene
-    from realaction.video_io import encode_mp4
+    from realaction.decoding.footage import _moving_scene
+    from realbase.video import encode_mp4
 
     rng = np.random.default_rng(3)
     a, b = _moving_scene(rng, 150, 144, 256, 2.0), _moving_scene(rng, 150, 144, 256, 2.0)

@@ -13,7 +13,7 @@ import pytest
 
 from realaction.config import CurateConfig
 from realaction.pipeline import curate
-from realaction.shards import jsonl_text, read_jsonl
+from realbase.files import jsonl_text, read_jsonl
 
 FAST = dict(max_side=64, max_text_area=1.0, person_detector="none", dedup=False)  # the cheap filters only
 
@@ -30,28 +30,28 @@ def _strict_rows(path: Path) -> list[dict]:
 
 
 def _curate_one(tmp_path: Path, carphone_path: Path, **options):
-    from realaction.probe import Source
-    from realaction.worker import Models, SourceCurator
+    from realaction.curator import Curator, Models
+    from realaction.decoding.probe import Source
 
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)
     shutil.copyfile(carphone_path, src / "car.mp4")
     (src / "car.txt").write_text("A man talks on the phone.")
     cfg = CurateConfig(src=src, out=tmp_path / "out", **{**FAST, **options})
-    curator = SourceCurator(cfg, Models(cfg), src)
+    curator = Curator(cfg, Models.of(cfg))
     return curator.run(Source(src / "car.mp4", "car.mp4", "car")).resolve()
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_non_finite_score_never_passes(tmp_path, carphone_path, monkeypatch, bad):
-    import realaction.worker as worker
+    import realaction.curator as curator
 
-    real = worker.motion_scores
+    real = curator.motion_scores
 
     def broken(gray, times):
         return {**real(gray, times), "subject_motion": bad}  # NaN < threshold is False: it used to pass
 
-    monkeypatch.setattr(worker, "motion_scores", broken)
+    monkeypatch.setattr(curator, "motion_scores", broken)
     result = _curate_one(tmp_path, carphone_path)
     rows = [c.row for c in result.clips]
     assert rows and result.kept == 0
@@ -90,7 +90,7 @@ def test_a_rerun_into_an_out_whose_manifest_holds_bare_nan_goes_on(tmp_path, car
 
 
 def test_captions_lose_control_characters_escapes_and_bidi_overrides():
-    from realaction.text import clean_caption
+    from realbase.text import clean_caption
 
     hostile = ("\x1b[2J\x1b[H\x1b]0;pwned title\x07A man\x00 runs\r\n\tfast \u202eevil\u202c "
                "\x9b31mred\x1b[0m \u2066iso\u2069 \x07bell\x7f")
@@ -111,12 +111,12 @@ def test_a_sidecar_caption_reaches_the_shard_clean(tmp_path, carphone_path):
 
 
 def test_a_json_sidecar_caption_that_is_not_text_is_reported(tmp_path, caplog):
-    from realaction.captioners import CaptionRequest, SidecarCaptioner
+    from realaction.captions.captioners import CaptionRequest, SidecarCaptioner
 
     (tmp_path / "a.mp4").write_bytes(b"")
     (tmp_path / "a.json").write_text(json.dumps({"caption": 5, "captions": [["nested"], "second clip"]}))
     captioner = SidecarCaptioner()
-    with caplog.at_level(logging.WARNING, logger="realaction.captioners"):
+    with caplog.at_level(logging.WARNING, logger="realaction.captions.captioners"):
         got = [captioner.caption(CaptionRequest(tmp_path / "a.mp4", tmp_path, i, 0, 1, np.zeros((0,)))) for i in (0, 1)]
     assert got[0] is None and got[1].text == "second clip"
     lines = [r.getMessage() for r in caplog.records]
@@ -124,14 +124,14 @@ def test_a_json_sidecar_caption_that_is_not_text_is_reported(tmp_path, caplog):
 
 
 def test_csv_rows_that_are_malformed_duplicate_or_unknown_are_each_reported(tmp_path, caplog):
-    from realaction.captioners import WARN_LIMIT, SidecarCaptioner
+    from realaction.captions.captioners import WARN_LIMIT, SidecarCaptioner
 
     (tmp_path / "a.mp4").write_bytes(b"")
     rows = ["path,caption", "a.mp4,first", "a.mp4,second", "missing.mp4,nobody", "a.mp4", "a.mp4,x,extra",
             ",no path", "a.mp4,   "]
     rows += [f"gone{i}.mp4,x" for i in range(WARN_LIMIT + 5)]  # many of one kind: capped
     (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
-    with caplog.at_level(logging.WARNING, logger="realaction.captioners"):
+    with caplog.at_level(logging.WARNING, logger="realaction.captions.captioners"):
         captioner = SidecarCaptioner(tmp_path / "c.csv", tmp_path)
     lines = [r.getMessage() for r in caplog.records]
     assert captioner._csv["a.mp4"][None] == "second"
@@ -149,7 +149,7 @@ def test_csv_rows_that_are_malformed_duplicate_or_unknown_are_each_reported(tmp_
 
 
 def test_the_card_gives_each_score_its_true_maximum(tmp_path):
-    from realaction.report import build_summary, write_card
+    from realaction.output.report import build_summary, write_card
 
     rows = [{"key": f"k{i}", "source": "a.mp4", "kept": i % 2 == 0, "reason": None if i % 2 == 0 else "static",
              "start_s": 0.0, "end_s": 1.0, "scores": {"subject_motion": v}} for i, v in enumerate([1.0, 2.5, 7.3])]
@@ -169,7 +169,7 @@ def test_the_card_gives_each_score_its_true_maximum(tmp_path):
 
 
 def test_a_rerun_with_other_options_says_which_clips_came_from_which(tmp_path, carphone_path, bikes_path):
-    from realaction.worker import config_hash
+    from realaction.curator import config_hash
 
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()

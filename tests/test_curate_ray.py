@@ -19,10 +19,10 @@ import pytest
 from curate_helpers import alive, descendants, shard_keys, shard_samples, write_real_sources
 
 from realaction.config import CurateConfig
-from realaction.footage import make_synthetic
+from realaction.decoding.footage import make_synthetic
+from realaction.engines.source_tasks import TEST_EXIT_ENV
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
-from realaction.source_tasks import TEST_EXIT_ENV
+from realbase.files import read_jsonl
 
 pytestmark = pytest.mark.slow  # a local Ray and whole curate runs
 

@@ -24,7 +24,7 @@ def _no_terminal_codes(data: bytes) -> None:
 
 def _corrupt_mp4() -> bytes:
     """A real H.264 mp4 whose frame data is overwritten with terminal escape sequences here and there."""
-    from realaction.video_io import encode_mp4
+    from realbase.video import encode_mp4
 
     frames = np.random.default_rng(0).integers(0, 255, (20, 64, 96, 3)).astype(np.uint8)
     data = bytearray(encode_mp4(frames, 10.0))
@@ -41,7 +41,7 @@ def test_decoding_hostile_members_prints_nothing_from_them(tmp_path):
     code = f"""
 import sys
 from pathlib import Path
-from realaction.video_io import decode_frames, video_info
+from realbase.video import decode_frames, video_info
 bad = Path({str(tmp_path)!r}) / "corrupt.mp4"
 for src in [{EVIL * 40!r}, bad.read_bytes(), bad, str(Path({str(tmp_path)!r}) / "x\\x1b[2J\\x07.mp4")]:
     for fn in (video_info, decode_frames):

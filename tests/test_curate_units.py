@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from realaction.config import DETECTORS
-from realaction.footage import make_synthetic
-from realaction.probe import ProbeError, discover, probe, source_id
-from realaction.scenes import DETECTORS as SCENE_DETECTORS
-from realaction.scenes import detect_cuts
-from realaction.segments import Segmenter, split_scenes
+from realaction.cuts.scenes import DETECTORS as SCENE_DETECTORS
+from realaction.cuts.scenes import detect_cuts
+from realaction.decoding.footage import make_synthetic
+from realaction.decoding.probe import ProbeError, discover, probe, source_id
+from realaction.decoding.segments import Segmenter, split_scenes
 
 BIKES_CUTS = [30, 76, 137, 187, 242]
 
@@ -154,9 +154,9 @@ def test_probe_reads_rotation(tmp_path, carphone_path):
 
 
 def test_quality_and_motion_scores_separate_static_from_moving(tmp_path):
-    from realaction.motion import motion_scores
-    from realaction.quality import quality_scores, to_gray
-    from realaction.video_io import decode_frames
+    from realaction.filters.motion import motion_scores
+    from realaction.filters.quality import quality_scores
+    from realbase.video import decode_frames, to_gray
 
     scores = {}
     for kind in ("moving", "static", "black"):
@@ -178,7 +178,7 @@ def test_tar_writer_writes_what_webdataset_writes(tmp_path):
 
     import webdataset as wds
 
-    from realaction.tar_writer import ShardWriter
+    from realaction.output.tar_writer import ShardWriter
 
     sample = {"__key__": "src-0001", "mp4": b"\x00video", "txt": "a caption \u00e9".encode(), "json": b"{}",
               "jpg": b"\xff\xd8"}
@@ -199,7 +199,7 @@ def test_tar_writer_writes_what_webdataset_writes(tmp_path):
 
 
 def test_fade_trim_on_exact_luma():
-    from realaction.quality import fade_trim
+    from realaction.filters.quality import fade_trim
 
     content = np.full(50, 120.0)
     fade_in = np.linspace(0, 120, 12, endpoint=False)  # 0, 10, ..., 110: below 96 (80% of 120) up to index 9

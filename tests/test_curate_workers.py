@@ -15,9 +15,9 @@ import pytest
 from curate_helpers import alive, children, shard_keys, wait_for
 
 from realaction.config import CurateConfig
+from realaction.engines.source_tasks import TEST_EXIT_ENV
 from realaction.pipeline import curate
-from realaction.shards import read_jsonl
-from realaction.source_tasks import TEST_EXIT_ENV
+from realbase.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_a_worker_that_dies_mid_source_is_recorded_and_the_run_goes_on(tmp_path,
 @pytest.mark.slow
 def test_pool_replaces_each_worker_that_dies():
     """Every odd item kills the worker holding it: each is recorded, a new worker takes over, all items finish."""
-    from realaction.process_pool import ProcessPool, WorkerDied
+    from realaction.engines.process_pool import ProcessPool, WorkerDied
 
     outcomes = list(ProcessPool(2, _init_identity, (), _die_on_odd).run(range(7)))
     assert sorted(o.item for o in outcomes) == list(range(7))
@@ -142,7 +142,7 @@ def test_die_with_parent(tmp_path, how):
     code = f"""
 import os, sys, time
 sys.path.insert(0, {str(ROOT)!r})
-from realaction import process_pool
+from realaction.engines import process_pool
 if {how == "watchdog"!r}:
     process_pool.sys.platform = "other"  # no prctl: only the watchdog thread
 parent = os.getpid()

@@ -91,7 +91,7 @@ def test_usable_clips_and_missing_entries(filled_cache):
     cache, keys = filled_cache
     assert usable(cache, keys + [ClipRef("absent", "0"), ClipRef(keys[0].key, "other")], losers()) == keys
     assert usable(cache, keys, losers(4)) == [] and usable(cache, keys, losers(1, round=2)) == []
-    from realaction.errors import UserError
+    from realbase.errors import UserError
 
     with pytest.raises(UserError):
         PairStream(cache, [], losers=losers(), batch_size=2, seed=0, rank=0)

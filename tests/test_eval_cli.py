@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cli.main import run
-from realaction.video_io import encode_mp4
+from realbase.video import encode_mp4
 from realdpo.evaluation.videos import list_videos, match_prompts, read_prompts
 from tests.tiny_i3d import save_tiny_i3d
 

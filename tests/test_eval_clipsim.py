@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cli.main import run
-from realaction.video_io import encode_mp4
+from realbase.video import encode_mp4
 from realdpo.evaluation.clipsim import ClipScorer
 from tests.tiny_clip import write_tiny_clip
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.evaluation.frechet import frechet_from_features
 from realdpo.evaluation.fvd import i3d_features, load_i3d, to_i3d_input
 from tests.tiny_i3d import save_tiny_i3d

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realaction.video_io import encode_mp4
+from realbase.video import encode_mp4
 from realdpo.evaluation.motion import (
     dynamic_threshold,
     interpolate_middle,

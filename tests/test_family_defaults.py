@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.configs.train import TrainConfig
 from realdpo.models import load_spec
 from realdpo.models.common import image_generator
@@ -40,7 +40,7 @@ def test_each_family_has_its_frame_rate(family, task, variant, fps):
 def test_train_and_sample_use_the_models_frame_rate(shards, tmp_path):
     """Wan generates at 16 fps: its real clips are resampled to 16 fps (not 8: twice the motion per frame of the
     negatives), train_config.json and the cache record it, and `sample` writes 16 fps."""
-    from realaction.video_io import video_info
+    from realbase.video import video_info
     from realdpo.configs.sample import SampleConfig
     from realdpo.generation.sampling import sample
     from realdpo.training.trainer import train

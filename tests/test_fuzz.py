@@ -127,7 +127,7 @@ def test_bad_inputs_fail_in_one_line(world, case, tmp_path):
                 "--negatives", "1", "--neg-steps", "1"]
         expect = "no usable samples in 1 shard(s)"
     else:
-        from realaction.video_io import encode_mp4
+        from realbase.video import encode_mp4
         from tests.tiny_i3d import save_tiny_i3d
 
         videos = tmp_path / "videos"

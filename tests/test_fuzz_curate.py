@@ -37,7 +37,7 @@ def _strict(path: Path) -> list[dict]:
 
 
 def _hostile_src(root: Path, carphone_path: Path) -> Path:
-    from realaction.video_io import encode_mp4
+    from realbase.video import encode_mp4
 
     src = root / "src"
     src.mkdir()

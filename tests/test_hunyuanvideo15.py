@@ -9,7 +9,7 @@ import torch
 from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
 from cli.main import run
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.models import HunyuanVideo15Spec, load_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate")

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from cli.main import run
-from realaction.errors import UserError
-from realaction.video_io import encode_mp4
+from realbase.errors import UserError
+from realbase.video import encode_mp4
 from realdpo.lab.world import FPS, derive_seed, render_clip
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realaction.video_io import decode_frames, encode_mp4
+from realbase.video import decode_frames, encode_mp4
 from realdpo.lab.tracker import (
     MOTION_CHECKS,
     RENDER_CHECKS,

@@ -108,7 +108,7 @@ def test_web_mix_fraction_and_kinds():
 
 
 def test_write_set_gives_mp4_and_caption_sidecars(tmp_path):
-    from realaction.video_io import decode_frames, video_info
+    from realbase.video import decode_frames, video_info
 
     paths = write_set(tmp_path, "real", 3, seed=1)
     assert [p.name for p in paths] == ["real-00000.mp4", "real-00001.mp4", "real-00002.mp4"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.models import CogVideoXSpec, WanSpec, load_spec
 
 SIZE = (9, 64, 64)

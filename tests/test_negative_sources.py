@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import negative_plan, synthetic_clip, write_tiny_shard
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.configs.common import EDITS, parse_negatives_from
 from realdpo.data.cache import LatentCache
 from realdpo.data.clips import decode_clip, iter_shard_samples

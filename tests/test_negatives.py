@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_models import negative_plan, synthetic_clip, tiny_model, write_tiny_shard
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.data.cache import LatentCache
 from realdpo.data.clips import (
     BadClip,

@@ -98,7 +98,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_cache(shard, tmp_path):
 
 
 def test_sample_prompts_across_two_processes(tmp_path):
-    from realaction.video_io import decode_frames
+    from realbase.video import decode_frames
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"a square moving, take {i}\n" for i in range(3)))

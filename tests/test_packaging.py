@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import realaction
-from realaction.footage import make_synthetic
+from realaction.decoding.footage import make_synthetic
 
 pytestmark = pytest.mark.slow
 

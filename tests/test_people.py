@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from realaction.errors import UserError
-from realaction.people import KINDS, PersonDetector
-from realaction.video_io import decode_frames, video_info
+from realaction.filters.people import KINDS, PersonDetector
+from realbase.errors import UserError
+from realbase.video import decode_frames, video_info
 
 
 def analysis_frames(path, n: int = 16, side: int = 256) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The cut detector scored in a worker thread beside decoding (realaction.pipelined_scenes) finds PySceneDetect's
+"""The cut detector scored in a worker thread beside decoding (realaction.cuts.pipelined_scenes) finds PySceneDetect's
 own cuts, frame for frame, and reports each within its declared latency."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import av
 import pytest
 
-from realaction.pipelined_scenes import PipelinedCutDetector
-from realaction.scenes import CutDetector, detect_cuts, make_detector
-from realaction.video_io import StreamClock, decode_packets
+from realaction.cuts.pipelined_scenes import PipelinedCutDetector
+from realaction.cuts.scenes import CutDetector, detect_cuts, make_detector
+from realbase.video import StreamClock, decode_packets
 
 
 def pyscenedetect_cuts(path, detector: str) -> list[int]:

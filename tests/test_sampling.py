@@ -9,8 +9,8 @@ import pytest
 from tiny_models import tiny_model
 
 from cli.main import run
-from realaction.errors import UserError
-from realaction.video_io import encode_mp4, video_info
+from realbase.errors import UserError
+from realbase.video import encode_mp4, video_info
 from realdpo.configs.sample import SampleConfig
 from realdpo.generation.sampling import sample
 

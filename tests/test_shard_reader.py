@@ -8,7 +8,7 @@ import logging
 import pytest
 from tiny_models import curated_members, synthetic_clip, write_raw_shard, write_tiny_shard
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.data.clips import MAX_CAPTION_BYTES, ShardReport, cap_caption, expand_shards, iter_shard_samples
 from realdpo.data.stream import ShardSamples
 

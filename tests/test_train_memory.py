@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from test_trainer import _cfg, _rows
 from tiny_models import reset_accelerate, synthetic_clip, write_tiny_shard
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.training.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import reset_accelerate, synthetic_clip, tiny_model, write_tiny_shard
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.configs.train import TrainConfig
 from realdpo.training.trainer import Trainer, steps_per_round, train
 

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 from tiny_models import tiny_model
 
-from realaction.video_io import encode_mp4
+from realbase.video import encode_mp4
 
 
 def test_the_same_generated_frames_encode_to_the_same_bytes_between_torch_calls():

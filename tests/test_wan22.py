@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.models import load_spec
 from realdpo.models.experts import ExpertPair
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from realaction.clip_model import _not_random_warning
+from realbase.clip_model import _not_random_warning
 
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,

@@ -54,7 +54,7 @@ def tiny_model(family: str = "cogvideox", task: str = "t2v", variant: str | None
 
 def synthetic_clip(frames: int = 24, height: int = 48, width: int = 80, fps: float = 8.0, seed: int = 0) -> bytes:
     """An mp4 of a bright square moving over a noisy background."""
-    from realaction.video_io import encode_mp4
+    from realbase.video import encode_mp4
 
     rng = np.random.default_rng(seed)
     bg = rng.integers(40, 120, size=(height, width, 3), dtype=np.uint8)
@@ -68,7 +68,7 @@ def synthetic_clip(frames: int = 24, height: int = 48, width: int = 80, fps: flo
 def _jpg_of_first_frame(mp4: bytes) -> bytes:
     from PIL import Image
 
-    from realaction.video_io import decode_frames
+    from realbase.video import decode_frames
 
     buf = io.BytesIO()
     Image.fromarray(decode_frames(mp4, [0])[0]).save(buf, format="JPEG")
@@ -79,7 +79,7 @@ def write_tiny_shard(path: Path, samples: list[tuple[str, str, bytes]]) -> Path:
     """Write (key, caption, mp4) samples as a curated shard with mp4/txt/jpg/json members."""
     import webdataset as wds
 
-    from realaction.video_io import video_info
+    from realbase.video import video_info
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

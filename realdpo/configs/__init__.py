@@ -1,1 +1,1 @@
-"""One typed config dataclass per command; every field documents itself (`realaction.fields.field`)."""
+"""One typed config dataclass per command; every field documents itself (`realbase.fields.field`)."""

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from realaction.errors import UserError
-from realaction.fields import field
+from realbase.errors import UserError
+from realbase.fields import check_choices, field
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TASKS = ("t2v", "i2v")
@@ -23,13 +23,13 @@ def torch_dtype(mixed_precision: str):
 @dataclass
 class ModelOptions:
     model: Optional[Path] = field(None, help="Local diffusers pipeline folder (CogVideoX 1.0/1.5 or Wan 2.1/2.2); default is the built-in tiny model.")
-    task: Optional[str] = field(None, help=f"{' or '.join(TASKS)}, for a model that does both (Wan2.2-TI2V-5B); default: its pipeline's.")
+    task: Optional[str] = field(None, choices=TASKS, help=f"{' or '.join(TASKS)}, for a model that does both (Wan2.2-TI2V-5B); default: its pipeline's.")
     frames: Optional[int] = field(None, help="Frames per training/generated clip (CogVideoX: 8k+1, Wan: 4k+1); default is the model's.")
     height: Optional[int] = field(None, help="Clip height in pixels; default is the model's.")
     width: Optional[int] = field(None, help="Clip width in pixels; default is the model's.")
     fps: Optional[float] = field(None, at_most=1000, help="Frame rate clips are resampled to and videos written at; default is the model's (CogVideoX 8, CogVideoX 1.5 and Wan 16, Wan2.2-TI2V-5B 24).")
     seed: int = field(0, at_most=2**32 - 1, help="Random seed (0 to 2^32-1).")
-    mixed_precision: str = field("no", help=f"Mixed precision: {', '.join(MIXED_PRECISION)}.")
+    mixed_precision: str = field("no", choices=MIXED_PRECISION, help=f"Mixed precision: {', '.join(MIXED_PRECISION)}.")
 
     def validate_model_options(self) -> None:
         if self.model is not None and not Path(self.model).is_dir():
@@ -40,10 +40,7 @@ class ModelOptions:
                 raise UserError(f"--{name} must be at least 1")
         if self.fps is not None and self.fps <= 0:
             raise UserError("--fps must be positive")
-        if self.task is not None and self.task not in TASKS:
-            raise UserError(f"unknown --task {self.task!r}; choose one of {', '.join(TASKS)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UserError(f"unknown --mixed-precision {self.mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
+        check_choices(self)
 
 
 NEGATIVE_SOURCES = ("generated", "noised-real", "edited-real")
@@ -104,13 +101,13 @@ class NegativeOptions:
                                           "is the model's (CogVideoX 6, Wan 5).")
     neg_prompt: Optional[str] = field(None, help="Negative prompt for classifier-free guidance when generating negatives; "
                                       "default is the model's (Wan: its pipelines' standard one, CogVideoX: none).")
-    neg_sampler: str = field("default", help=f"Sampler for negatives: {', '.join(SAMPLERS)} (default: the model's own "
+    neg_sampler: str = field("default", choices=SAMPLERS, help=f"Sampler for negatives: {', '.join(SAMPLERS)} (default: the model's own "
                              "scheduler; multistep: the family's multistep solver, e.g. with --neg-steps 25).")
     neg_strength: float = field(0.5, help="noised-real: how far the real clip is noised, as a fraction of the schedule "
                                 "(0 < s <= 1; 1 is pure noise).")
     neg_edits: list[str] = field(default_factory=lambda: list(EDITS), help="edited-real: the edits each negative draws "
                                  f"one of ({', '.join(EDITS)}).")
-    neg_latents: str = field("raw", help="How sampled negatives (generated, noised-real) are kept: raw (the sampler's "
+    neg_latents: str = field("raw", choices=NEG_LATENTS, help="How sampled negatives (generated, noised-real) are kept: raw (the sampler's "
                              "latents) or reencode (decoded to 8-bit frames and encoded again through the real clips' "
                              "own path, as the official trainer does through its video files: raw sampler latents carry "
                              "more high-frequency energy than encoded ones, a difference DPO could learn instead of "
@@ -130,10 +127,7 @@ class NegativeOptions:
             raise UserError("--neg-steps must be at least 1")
         if self.neg_guidance is not None and self.neg_guidance < 0:
             raise UserError("--neg-guidance must not be negative")
-        if self.neg_sampler not in SAMPLERS:
-            raise UserError(f"unknown --neg-sampler {self.neg_sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.neg_latents not in NEG_LATENTS:
-            raise UserError(f"unknown --neg-latents {self.neg_latents!r}; choose one of {', '.join(NEG_LATENTS)}")
+        check_choices(self)
         if not 0 < self.neg_strength <= 1:
             raise UserError("--neg-strength must be in (0, 1]")
         edits = [e.strip() for item in self.neg_edits for e in str(item).split(",") if e.strip()]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from realaction.errors import UserError
-from realaction.fields import field
+from realbase.errors import UserError
+from realbase.fields import field
 
 
 @dataclass

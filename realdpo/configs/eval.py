@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from realaction.config import check_writable_folder
-from realaction.errors import UserError
-from realaction.fields import check_numbers, field
+from realbase.errors import UserError
+from realbase.fields import check_numbers, field
+from realbase.files import check_writable_folder
 from realdpo.configs.common import ModelOptions, NegativeOptions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from realaction.errors import UserError
-from realaction.fields import field
+from realbase.errors import UserError
+from realbase.fields import check_choices, field
 
 LAB_SETS = ("web", "real", "heldout")
 
@@ -81,13 +81,12 @@ class LabBuildConfig:
 @dataclass
 class LabRenderConfig:
     out: Path = field(Path("lab_footage"), help="Folder for the clips (<set>-<index>.mp4 + .txt caption) and world.jsonl (ground truth).")
-    set: str = field("real", help=f"Which set: {', '.join(LAB_SETS)} (web: the pretraining mix with unreal clips; real: physical only; heldout: the prompts' clips).")
+    set: str = field("real", choices=LAB_SETS, help=f"Which set: {', '.join(LAB_SETS)} (web: the pretraining mix with unreal clips; real: physical only; heldout: the prompts' clips).")
     count: int = field(64, help="Clips to write.")
     seed: int = field(0, at_most=2**32 - 1, help="Seed of the set.")
 
     def validate(self) -> None:
-        if self.set not in LAB_SETS:
-            raise UserError(f"unknown --set {self.set!r}; choose one of {', '.join(LAB_SETS)}")
+        check_choices(self)
         if self.count < 1:
             raise UserError("--count must be at least 1")
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from realaction.errors import UserError
-from realaction.fields import check_numbers, field
+from realbase.errors import UserError
+from realbase.fields import check_numbers, field
 from realdpo.configs.common import ModelOptions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

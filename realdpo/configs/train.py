@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from realaction.errors import UserError
-from realaction.fields import check_numbers, field
+from realbase.errors import UserError
+from realbase.fields import check_fields, field
 from realdpo.configs.common import ModelOptions, NegativeOptions, ShardOptions
 
 LOSSES = ("dpo", "sft", "dpo+sft", "ipo", "hinge")
@@ -25,24 +25,24 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     batch_size: int = field(1, help="Real clips per micro-batch (each with its K negatives).")
     grad_accum: int = field(1, help="Micro-batches per optimizer step.")
     lr: float = field(1e-4, at_most=1, help="Peak learning rate.")
-    lr_scheduler: str = field("constant", help=f"Learning-rate schedule after warm-up: {', '.join(SCHEDULERS)}.")
+    lr_scheduler: str = field("constant", choices=SCHEDULERS, help=f"Learning-rate schedule after warm-up: {', '.join(SCHEDULERS)}.")
     warmup_steps: int = field(0, help="Linear warm-up steps.")
     max_grad_norm: float = field(1.0, help="Gradient clipping norm (0 disables).")
     weight_decay: float = field(1e-4, help="AdamW weight decay.")
     beta: Optional[float] = field(None, help="DPO beta; default the model's: 5000 for v-prediction (CogVideoX, the "
                                   "paper's), 500 for flow matching (Wan; flow-matching DPO work uses 100-500).")
-    loss: str = field("dpo", help=f"Objective: {', '.join(LOSSES)} (sft: plain MSE on the real clips, the paper's "
+    loss: str = field("dpo", choices=LOSSES, help=f"Objective: {', '.join(LOSSES)} (sft: plain MSE on the real clips, the paper's "
                       "baseline; ipo/hinge: DPO variants on the same margin).")
     sft_weight: float = field(1.0, help="Weight of the SFT term in --loss dpo+sft.")
     t_min: Optional[float] = field(None, help="Lowest timestep drawn, as a fraction of the schedule (sigma for flow matching); default 0.")
     t_max: Optional[float] = field(None, help="Highest timestep drawn, as a fraction of the schedule; default 0.5 for the DPO losses (the paper's less-noisy half), 1 for --loss sft (the official SFT trainer draws over the whole schedule).")
-    train_experts: Optional[str] = field(None, help=f"Two-expert models (Wan 2.2 A14B): which expert gets a LoRA and trains, {', '.join(EXPERTS)} (low = transformer_2, the low-noise expert); default low for the DPO losses, both for --loss sft.")
+    train_experts: Optional[str] = field(None, choices=EXPERTS, help=f"Two-expert models (Wan 2.2 A14B): which expert gets a LoRA and trains, {', '.join(EXPERTS)} (low = transformer_2, the low-noise expert); default low for the DPO losses, both for --loss sft.")
     low_noise_range: list[float] = field(default_factory=list, help="Two-expert models: sigma range MIN MAX the low-noise expert trains on, within its own timesteps (default --t-min --t-max).")
     high_noise_range: list[float] = field(default_factory=list, help="Two-expert models: sigma range MIN MAX the high-noise expert trains on, within its own timesteps (default --t-min --t-max).")
     lora: bool = field(True, help="Train LoRA adapters on the transformer (--no-lora: full fine-tuning with a frozen reference copy).")
     lora_rank: int = field(16, help="LoRA rank.")
     lora_alpha: Optional[float] = field(None, help="LoRA alpha; default equals the rank.")
-    ref: str = field("base", help=f"Reference model: {', '.join(REFERENCES)} (base = adapters disabled; ema = EMA of the policy, kept in fp32).")
+    ref: str = field("base", choices=REFERENCES, help=f"Reference model: {', '.join(REFERENCES)} (base = adapters disabled; ema = EMA of the policy, kept in fp32).")
     ema_rate: float = field(0.999, help="EMA rate w in ref <- w*ref + (1-w)*policy.")
     ema_every: int = field(100, help="Optimizer steps between EMA reference updates.")
     ema_rank: Optional[int] = field(None, help="Rank of the EMA reference adapter, which averages the LoRA update B@A itself (exact while the average fits this rank; beyond, a bound on the error is logged as ema_error_bound); default 2 x --lora-rank.")
@@ -64,7 +64,7 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     fp8_base: bool = field(False, help="Store the frozen base transformer's linear weights in float8 (e4m3) and "
                            "compute in the --mixed-precision dtype (diffusers layerwise casting); LoRA only. Halves "
                            "the base's memory; base model, reference and negatives are then the fp8-rounded model.")
-    optimizer: str = field("adamw", help=f"Optimizer: {', '.join(OPTIMIZERS)} (adamw8bit: bitsandbytes' 8-bit AdamW, "
+    optimizer: str = field("adamw", choices=OPTIMIZERS, help=f"Optimizer: {', '.join(OPTIMIZERS)} (adamw8bit: bitsandbytes' 8-bit AdamW, "
                            "2 bytes of state per trained weight instead of 8; for --no-lora).")
     num_workers: int = field(0, help="Data-loader worker processes.")
     neg_batch_size: int = field(4, help="Clips whose i-th negatives are generated together in one pipeline call.")
@@ -82,23 +82,15 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
                            "always checked.")
 
     def validate(self) -> None:
-        check_numbers(self)
+        check_fields(self)
         self.validate_model_options()
         self.validate_negative_options()
         if not self.shards:
             raise UserError("--shards is required: one or more curated .tar shards or globs")
-        if self.loss not in LOSSES:
-            raise UserError(f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.ref not in REFERENCES:
-            raise UserError(f"unknown --ref {self.ref!r}; choose one of {', '.join(REFERENCES)}")
-        if self.lr_scheduler not in SCHEDULERS:
-            raise UserError(f"unknown --lr-scheduler {self.lr_scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         for name in ("steps", "batch_size", "grad_accum", "lora_rank", "ema_every", "rounds", "neg_batch_size",
                      "validation_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.fp8_base and not self.lora:
             raise UserError("--fp8-base stores the frozen base in fp8; full fine-tuning (--no-lora) trains those weights")
         if self.ema_rank is not None and self.ema_rank < 1:
@@ -113,8 +105,6 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
             self.t_max = 1.0 if self.loss == "sft" else 0.5
         if not 0 <= self.t_min < self.t_max <= 1:
             raise UserError("--t-min and --t-max must satisfy 0 <= t-min < t-max <= 1")
-        if self.train_experts is not None and self.train_experts not in EXPERTS:
-            raise UserError(f"unknown --train-experts {self.train_experts!r}; choose one of {', '.join(EXPERTS)}")
         for name in ("low_noise_range", "high_noise_range"):
             r = getattr(self, name)
             if r and (len(r) != 2 or not 0 <= r[0] < r[1] <= 1):

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +30,8 @@ from typing import Sequence
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from realbase.files import atomic_file, write_atomic
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -95,14 +96,8 @@ class LatentCache:
         data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         meta = {"fingerprint": self.fingerprint, "size": f"{self.frames}x{self.height}x{self.width}",
                 "fps": f"{self.fps:g}", **meta}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:  # one metadata entry: safetensors writes several in a per-process random order (not bit-identical)
+        with atomic_file(path) as tmp:  # one metadata entry: safetensors writes several in a per-process random order
             save_file(data, tmp, metadata={"realdpo": json.dumps(meta, sort_keys=True)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def sweep_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Delete the hidden temporary files killed runs left behind (no reader ever opens them); only old ones,
@@ -157,10 +152,7 @@ class LatentCache:
         if path.is_file():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".recipe.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(recipe, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(recipe, indent=1, sort_keys=True))
 
     def recipes(self) -> dict[str, dict]:
         """{tag: recipe.json's settings} of every set of negatives in this cache (unreadable ones left out)."""

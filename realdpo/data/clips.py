@@ -22,9 +22,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from realaction.captioners import MAX_CAPTION_BYTES, cap_caption  # the cap curation applies too
-from realaction.errors import UserError, one_line
-from realaction.video_io import decode_frames, video_info
+from realbase.errors import UserError, one_line
+from realbase.text import MAX_CAPTION_BYTES, cap_caption  # the cap curation applies too
+from realbase.video import decode_frames, video_info
 from realdpo.data.cache import ClipRef
 from realdpo.models.frames import to_tensor
 
@@ -118,7 +118,7 @@ def decode_clip(mp4: VideoSource, frames: int, height: int, width: int, fps: flo
     try:
         n, src_fps, _, _ = video_info(mp4)
     except Exception as e:  # decord raises its own error types for corrupt or non-video data
-        raise BadClip(f"cannot decode clip: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise BadClip(f"cannot decode clip: {one_line(e, first_line=True)}") from None
     if n == 0:
         raise ClipTooShort("clip has no frames")
     idx = frame_indices(n, src_fps or fps, frames, fps, allow_repeat)
@@ -126,7 +126,7 @@ def decode_clip(mp4: VideoSource, frames: int, height: int, width: int, fps: flo
     try:
         batch = decode_frames(mp4, uniq)
     except Exception as e:
-        raise BadClip(f"cannot decode clip frames: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise BadClip(f"cannot decode clip frames: {one_line(e, first_line=True)}") from None
     pos = {j: p for p, j in enumerate(uniq)}
     return to_tensor(_resize_crop(batch[[pos[j] for j in idx]], height, width))
 

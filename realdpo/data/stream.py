@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.data.cache import ClipRef, LatentCache
 from realdpo.data.clips import ClipSample, ShardReport
 from realdpo.data.losers import LoserPlan

@@ -1,5 +1,5 @@
 """clipsim: mean cosine similarity between each frame's open_clip image embedding and the prompt's text embedding,
-x100. The model is `realaction.clip_model.ClipModel` (local checkpoint, safetensors or weights-only torch files);
+x100. The model is `realbase.clip_model.ClipModel` (local checkpoint, safetensors or weights-only torch files);
 frames go through that model's own open_clip preprocessing (resize + centre crop to its input size)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ class ClipScorer:
 
     @classmethod
     def load(cls, arch: str, checkpoint: Path | str) -> "ClipScorer":
-        from realaction.clip_model import ClipModel
+        from realbase.clip_model import ClipModel
 
         return cls(ClipModel.load(arch, checkpoint))
 

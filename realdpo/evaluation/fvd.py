@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError, one_line
 
 # Hashes of FVD detector files known to be the published ones; a file is accepted when its sha256 or its git blob
 # id (`git hash-object FILE`) is here. Provenance: StyleGAN-V's i3d_torchscript.pt (Dropbox link ge9e5ujwgetktms
@@ -63,7 +63,7 @@ def load_i3d(path: Path, trust: bool = False) -> torch.jit.ScriptModule:
             warnings.simplefilter("ignore", FutureWarning)
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # not a TorchScript archive, truncated file, ...
-        raise UserError(f"--i3d {path}: not a TorchScript file ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"--i3d {path}: not a TorchScript file ({one_line(e, 120, first_line=True)})") from None
     return model.eval()
 
 

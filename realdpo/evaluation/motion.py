@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from realaction.quality import to_gray
+from realbase.video import to_gray
 
 FLOW_ALGORITHM = "OpenCV DIS optical flow (PRESET_MEDIUM), grayscale"
 BASE_THRESHOLD = 6.0  # VBench: pixels at a 256-pixel shorter side

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -14,7 +13,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from realaction.errors import UserError
+from realbase.errors import UserError
+from realbase.files import write_atomic
 from realdpo.configs.eval import EvalConfig
 from realdpo.evaluation.intervals import LEVEL, interval
 from realdpo.evaluation.metrics.base import Column, Context, Metric
@@ -137,9 +137,7 @@ def _write(out: Path, report: dict, results: dict[str, list[Result | None]], dir
     from realdpo.evaluation.table import print_table
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, out / "report.json")
+    write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     metrics_chart(report, out / "metrics.png", directions)
     if report["differences"]:
         differences_chart(report, out / "differences.png", directions)

@@ -9,7 +9,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from realaction.video_io import evenly_spaced
+from realbase.errors import one_line
+from realbase.video import evenly_spaced
 from realdpo.evaluation.motion import motion_scores
 from realdpo.evaluation.videos import center_square, decode_small
 
@@ -87,7 +88,7 @@ def run_job(job: Job) -> Result:
     try:
         frames, fps, (w, h) = decode_small(job.src, job.short_side)
     except Exception as e:  # an unreadable file is reported, not fatal
-        res.error = f"cannot decode: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+        res.error = f"cannot decode: {one_line(e, 200, first_line=True)}"
         return res
     res.scores.update(frames=int(len(frames)), fps=round(float(fps), 3), width=int(w), height=int(h),
                       work_width=int(frames.shape[2]), work_height=int(frames.shape[1]))

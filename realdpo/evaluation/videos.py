@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from realaction.errors import UserError
-from realaction.video_io import decode_frames, video_info
+from realbase.errors import UserError
+from realbase.video import decode_frames, video_info
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError, one_line
 from realdpo.data.cache import ClipRef, LatentCache
 from realdpo.data.clips import BadClip, ClipSample, decode_clip
 from realdpo.data.losers import negative_seed
@@ -47,8 +47,7 @@ class _Unit:
 
 
 def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return one_line(e, typed=True, first_line=True)
 
 
 def encode_real(spec: ModelSpec, caption: str, video: torch.Tensor, frames: int) -> dict[str, torch.Tensor]:

@@ -8,7 +8,6 @@ background thread refreshes it twice a second), so the bar and its clips/s and v
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -17,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from realbase.files import write_atomic
 from realdpo.runtime import Processes
 
 
@@ -106,9 +106,7 @@ class SharedProgress:
     def _write(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"rank-{self.p.rank}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.counts))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.counts))
         self._last_write = time.monotonic()
 
     def _totals(self) -> dict[str, int]:

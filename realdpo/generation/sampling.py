@@ -17,9 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from realaction.errors import UserError
-from realaction.shards import write_atomic
-from realaction.video_io import encode_mp4
+from realbase.errors import UserError, one_line
+from realbase.files import write_atomic
+from realbase.video import encode_mp4
 from realdpo.models.base import ModelSpec
 from realdpo.models.frames import to_uint8
 from realdpo.runtime import default_device
@@ -76,8 +76,8 @@ def load_lora(spec: ModelSpec, lora: Path) -> None:
                 pipe.load_lora_weights(str(folder),
                                        **({"load_into_transformer_2": True} if name == "transformer_2" else {}))
         except (ValueError, KeyError, OSError, RuntimeError, AttributeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"cannot load LoRA {folder} into {spec.family} {spec.task}: {first[:300]}") from None
+            raise UserError(f"cannot load LoRA {folder} into {spec.family} {spec.task}: "
+                            f"{one_line(e, first_line=True)}") from None
         finally:
             diffusers_logging.set_verbosity(verbosity)
         added = sorted(set(getattr(transformer, "peft_config", None) or {}) - before)

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
+from realbase.files import atomic_dir, atomic_file
 from realdpo.configs.lab import LabBuildConfig
 from realdpo.lab.sets import set_clip
 from realdpo.lab.world import FRAMES, derive_seed
@@ -52,16 +51,8 @@ def _videos(clips) -> torch.Tensor:
 
 def _save_atomic(save, target: Path) -> None:
     """`save(tmp_dir)` then rename tmp_dir to `target` (replacing it)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         save(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tokenize(tokenizer, captions: list[str], max_length: int) -> torch.Tensor:
@@ -245,10 +236,9 @@ def encode_data(cfg: LabBuildConfig, spec, path: Path, count: int, tag: str) -> 
             images.append(spec.encode_first_frames(video[:, 0], FRAMES)["image_latents"])
             captions += [c.caption for c in clips]
             bar.update(task, advance=len(clips))
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"latents": torch.cat(latents).contiguous(), "image_latents": torch.cat(images).contiguous()}, tmp,
-              metadata={"captions": json.dumps(captions)})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({"latents": torch.cat(latents).contiguous(), "image_latents": torch.cat(images).contiguous()}, tmp,
+                  metadata={"captions": json.dumps(captions)})
 
 
 # ---------------------------------------------------------------------------------------------- stage 3: transformer

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.evaluation.motion import motion_scores
 from realdpo.evaluation.plots import write_strip
 from realdpo.evaluation.scoring import strip_of

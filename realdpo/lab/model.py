@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.lab.world import FRAMES, SIZE
 from realdpo.models.tiny import COGVIDEOX_SCHEDULER
 

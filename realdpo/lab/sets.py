@@ -13,13 +13,13 @@ and curates it with `realdpo curate`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from realaction.errors import UserError
-from realaction.video_io import encode_mp4
+from realbase.errors import UserError
+from realbase.files import write_atomic
+from realbase.video import encode_mp4
 from realdpo.lab.world import FPS, SIZE, UNREAL_KINDS, Clip, derive_seed, render_clip
 
 WEB_UNREAL_FRACTION = 0.4
@@ -51,16 +51,12 @@ def write_set(out: Path, name: str, count: int, seed: int = 0, crf: int = 12) ->
         path = out / f"{name}-{i:05d}.mp4"
         for target, data in ((path.with_suffix(".txt"), (clip.caption + "\n").encode()),
                              (path, encode_mp4(clip.frames, FPS, crf=crf))):
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            write_atomic(target, data)
         paths.append(path)
         rows.append({"file": path.name, "set": name, "seed": seed, "index": i, "kind": clip.kind,
                      "gravity": clip.gravity, "caption": clip.caption, "event_frame": clip.event_frame,
                      "centers": clip.centers.round(4).tolist(), "radii": clip.radii.round(4).tolist()})
-    tmp = out / ".world.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, out / "world.jsonl")
+    write_atomic(out / "world.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return paths
 
 

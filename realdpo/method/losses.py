@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from realbase.fields import one_of
+
 DPO_TYPES = ("dpo", "ipo", "hinge")
 OBJECTIVES = ("dpo", "sft", "dpo+sft", "ipo", "hinge")
 
@@ -29,13 +31,12 @@ SATURATED_GRAD = 0.01  # a pair whose loss gradient w.r.t. its logit is below th
 
 def pair_losses(logits: torch.Tensor, loss_type: str = "dpo") -> torch.Tensor:
     """Per-pair loss of the logits `-(beta/2) d_k` [B, K]: dpo `-log σ(x)`, ipo `(x - 1/2)^2`, hinge `relu(1 - x)`."""
+    one_of(loss_type, DPO_TYPES, "loss_type", ValueError)
     if loss_type == "dpo":
         return -F.logsigmoid(logits)
     if loss_type == "ipo":
         return (logits - 0.5) ** 2
-    if loss_type == "hinge":
-        return torch.relu(1.0 - logits)
-    raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(DPO_TYPES)}")
+    return torch.relu(1.0 - logits)  # hinge
 
 
 def saturated_pairs(logits: torch.Tensor, loss_type: str = "dpo") -> torch.Tensor:
@@ -139,8 +140,7 @@ def split_errors(err: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torc
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in OBJECTIVES:
-        raise ValueError(f"unknown objective {kind!r}; choose one of {', '.join(OBJECTIVES)}")
+    one_of(kind, OBJECTIVES, "objective", ValueError)
 
 
 def objective_terms(kind: str, err_policy: torch.Tensor, err_ref: torch.Tensor | None, batch_size: int, *,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.models.base import Cond, ModelSpec, SpecOptions
 from realdpo.models.cogvideox import CogVideoXSpec
 from realdpo.models.common import read_model_index

@@ -96,7 +96,7 @@ class ModelSpec(ABC):
         one's training timesteps are drawn from (default `t_range`). A one-transformer model raises UserError when
         given either."""
         if train is not None or ranges:
-            from realaction.errors import UserError
+            from realbase.errors import UserError
 
             raise UserError(f"expert options apply to two-expert models (Wan 2.2 A14B); {self.path} has one transformer")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.models.base import Cond
 from realdpo.models.common import DiffusersSpec, add_pixel_noise, image_generator
 

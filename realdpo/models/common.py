@@ -12,7 +12,8 @@ from typing import Callable, ClassVar, Sequence
 
 import torch
 
-from realaction.errors import UserError, one_line
+from realbase.errors import UserError, one_line
+from realbase.folders import folder_code
 from realdpo.models.base import Cond, ModelSpec
 from realdpo.models.guidance import batched_guidance
 
@@ -67,11 +68,10 @@ def refuse_custom_code(path: Path) -> None:
         if isinstance(entry, list) and entry and isinstance(entry[0], str) and (folder / f"{entry[0]}.py").is_file():
             raise UserError(f"model folder {path}: component {name} is code in the folder ({name}/{entry[0]}.py); "
                             "realdpo does not run a model folder's own code")
-        for p in sorted(folder.glob("*.json")):
-            with contextlib.suppress(OSError, ValueError):
-                if "auto_map" in json.loads(p.read_text(encoding="utf-8")):
-                    raise UserError(f"model folder {path}: {name}/{p.name} maps classes to code in the folder "
-                                    "(auto_map); realdpo does not run a model folder's own code")
+        found = folder_code(folder)
+        if found:
+            raise UserError(f"model folder {path}: {name}/{found[0]} maps classes to code in the folder "
+                            "(auto_map); realdpo does not run a model folder's own code")
 
 
 def _file_digest(p: Path, h) -> None:

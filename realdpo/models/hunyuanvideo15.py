@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 from realdpo.models.base import Cond
 from realdpo.models.common import REQUIRED_COMPONENTS, DiffusersSpec, add_pixel_noise, image_generator
 from realdpo.models.frames import to_uint8

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
+from realbase.files import atomic_dir
 
 BUILTIN_NAME = "tiny-cogvideox-t2v"
 BUILTIN_VERSION = "1"
@@ -354,16 +353,6 @@ def builtin_model_path() -> Path:
     target = cache_home() / "models" / f"{BUILTIN_NAME}-{BUILTIN_VERSION}"
     if (target / "model_index.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_dir(target, if_absent=True) as tmp:  # another process may build it at the same time
         save_tiny_pipeline("cogvideox", "t2v", tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race (target exists and is not empty)
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
+from realbase.fields import one_of
 from realdpo.models.base import Cond
 from realdpo.models.common import DiffusersSpec, add_pixel_noise, image_generator, read_model_index
 from realdpo.models.experts import NAMES, ExpertPair
@@ -139,8 +140,7 @@ class WanSpec(DiffusersSpec):
         if not isinstance(self.transformer, ExpertPair):
             return super().set_experts(train, ranges, default)
         train = train or default
-        if train not in EXPERT_CHOICES:
-            raise UserError(f"unknown --train-experts {train!r}; choose one of {', '.join(EXPERT_CHOICES)}")
+        one_of(train, EXPERT_CHOICES, "--train-experts")
         experts = ("high", "low") if train == "both" else (train,)
         ranges = ranges or {}
         if set(ranges) - set(experts):

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from realaction.errors import UserError, one_line
+from realbase.errors import UserError, one_line
+from realbase.files import replace_dir
 from realdpo.runtime import copy_into, full_tensor, is_sharded
 
 STATE_FILE = "state.json"
@@ -56,16 +57,6 @@ def _tensors(named: dict[str, torch.Tensor], keep: bool = True) -> dict[str, tor
         if keep:
             out[k] = whole.detach().to("cpu").contiguous().clone()
     return out
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Put the finished folder `tmp` in place of `final`, which may exist."""
-    if final.exists():
-        old = final.with_name(f".old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        shutil.rmtree(old, ignore_errors=True)
-    tmp.rename(final)
 
 
 def save_checkpoint(accelerator, out: Path, step: int, *, trainable: dict[str, torch.Tensor],

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
 
 
 def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], *, lr: float,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from realaction.shards import read_jsonl
+from realbase.files import read_jsonl
 
 GROUPS = ("q1", "q2", "q3", "q4", "expert_high", "expert_low")
 # (title, [(key, label)], zero line)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 
 import torch
 
-from realaction.errors import UserError
+from realbase.errors import UserError
+from realbase.files import atomic_dir
 from realdpo.configs.train import TrainConfig
 from realdpo.runtime import step_progress
 from realdpo.training.resolved import BUCKETS, ResolvedRun, checked, config_dict, resolve, spec_options
@@ -280,7 +280,7 @@ class Trainer:
     # ---- resume ----------------------------------------------------------------------------------------------
     def restore(self, s: Setup, m: Model) -> Progress:
         """Continue from the checkpoint `setup` found (or start the logs afresh), record the run, open the trackers."""
-        from realaction.shards import read_jsonl
+        from realbase.files import read_jsonl
         from realdpo.method.reference import Reference
         from realdpo.training.checkpoint import restore_latest, truncate_jsonl
         from realdpo.training.health import HealthMonitor
@@ -552,7 +552,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self, s: Setup, data: Data, m: Model, step: int) -> None:
         """One validation video with the current policy: the configured prompt or the first clip's caption."""
-        from realaction.video_io import encode_mp4
+        from realbase.video import encode_mp4
         from realdpo.models.frames import to_uint8
 
         o, run, spec, transformer = s.options, s.run, s.spec, m.transformer
@@ -605,7 +605,7 @@ class Trainer:
 
     def finish(self, s: Setup, m: Model, progress: Progress) -> TrainResult:
         """The final checkpoint, OUT/lora (or OUT/transformer), the plot; every process's weight checksum."""
-        from realaction.shards import read_jsonl
+        from realbase.files import read_jsonl
         from realdpo.training.plot import plot_metrics
 
         o, out, step, last_ckpt = s.options, self.out, progress.step, progress.last_ckpt
@@ -644,7 +644,7 @@ class Trainer:
         from realdpo.training.health import HealthMonitor
 
         if not health.rows:  # a complete run's outputs written again: its rows are in metrics.jsonl
-            from realaction.shards import read_jsonl
+            from realbase.files import read_jsonl
 
             health = HealthMonitor(s.options.steps, preference=s.options.loss != "sft")
             health.preload(read_jsonl(self.metrics_path))
@@ -691,13 +691,8 @@ def save_transformer(transformer: torch.nn.Module, out: Path, state: dict[str, t
 
 def _atomic_dir(final: Path, write) -> Path:
     """Write a folder under a temporary name, then swap it into place."""
-    from realdpo.training.checkpoint import replace_dir
-
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    replace_dir(tmp, final)
+    with atomic_dir(final) as tmp:
+        write(tmp)
     return final
 
 
