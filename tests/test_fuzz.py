@@ -170,7 +170,7 @@ def test_curation_skips_broken_files(world, tmp_path):
 
 def test_ctrl_c_exits_130_with_one_line(world, tmp_path):
     """SIGINT in the middle of a real `sample --prompts` run: exit 130 (what `&&` chains stop on), one line, no
-    traceback; the run had written its samples.jsonl, so it was past loading the model."""
+    traceback; the run had written its first video, so it was in the sampling loop."""
     import signal
     import time
 
@@ -183,10 +183,10 @@ def test_ctrl_c_exits_130_with_one_line(world, tmp_path):
                              "--model", str(world["model"]), "--steps", "1000"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     deadline = time.monotonic() + 300
-    while not (out / "samples.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+    # Interrupt once the first video is written: in the sampling loop itself, past loading the model.
+    while not any(out.glob("*.mp4")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
