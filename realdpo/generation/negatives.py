@@ -309,15 +309,14 @@ def precompute(cfg) -> Summary:
     from realdpo.configs.common import torch_dtype
     from realdpo.data.clips import expand_shards, iter_shard_samples
     from realdpo.generation.recipes import lora_weights_id
-    from realdpo.models import load_spec
+    from realdpo.models import SpecOptions, load_spec
     from realdpo.runtime import cpu_only_distributed
 
     cfg.validate()
     urls = expand_shards(cfg.shards)
     processes = Processes(PartialState(cpu=cpu_only_distributed()))
     spec = load_spec(cfg.model, device=processes.state.device, dtype=torch_dtype(cfg.mixed_precision), task=cfg.task,
-                     group_offload=cfg.group_offload)
-    spec.image_noise = cfg.first_frame_noise
+                     group_offload=cfg.group_offload, options=SpecOptions(image_noise=cfg.first_frame_noise))
     frames, height, width = spec.resolve_size(cfg.frames, cfg.height, cfg.width)
     fps = spec.run_defaults(cfg.fps).fps
     transformer, weights = None, "base"
