@@ -1,6 +1,6 @@
 """A tiny random-weight open_clip model for tests: a model-config JSON plus a weights file, loadable offline.
 
-    from tests.tiny_clip import write_tiny_clip
+    from tiny_clip import write_tiny_clip
     ckpt, arch = write_tiny_clip(tmp_path)            # tmp_path/tiny-clip.safetensors, tmp_path/tiny-clip.json
     model = ClipModel.load(str(arch), ckpt)           # or: --clip-checkpoint ckpt --clip-arch arch
     write_tiny_clip(tmp_path, fmt="pt")               # a torch.save'd state dict instead

@@ -124,3 +124,19 @@ def curated_members(key: str, caption: str | bytes, mp4: bytes, meta: bytes | No
     txt = caption.encode() if isinstance(caption, str) else caption
     members = [(f"{key}.mp4", mp4), (f"{key}.txt", txt), (f"{key}.jpg", jpg or _jpg_of_first_frame(mp4))]
     return members + ([(f"{key}.json", meta)] if meta is not None else [])
+
+
+def lora_transformer(spec, rank=4):
+    """The spec's transformer with a LoRA adapter whose B is non-zero, so policy and reference differ."""
+    import torch
+    from peft import LoraConfig
+
+    tr = spec.transformer
+    if not getattr(tr, "peft_config", None):
+        tr.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=spec.lora_target_modules))
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for n, p in tr.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+    return tr

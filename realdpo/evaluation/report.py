@@ -33,14 +33,16 @@ from realdpo.evaluation.videos import (
     read_samples,
 )
 
+BUILT_IN = (MotionMetric, ClipSimMetric, FvdMetric, PrefMetric)  # in the table's column order; a metric is one entry
+
 
 def metric_list(cfg: EvalConfig, plug_in: FrameScorer | None = None) -> list[Metric]:
     """A run's metrics, in the table's column order; --lab adds the plugged-in scorer."""
-    return [MotionMetric(), ClipSimMetric(), FvdMetric(), PrefMetric()] + ([ScorerMetric(plug_in)] if cfg.lab else [])
+    return [m() for m in BUILT_IN] + ([ScorerMetric(plug_in)] if cfg.lab else [])
 
 
 # the built-in columns -> True when higher is better (a plug-in adds its own)
-METRICS = {k: v for m in (MotionMetric, ClipSimMetric, FvdMetric, PrefMetric) for k, v in m.columns.items()}
+METRICS = {k: v for m in BUILT_IN for k, v in m.columns.items()}
 
 
 def _jobs_iter(jobs: list[Job], workers: int) -> Iterator[Result]:

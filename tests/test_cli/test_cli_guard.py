@@ -14,7 +14,7 @@ import pytest
 from cli.guard import LOCK_NAME, disk_full, out_lock
 from cli.main import run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEV_FULL = Path("/dev/full")  # the device every write to which fails with ENOSPC, as on a full disk
 
 

@@ -20,7 +20,7 @@ from realaction.pipeline import curate
 from realbase.errors import UserError
 from realbase.files import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(max_side=64, max_text_area=1.0, person_detector="none", dedup=False)
 
 

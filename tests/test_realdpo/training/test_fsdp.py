@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _free_port() -> int:

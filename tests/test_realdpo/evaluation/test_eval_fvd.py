@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_i3d import save_tiny_i3d
 
 from realbase.errors import UserError
 from realdpo.evaluation.frechet import frechet_from_features
 from realdpo.evaluation.fvd import i3d_features, load_i3d, to_i3d_input
-from tests.tiny_i3d import save_tiny_i3d
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,9 @@ def test_only_a_known_detector_file_loads_without_trust_i3d(i3d_path, tmp_path, 
 
 
 def test_real_clips_come_from_curated_shards_files_and_folders(tmp_path):
+    from tiny_models import synthetic_clip, write_tiny_shard
+
     from realdpo.evaluation.videos import decode_small, expand_real
-    from tests.tiny_models import synthetic_clip, write_tiny_shard
 
     write_tiny_shard(tmp_path / "shards" / "realaction-000000.tar",
                      [(f"src-{i:04d}", "a square", synthetic_clip(frames=16, seed=i)) for i in range(2)])

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from tiny_models import negative_plan, synthetic_clip, tiny_model, write_tiny_shard
 
 from cli.main import run
 from realdpo.configs.eval import EvalConfig
 from realdpo.evaluation.pref_accuracy import preference_accuracy
-from tests.tiny_models import negative_plan, synthetic_clip, tiny_model, write_tiny_shard
 
 
 @pytest.fixture(scope="module")

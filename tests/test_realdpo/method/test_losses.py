@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import lora_transformer
 
 from realdpo.method.losses import dpo_loss, objective, preference_metrics, sft_loss, split_errors
 from realdpo.method.reference import DisabledAdapterReference
@@ -54,21 +55,6 @@ def test_formula_mean_over_batch_and_negatives():
     assert objective("sft", pw, None, 4, beta=beta)[0].item() == pytest.approx(pw.mean().item())
 
 
-def _lora_transformer(spec, rank=4):
-    """The spec's transformer with a LoRA adapter whose B is non-zero, so policy and reference differ."""
-    from peft import LoraConfig
-
-    tr = spec.transformer
-    if not getattr(tr, "peft_config", None):
-        tr.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=spec.lora_target_modules))
-        torch.manual_seed(1)
-        with torch.no_grad():
-            for n, p in tr.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.02)
-    return tr
-
-
 def _batch(spec, b=2, k=3, seed=0):
     frames, height, width = spec.default_size()
     with torch.no_grad():
@@ -92,7 +78,7 @@ def _grads(tr):
 def test_batched_step_equals_official_per_negative_loop(family, tiny_spec):
     # float64 weights: in float32 the batch size changes the matmul rounding (~1e-7), which beta then amplifies
     spec = tiny_spec(family, torch.float64)
-    tr = _lora_transformer(spec)
+    tr = lora_transformer(spec)
     tr.zero_grad(set_to_none=True)
     winners, losers, noise, t, cond = _batch(spec)
     b, k = losers.shape[:2]
@@ -125,7 +111,7 @@ def test_batched_step_equals_official_per_negative_loop(family, tiny_spec):
 @pytest.mark.parametrize("kind", ["dpo", "dpo+sft", "ipo", "hinge", "sft"])
 def test_chunked_gradient_equals_unchunked(kind, tiny_spec):
     spec = tiny_spec("cogvideox", torch.float64)
-    tr = _lora_transformer(spec)
+    tr = lora_transformer(spec)
     tr.zero_grad(set_to_none=True)
     winners, losers, noise, t, cond = _batch(spec, seed=3)
     inputs = build_inputs(winners, None if kind == "sft" else losers, cond, noise, t)
@@ -153,7 +139,7 @@ def test_streamed_chunks_hold_one_rows_activations(tiny_spec):
     from realdpo.memory import TensorTracker
 
     spec = tiny_spec("cogvideox")
-    tr = _lora_transformer(spec)
+    tr = lora_transformer(spec)
     frames, height, width = spec.default_size()
     with torch.no_grad():  # a larger latent than the default, so activations dwarf the fixed costs
         shape = spec.encode_videos(torch.zeros(1, frames, 3, 2 * height, 2 * width)).shape[1:]

@@ -18,7 +18,7 @@ from realaction.pipeline import curate
 from realbase.files import read_jsonl
 
 BIKES_CUTS = [30, 76, 137, 187, 242]
-SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+SHARED_REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from realaction.decoding.footage import make_synthetic
 from realbase.clip_model import ClipModel
 from realbase.errors import UserError
 
-sys.path.insert(0, str(Path(__file__).parent))  # the tiny-model helpers beside this file
+sys.path.insert(0, str(Path(__file__).parents[1]))  # the tiny-model helpers in tests/
 from tiny_clip import TINY_CLIP_CONFIG, write_tiny_clip  # noqa: E402
 from tiny_vlm import write_tiny_qwen2_vl  # noqa: E402
 

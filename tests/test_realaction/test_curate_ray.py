@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow  # a local Ray and whole curate runs
 
 ray = pytest.importorskip("ray")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CRASH = "crash/boom.mp4"  # the Ray workers of this module die when given this source
 
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_clip import write_tiny_clip
 
 from cli.main import run
 from realbase.video import encode_mp4
 from realdpo.evaluation.clipsim import ClipScorer
-from tests.tiny_clip import write_tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
 pytestmark = pytest.mark.slow  # processes under accelerate launch, killed and restarted
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 

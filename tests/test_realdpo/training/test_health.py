@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
+from tiny_models import lora_transformer, synthetic_clip, tiny_model, write_tiny_shard
 
 from realdpo.configs.train import TrainConfig
 from realdpo.method.losses import pair_stats, stats_means
@@ -63,13 +63,13 @@ def test_pair_stats_buckets_ties_and_saturation():
 
 def test_the_step_syncs_the_host_once(monkeypatch):
     """preference_step with raw_stats never reads a tensor back (issue 21: ~10 .item() per chunk before)."""
+
     from realdpo.method.reference import DisabledAdapterReference
     from realdpo.method.step import ErrorModel, build_inputs, preference_step
     from realdpo.models import load_spec
-    from tests.test_losses import _lora_transformer
 
     spec = load_spec(tiny_model("cogvideox", "t2v"))
-    tr = _lora_transformer(spec)
+    tr = lora_transformer(spec)
     frames, height, width = spec.default_size()
     g = torch.Generator().manual_seed(0)
     shape = spec.latent_shape(frames, height, width)

@@ -20,7 +20,7 @@ from realbase.files import read_jsonl
 
 pytestmark = pytest.mark.slow  # builds its videos with ffmpeg, then whole curate runs
 
-SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "4873105.mp4"
+SHARED_REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "4873105.mp4"
 
 
 def ffmpeg(*args: str) -> None:

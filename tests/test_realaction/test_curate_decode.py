@@ -19,7 +19,7 @@ from realaction.pipeline import curate
 from realbase.errors import UserError
 from realbase.files import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def ffmpeg(*args: str) -> None:

@@ -16,7 +16,7 @@ from tiny_models import curated_members, synthetic_clip, tiny_model, write_raw_s
 
 pytestmark = pytest.mark.slow  # every case is the real command in a subprocess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str, env_root: Path) -> subprocess.CompletedProcess:
@@ -127,8 +127,9 @@ def test_bad_inputs_fail_in_one_line(world, case, tmp_path):
                 "--negatives", "1", "--neg-steps", "1"]
         expect = "no usable samples in 1 shard(s)"
     else:
+        from tiny_i3d import save_tiny_i3d
+
         from realbase.video import encode_mp4
-        from tests.tiny_i3d import save_tiny_i3d
 
         videos = tmp_path / "videos"
         videos.mkdir()

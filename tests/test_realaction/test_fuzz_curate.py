@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EVIL = b"\x1b]0;PWNED\x07\x1b[2J\x1b[H\x1b[31mFAKE\x1b[0m"
 TIME_LIMIT = 240  # seconds: the whole run, a few tiny videos
 

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from tiny_i3d import save_tiny_i3d
 
 from cli.main import run
 from realbase.video import encode_mp4
 from realdpo.evaluation.videos import list_videos, match_prompts, read_prompts
-from tests.tiny_i3d import save_tiny_i3d
 
 METRIC_NAMES = {"dynamic_degree", "motion_smoothness", "flicker", "clipsim", "fvd", "pref_accuracy", "pref_margin"}
 

@@ -15,7 +15,7 @@ from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
 
 pytestmark = pytest.mark.slow  # two processes under accelerate launch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ from cli.main import run
 from realaction.decoding.footage import make_synthetic
 from realbase.files import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from realaction.engines.source_tasks import TEST_EXIT_ENV
 from realaction.pipeline import curate
 from realbase.files import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _src(root: Path, footage: Path, names: list[str]) -> Path:
