@@ -46,6 +46,7 @@ def test_dry_run_measures_every_section(tmp_path):
     assert "CogVideoX-5B-I2V peak" in table and "negatives, batch 2" in table
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_without_cuda_it_says_so_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=120)

@@ -33,6 +33,7 @@ def _with_text(frames: np.ndarray, text: str) -> np.ndarray:
 # ---------------------------------------------------------------- text overlays
 
 
+@pytest.mark.slow
 def test_text_overlay_on_real_footage(tmp_path, carphone_path, bikes_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 from tiny_models import tiny_model
 
 from realbase.video import encode_mp4
 
 
+@pytest.mark.slow
 def test_the_same_generated_frames_encode_to_the_same_bytes_between_torch_calls():
     # A tiny model's decoded video, encoded again after each decode: x264's AVX-512 kernels gave 4 different
     # bitstreams in 8 encodes of these frames (x264_options caps them at AVX2). Random noise did not show it.

@@ -126,6 +126,7 @@ def test_numeric_file_order_and_prompt_matching(tmp_path):
     assert match_prompts(vids, read_prompts(p), "m") == ["p0", "p1", "p2", "p10"]
 
 
+@pytest.mark.slow
 def test_shared_real_and_generated_clips_all_decode_and_score(shared_data, tmp_path):
     """The paper's real clip and its three CogVideoX-generated negatives, side by side (FVD with the tiny I3D)."""
     out = tmp_path / "report"

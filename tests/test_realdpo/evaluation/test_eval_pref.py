@@ -56,6 +56,7 @@ def _cfg(setup, lora, **kw):
     return cfg
 
 
+@pytest.mark.slow
 def test_pref_accuracy_is_deterministic_and_counts_every_pair(setup):
     a = preference_accuracy(_cfg(setup, setup["lora"]))
     b = preference_accuracy(_cfg(setup, setup["lora"]))
@@ -65,6 +66,7 @@ def test_pref_accuracy_is_deterministic_and_counts_every_pair(setup):
     assert a["settings"]["samples_seen"] == 2 and a["settings"]["samples_not_cached"] == 0
 
 
+@pytest.mark.slow
 def test_an_identity_lora_prefers_nothing(setup):
     m = preference_accuracy(_cfg(setup, setup["zero_lora"]))["metrics"]
     assert m["pref_accuracy"] == 50.0 and m["pref_margin"] == 0.0  # every pair a tie, counted one half
@@ -78,6 +80,7 @@ def test_uncached_round_is_skipped_with_a_note(setup):
     assert res["metrics"] == {} and res["settings"]["samples_not_cached"] == 2
 
 
+@pytest.mark.slow
 def test_cli_reports_pref_accuracy_in_the_named_row(setup, tmp_path):
     vids = tmp_path / "dpo"
     vids.mkdir()

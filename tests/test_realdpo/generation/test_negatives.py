@@ -234,6 +234,7 @@ def test_a_failing_clip_does_not_stop_the_run(tmp_path, tiny_cogvideox_t2v, monk
     assert s.n_generated == 1 and s.n_reused == 1 and not s.failed  # the rerun makes only the missing one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["cogvideox", "wan"])
 def test_ensure_cached_image_to_video(tmp_path, family, monkeypatch):
     spec = load_spec(tiny_model(family, "i2v"))

@@ -36,6 +36,7 @@ def lora_dir(tiny_cogvideox_t2v, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sample_writes_requested_frames_and_lora_changes_it(tiny_cogvideox_t2v, lora_dir, tmp_path, monkeypatch):
     import realdpo.generation.sampling
 
@@ -93,6 +94,7 @@ def test_sample_command(tiny_cogvideox_t2v, tmp_path, capsys):
     assert video_info(out)[0] == 9
 
 
+@pytest.mark.slow
 def test_sample_prompts_writes_the_eval_folder(tiny_cogvideox_t2v, lora_dir, tmp_path, monkeypatch):
     import json
 

@@ -61,6 +61,7 @@ def test_toy_build_is_reproducible_and_resumes(tmp_path, monkeypatch):
         build_mod.build(LabBuildConfig(out=tmp_path / "other", **TOY))
 
 
+@pytest.mark.slow
 def test_decoder_stage_trains_the_decoder_and_leaves_the_latents_alone():
     import torch
     from diffusers import AutoencoderKLCogVideoX

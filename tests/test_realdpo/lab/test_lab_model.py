@@ -32,6 +32,7 @@ def test_lab_model_is_a_small_cogvideox_i2v_checkpoint(spec):
     assert not list(MODEL_DIR.rglob("*.bin")) and not list(MODEL_DIR.rglob("*.pt"))
 
 
+@pytest.mark.slow
 def test_vae_reconstruction_keeps_balls_within_a_pixel(spec):
     clips = [set_clip("heldout", i) for i in range(4)]
     video = torch.from_numpy(np.stack([c.frames for c in clips])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
@@ -45,6 +46,7 @@ def test_vae_reconstruction_keeps_balls_within_a_pixel(spec):
     assert len(errors) == 20 and np.median(errors) < 0.5  # one ball per frame, found in each
 
 
+@pytest.mark.slow
 def test_samples_hold_the_first_frames_ball_and_pass_the_render_checks(spec):
     prompts = heldout_prompts(6)
     videos = generate_videos(spec, prompts, steps=SAMPLE_STEPS, guidance=SAMPLE_GUIDANCE)

@@ -131,6 +131,7 @@ def test_check_size(specs):
             spec.check_size(9, 64, 72)
 
 
+@pytest.mark.slow
 def test_encode_shapes_and_cond(specs):
     video = _video()[..., :32, :32]  # latents 4x4
     for name, spec in specs.items():

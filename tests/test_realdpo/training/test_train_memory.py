@@ -82,6 +82,7 @@ def test_fp8_base_lora_training(shards, tmp_path):
         train(_cfg(shards, tmp_path / "latents", tmp_path / "bad", lora=False, fp8_base=True))
 
 
+@pytest.mark.slow
 def test_adamw8bit_full_fine_tuning_resumes_exactly(shards, tmp_path):
     from realdpo.training.optim import state_bytes
 

@@ -241,6 +241,7 @@ def test_cli_routes_train(shards, cache_dir, tmp_path):
     assert run(["train", "--shards", *shards, "--out", str(out), "--steps", "1"]) == 2  # exists, no --resume
 
 
+@pytest.mark.slow
 def test_resume_passes_over_a_corrupt_checkpoint(shards, cache_dir, tmp_path, caplog):
     """A damaged newest checkpoint: the run resumes from the one before (with a warning) and ends where an
     uninterrupted run ends; with every checkpoint damaged, --resume is refused in one line."""
