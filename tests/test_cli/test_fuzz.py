@@ -180,9 +180,13 @@ def test_ctrl_c_exits_130_with_one_line(world, tmp_path):
     out = tmp_path / "videos"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "REALDPO_HOME": str(tmp_path / "home")}
+    # A job started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and so
+    # would this child: Python then leaves it ignored, as a user's `nohup realdpo ... &` wants. The child gets the
+    # disposition a terminal's foreground job has.
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "sample", "--prompts", str(prompts), "--out", str(out),
                              "--model", str(world["model"]), "--steps", "1000"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     # Interrupt once the first video is written: in the sampling loop itself, past loading the model.
     while not any(out.glob("*.mp4")) and proc.poll() is None and time.monotonic() < deadline:
