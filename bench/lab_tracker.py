@@ -1,4 +1,5 @@
-"""Validate the motion lab's tracker on rendered clips at scale (tests/test_realdpo/lab/test_lab_tracker.py runs a smaller version).
+"""Validate the motion lab's tracker on rendered clips at scale (tests/test_realdpo/lab/test_lab_tracker.py runs a
+smaller version).
 
 For each kind (physical and the three unreal kinds) it scores N clips straight from the renderer and the same clips
 after the H.264 round trip the real set takes (crf 12, as `realdpo lab render` writes them), and prints the share

@@ -7,9 +7,9 @@ blobs (8-connected); each blob, grown by `GROW` px, gets a soft coverage `clip(c
 coverage (kept when >= `MIN_AREA` px), its centre the coverage-weighted mean (x, y), its radius sqrt(area / pi),
 its colour the mean RGB of its fully covered pixels, named by the nearest palette colour.
 
-Scoring (per video) runs in two passes (`TOLERANCES`, validated in tests/test_realdpo/lab/test_lab_tracker.py on rendered clips
-after the H.264 round trip the real set takes). The objects are the blobs of frame 0; each later frame must hold
-blobs of exactly the same palette colours.
+Scoring (per video) runs in two passes (`TOLERANCES`, validated in tests/test_realdpo/lab/test_lab_tracker.py on
+rendered clips after the H.264 round trip the real set takes). The objects are the blobs of frame 0; each later
+frame must hold blobs of exactly the same palette colours.
 
 **Render pass** (`RENDER_CHECKS`: did the model draw the world's object at all?)
 

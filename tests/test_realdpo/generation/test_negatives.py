@@ -82,7 +82,7 @@ def test_shards_expand_and_iterate(tmp_path):
     assert samples[0].jpg[:2] == b"\xff\xd8" and samples[0].meta["num_frames"] == 24
     with pytest.raises(UserError, match="no shard files match"):
         expand_shards([str(tmp_path / "none-*.tar")])
-    (tmp_path / "junk.tar").write_bytes(b"junk" * 100)  # a corrupt shard is skipped (tests/test_realdpo/data/test_shard_reader.py)
+    (tmp_path / "junk.tar").write_bytes(b"junk" * 100)  # a corrupt shard is skipped (test_shard_reader.py)
     assert [s.key for s in iter_shard_samples([tmp_path / "junk.tar", urls[1]])] == ["v2-0000"]
 
 
