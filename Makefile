@@ -1,6 +1,7 @@
 # `make demo` and `make test` each create .venv if absent, install the project, then run.
 # `make test` = lint (ruff), layer contracts (import-linter), then every test.
-# `make quick` = the same checks and the fast tests only (not marked slow): the loop to run while working.
+# `make quick` = the same checks and the fast tests only (not marked slow), on 2 processes: the loop to run while
+# working. `make test` stays serial, as CI runs it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -27,7 +28,7 @@ test: $(STAMP)
 quick: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/curate.py
