@@ -595,6 +595,7 @@ def main() -> None:
         goal = f"< {m['goal']} GB" if m["goal"] else ""
         lines.append(f"| {name} | {f}x{h}x{wd} | {tokens(m):,} | {gib(total_off)} | {gib(total_ours)} | "
                      f"{gib(total_fp8)} | {goal} |")
+        print(lines[-1], flush=True)  # (the row as soon as it is known; the table follows at the end)
         print(f"{name}: official = step {gib(off['peak'])} (weights {gib(off['weights'])}) + text encoder "
               f"{gib(w['text_encoder'])} + VAE {gib(w['vae'])} + LoRA AdamW {gib(off['adam'])}; realdpo = step "
               f"{gib(ours['peak'])} (weights {gib(ours['weights'])}); + fp8 base: step {gib(fp8['peak'])} (weights "
