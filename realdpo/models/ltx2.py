@@ -30,7 +30,7 @@ import torch
 
 from realbase.errors import UserError
 from realdpo.models.base import Cond
-from realdpo.models.common import REQUIRED_COMPONENTS, DiffusersSpec, add_pixel_noise, image_generator
+from realdpo.models.common import REQUIRED_COMPONENTS, FlowMatchingSpec, add_pixel_noise, image_generator
 from realdpo.models.frames import to_uint8
 
 DEFAULT_SIZE = (121, 512, 768)  # the pipelines' defaults: 5 s at 24 fps
@@ -50,9 +50,10 @@ NEGATIVE_PROMPT = (
 )
 
 
-class LTX2Spec(DiffusersSpec):
+class LTX2Spec(FlowMatchingSpec):
     family = "ltx2"
-    prediction_type = "flow_matching"
+    display_name = "LTX-2"
+    example_frames = "9, 121"
     pipeline_classes = {"t2v": "LTX2Pipeline", "i2v": "LTX2ImageToVideoPipeline"}
     # the real clips' latents are the winners of every pair: encode them in float32
     fp32_components = ("vae",)
@@ -94,22 +95,6 @@ class LTX2Spec(DiffusersSpec):
 
     def default_negative_prompt(self) -> str:
         return NEGATIVE_PROMPT
-
-    def default_beta(self) -> float:
-        return 500.0  # flow matching, E a mean over all elements: as Wan (docs/method.md)
-
-    def default_size(self) -> tuple[int, int, int]:
-        return self._default_size
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
-        return (int(self.vae.config.latent_channels), (frames - 1) // self.scale_temporal + 1,
-                height // self.scale_spatial, width // self.scale_spatial)
-
-    def check_size(self, frames: int, height: int, width: int) -> None:
-        if frames < 1 or (frames - 1) % self.scale_temporal:
-            raise UserError(f"LTX-2 needs frames = {self.scale_temporal}k+1 (e.g. 9, 121), got {frames}")
-        if height % self.scale_spatial or width % self.scale_spatial:
-            raise UserError(f"LTX-2 needs height and width divisible by {self.scale_spatial}, got {height}x{width}")
 
     # ---- audio -------------------------------------------------------------------------------------------------------
     def audio_num_frames(self, latent_frames: int) -> int:
