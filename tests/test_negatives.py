@@ -292,6 +292,7 @@ def test_negatives_command(tmp_path, tiny_cogvideox_t2v, capsys):
     assert run(["negatives", "--shards", str(tmp_path / "nothing*.tar")]) == 2
 
 
+@pytest.mark.slow
 def test_non_finite_negatives_stop_the_run(tmp_path, tiny_cogvideox_t2v, capsys):
     """A model that generates NaN (a saved tiny pipeline with one NaN weight in its output projection): `realdpo
     negatives` stops with one line and caches none of them, `realdpo sample` writes no video (before, the NaN
