@@ -23,6 +23,7 @@ checkpointing, text encoder and VAE resident (as its training script keeps them)
 
     python bench/memory.py                         # everything (~50 min on 2 shared CPU cores)
     python bench/memory.py --skip-cpu              # only the predictions (steps 1 and 3)
+    python bench/memory.py --skip-cpu --skip-options --models LTX-2   # one row of step 3
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24
               relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
               dropout_rate=0.0, is_encoder_decoder=False, use_cache=False)
 UMT5_XXL = dict(T5_XXL, vocab_size=256384)
+# Not checked against the released folders (no hub access): the published config.json values of Qwen2.5-VL-7B's text
+# model, HunyuanVideo 1.5's ByT5 glyph encoder (byt5-small), SigLIP so400m at 384 px and Gemma 3 12B
+QWEN25_VL_7B_TEXT = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24]))
+BYT5_GLYPH = dict(vocab_size=384, d_model=1472, d_kv=64, d_ff=3584, num_layers=12, num_heads=6,
+                  feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+SIGLIP_SO400M_384 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                         image_size=384, patch_size=14)
+GEMMA3_12B = dict(text_config=dict(vocab_size=262208, hidden_size=3840, intermediate_size=15360,
+                                   num_hidden_layers=48, num_attention_heads=16, num_key_value_heads=8, head_dim=256),
+                  vision_config=dict(SIGLIP_SO400M_384, image_size=896), mm_tokens_per_image=256)
 _COG5_I2V, _TI2V, _WAN14, _A14B_I2V = (get_config(n) for n in ("CogVideoX-5b-I2V", "Wan2.2-TI2V-5B", "Wan2.1-T2V-14B",
                                                                 "Wan2.2-I2V-A14B"))
 COGVIDEOX_5B_I2V, COGVIDEOX_VAE = _COG5_I2V.transformer, _COG5_I2V.vae
@@ -83,6 +96,24 @@ MODELS = {
                                         vae=("AutoencoderKLWan", WAN21_VAE, torch.float32),
                                         latent=(16, 4, 8), text=512, goal=80),
 }
+for _name, _task in (("HunyuanVideo-1.5-480p_t2v", "t2v"), ("HunyuanVideo-1.5-480p_i2v", "i2v")):
+    _c = get_config(_name)
+    # Qwen2.5-VL-7B's text model and ByT5 (and SigLIP for image-to-video), resident in the official loop;
+    # 1000 + 256 text tokens and 729 image tokens join the video tokens in every block
+    MODELS[_name] = dict(family="hunyuanvideo15", config=_name, task=_task, size=_c.size, transformer=_c.transformer,
+                         text_encoder=[("Qwen2_5_VLTextModel", QWEN25_VL_7B_TEXT), ("T5EncoderModel", BYT5_GLYPH)]
+                         + ([("SiglipVisionModel", SIGLIP_SO400M_384)] if _task == "i2v" else []),
+                         vae=("AutoencoderKLHunyuanVideo15", _c.vae, torch.float32), latent=(32, 4, 16), patch=1,
+                         text=_c.max_sequence_length, joint_text=_c.max_sequence_length + _c.max_sequence_length_2 + 729,
+                         goal=None)
+for _name, _task in (("LTX-2", "t2v"), ("LTX-2_i2v", "i2v")):
+    _c = get_config(_name)
+    # Gemma 3 12B (with its vision tower, as Gemma3ForConditionalGeneration loads it) and the text connectors; the
+    # audio stream's 126 tokens run beside the video's (the VAE: the video one; the audio VAE is never loaded here)
+    MODELS[_name] = dict(family="ltx2", config=_name, task=_task, size=_c.size, transformer=_c.transformer,
+                         text_encoder=[("Gemma3ForConditionalGeneration", GEMMA3_12B), ("LTX2TextConnectors", None)],
+                         vae=("AutoencoderKLLTX2Video", _c.vae, torch.float32), latent=(128, 8, 32), patch=1,
+                         text=_c.max_sequence_length, goal=None)
 
 
 @contextlib.contextmanager
@@ -130,14 +161,129 @@ def flash_attention_memory():
         F.scaled_dot_product_attention = sdpa
 
 
+class known_masks:  # noqa: N801  (a context manager, named as one)
+    """Meta tensors whose elements are all one known value (masks made with ones or zeros) keep it through the ops
+    masks go through, so boolean indexing by them gets its true shape and `if mask.all()` its true branch; every
+    other op runs as it is. HunyuanVideo 1.5's transformer reorders its text and image tokens by their masks (a
+    permutation: the token count is unchanged) and tests whether its image tokens are all zero, data-dependent steps
+    the meta device cannot take alone. Inside a TensorTracker, whatever is made here is counted there."""
+
+    KEEP = {"_to_copy", "clone", "contiguous", "cat", "stack", "repeat", "expand_copy", "index_select",
+            "unsqueeze_copy", "view_copy", "_unsafe_view"}
+
+    def __enter__(self):
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        values: dict[int, object] = {}
+        aten = torch.ops.aten
+
+        def key(t):
+            return t.untyped_storage()._cdata
+
+        def get(t):
+            if isinstance(t, torch.Tensor) and t.device.type == "meta":
+                return values.get(key(t), (None, None))[1]
+            return None
+
+        def put(t, v):
+            storage = t.untyped_storage()
+            k = storage._cdata
+            values[k] = (weakref.ref(storage, lambda _, k=k: values.pop(k, None)), v)
+
+        def tensors(args):
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    yield a
+                elif isinstance(a, (list, tuple)):
+                    yield from (x for x in a if isinstance(x, torch.Tensor))
+
+        def bool_index(indices):
+            idx = [i for i in indices if i is not None]
+            if len(idx) == 1 and idx[0].dtype == torch.bool and get(idx[0]) is not None and indices[0] is idx[0]:
+                return idx[0]
+            return None
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                name = func.overloadpacket.__name__
+                if func in (aten._local_scalar_dense.default, aten.is_nonzero.default) and get(args[0]) is not None:
+                    return get(args[0])
+                if func is aten.index.Tensor and bool_index(args[1]) is not None:
+                    x, mask = args[0], bool_index(args[1])
+                    rows = mask.numel() if get(mask) else 0
+                    return x.new_empty((rows, *x.shape[mask.dim():]))
+                if name in ("index_put", "index_put_", "_index_put_impl_") and bool_index(args[1]) is not None:
+                    return args[0] if name != "index_put" else args[0].clone()  # the gradient of x[mask]
+                out = func(*args, **kwargs)
+                if func._schema.is_mutable:  # written in place: no longer known
+                    for t in tensors(args):
+                        values.pop(key(t), None) if t.device.type == "meta" else None
+                    return out
+                if not isinstance(out, torch.Tensor) or out.device.type != "meta":
+                    return out
+                v = None
+                if name in ("ones", "ones_like", "new_ones"):
+                    v = 1
+                elif name in ("zeros", "zeros_like", "new_zeros"):
+                    v = 0
+                elif name in ("full", "full_like", "new_full"):
+                    v = args[-1] if name != "new_full" else args[2]
+                    v = v if isinstance(v, (int, float, bool)) else None
+                elif name in ("bitwise_not", "logical_not") and get(args[0]) is not None:
+                    v = not get(args[0])
+                elif name in ("eq", "ne") and get(args[0]) is not None and isinstance(args[1], (int, float)):
+                    v = (get(args[0]) == args[1]) == (name == "eq")
+                elif name in ("all", "any") and get(args[0]) is not None:
+                    v = bool(get(args[0]))
+                elif name in self_keep:
+                    known = [get(t) for t in tensors(args)]
+                    if known and all(k is not None for k in known) and len(set(known)) == 1:
+                        v = known[0]
+                if v is not None:
+                    put(out, bool(v) if out.dtype == torch.bool else v)
+                return out
+
+        self_keep = self.KEEP
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+
 # ---- models on the meta device (or real, small) ----------------------------------------------------------------
+TRANSFORMERS = {"cogvideox": "CogVideoXTransformer3DModel", "wan": "WanTransformer3DModel",
+                "hunyuanvideo15": "HunyuanVideo15Transformer3DModel", "ltx2": "LTX2VideoTransformer3DModel"}
+
+
+def text_encoder(cls_name: str, cfg: dict | None) -> torch.nn.Module:
+    """One text (or image) encoder of the official loop, built in the current device and dtype."""
+    import transformers
+
+    if cls_name == "LTX2TextConnectors":
+        from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+        from realdpo.models.configs import LTX2_CONNECTORS
+
+        return LTX2TextConnectors(**LTX2_CONNECTORS)
+    config_cls = {"T5EncoderModel": transformers.T5Config, "UMT5EncoderModel": transformers.UMT5Config,
+                  "Qwen2_5_VLTextModel": transformers.Qwen2_5_VLTextConfig,
+                  "SiglipVisionModel": transformers.SiglipVisionConfig,
+                  "Gemma3ForConditionalGeneration": transformers.Gemma3Config}[cls_name]
+    return getattr(transformers, cls_name)(config_cls(**cfg))
+
+
 def build_transformer(m: dict, device, dtype, num_layers: int | None = None) -> torch.nn.Module:
     import diffusers
 
     cfg = dict(m["transformer"])
     if num_layers is not None:
         cfg["num_layers"] = num_layers
-    cls = diffusers.CogVideoXTransformer3DModel if m["family"] == "cogvideox" else diffusers.WanTransformer3DModel
+    cls = getattr(diffusers, TRANSFORMERS[m["family"]])
     with torch.device(device), default_dtype(dtype):
         tr = cls(**cfg)
     keep = getattr(cls, "_keep_in_fp32_modules", None) or ()
@@ -150,17 +296,15 @@ def build_transformer(m: dict, device, dtype, num_layers: int | None = None) -> 
 def component_bytes(m: dict) -> dict[str, int]:
     """Resident bytes of the transformer, text encoder and VAE as a bf16 run loads them (VAE: its dtype)."""
     import diffusers
-    import transformers
 
-    enc_cls, enc_cfg = m["text_encoder"]
+    encoders = m["text_encoder"] if isinstance(m["text_encoder"], list) else [m["text_encoder"]]
     vae_cls, vae_cfg, vae_dtype = m["vae"]
     with torch.device("meta"), default_dtype(torch.bfloat16):
-        config_cls = transformers.UMT5Config if enc_cls.startswith("UMT5") else transformers.T5Config
-        encoder = getattr(transformers, enc_cls)(config_cls(**enc_cfg))
+        encoder_bytes = sum(resident_bytes(text_encoder(*e))["meta"] for e in encoders)
     with torch.device("meta"), default_dtype(vae_dtype):
         vae = getattr(diffusers, vae_cls)(**vae_cfg)
     return {"transformer": resident_bytes(build_transformer(m, "meta", torch.bfloat16))["meta"],
-            "text_encoder": resident_bytes(encoder)["meta"], "vae": resident_bytes(vae)["meta"]}
+            "text_encoder": encoder_bytes, "vae": resident_bytes(vae)["meta"]}
 
 
 def latent_shape(m: dict) -> tuple[int, ...]:
@@ -171,9 +315,30 @@ def latent_shape(m: dict) -> tuple[int, ...]:
 
 
 def tokens(m: dict) -> int:
+    """Tokens of one row in the transformer's joint attention: the video's, plus the text's where they join."""
     shape = latent_shape(m)
     f, h, w = (shape[0], shape[2], shape[3]) if m["family"] == "cogvideox" else shape[1:]
-    return f * (h // 2) * (w // 2) + (m["text"] if m["family"] == "cogvideox" else 0)
+    p = m.get("patch", 2)
+    joint = m["text"] if m["family"] == "cogvideox" else m.get("joint_text", 0)
+    return f * (h // p) * (w // p) + joint
+
+
+_AUX_SPECS: dict[str, object] = {}
+
+
+def aux_spec(m: dict):
+    """HunyuanVideo 1.5 and LTX-2: the family's spec over its true configuration built at depth 1 on the meta device
+    (its scheduler, VAE and audio settings); make_spec puts the simulated transformer in. Built before a tracker
+    starts, so none of it is counted."""
+    from realdpo.models import HunyuanVideo15Spec, LTX2Spec
+    from realdpo.models.builders import build_pipeline
+
+    name = m["config"]
+    if name not in _AUX_SPECS:
+        cls = HunyuanVideo15Spec if m["family"] == "hunyuanvideo15" else LTX2Spec
+        _AUX_SPECS[name] = cls.from_pipeline(build_pipeline(name, task=m["task"], num_layers=1, device="meta"),
+                                             task=m["task"], path=f"<{name}>")
+    return _AUX_SPECS[name]
 
 
 def make_spec(m: dict, transformer, device, dtype):
@@ -183,7 +348,9 @@ def make_spec(m: dict, transformer, device, dtype):
     from realdpo.models.cogvideox import CogVideoXSpec
     from realdpo.models.wan import WanSpec
 
-    if m["family"] == "cogvideox":
+    if m["family"] in ("hunyuanvideo15", "ltx2"):
+        spec = copy.copy(aux_spec(m))
+    elif m["family"] == "cogvideox":
         from diffusers import CogVideoXPipeline
 
         spec = CogVideoXSpec.__new__(CogVideoXSpec)
@@ -209,13 +376,28 @@ def make_batch(m: dict, spec, device, dtype, latent=None, b: int = 1, k: int = 3
         return torch.randn(*shape, generator=g).to(device, dt) if device != "meta" else \
             torch.empty(*shape, device="meta", dtype=dt)
 
+    def ones(*shape, dt=torch.long):
+        return torch.ones(*shape, device=device, dtype=dt)
+
     cond = {"prompt_embeds": rand(b, m["text"], 4096, dt=dtype)}
-    if m["task"] == "i2v" and m["family"] == "cogvideox":
+    if m["family"] == "hunyuanvideo15":  # masks of ones: the transformer reorders the tokens by them
+        cond = {"prompt_embeds": rand(b, m["text"], 3584, dt=dtype), "prompt_embeds_mask": ones(b, m["text"]),
+                "prompt_embeds_2": rand(b, m["joint_text"] - m["text"] - 729, 1472, dt=dtype),
+                "prompt_embeds_mask_2": ones(b, m["joint_text"] - m["text"] - 729)}
+        if m["task"] == "i2v":  # the first frame's latents and SigLIP tokens (not all zero: image-to-video)
+            cond.update(image_latents=rand(b, latent[0], 1, *latent[2:]), image_embeds=ones(b, 729, 1152, dt=dtype))
+    elif m["family"] == "ltx2":  # the connectors' outputs (3840 wide) and their mask
+        cond = {"prompt_embeds": rand(b, m["text"], 3840, dt=dtype), "audio_prompt_embeds": rand(b, m["text"], 3840,
+                                                                                                   dt=dtype),
+                "prompt_attention_mask": ones(b, m["text"])}
+        if m["task"] == "i2v":
+            cond["image_latents"] = rand(b, latent[0], 1, *latent[2:])
+    elif m["task"] == "i2v" and m["family"] == "cogvideox":
         cond["image_latents"] = rand(b, 1, *latent[1:])
     elif m["task"] == "i2v":
         cond["image_condition"] = rand(b, 4 + latent[0], *latent[1:])
     t = spec.sample_timesteps(b, 0.0, 0.5, generator=g).to(device)
-    return rand(b, *latent), rand(b, k, *latent), rand(b, *latent), t, cond
+    return rand(b, *latent), rand(b, k, *latent), rand(*spec.noise_shape((b, *latent))), t, cond  # (LTX-2: + audio)
 
 
 def simulate(m: dict, side: str, *, fp8: bool = False, checkpointing: bool = True, chunk: int | None = 1,
@@ -223,7 +405,9 @@ def simulate(m: dict, side: str, *, fp8: bool = False, checkpointing: bool = Tru
     """Run one step of `side` on meta tensors at the model's true size in bf16; bytes of weights and peak."""
     from realdpo.models.placement import enable_fp8_storage
 
-    with flash_attention_memory(), TensorTracker() as tracker:
+    if m["family"] in ("hunyuanvideo15", "ltx2"):
+        aux_spec(m)  # its VAE and scheduler, built before the count starts
+    with flash_attention_memory(), TensorTracker() as tracker, known_masks():
         tr = build_transformer(m, "meta", torch.bfloat16)
         spec = make_spec(m, tr, "meta", torch.bfloat16)
         if fp8:
@@ -355,6 +539,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--skip-cpu", action="store_true", help="Skip the CPU measurements (steps 2 and 4 and the check).")
+    ap.add_argument("--skip-options", action="store_true",
+                    help="Skip step 3's table of step options (5 more simulations of the first model).")
     ap.add_argument("--repeat", type=int, default=3, help="Timed steps per option in step 4.")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads.")
     args = ap.parse_args()
@@ -409,6 +595,7 @@ def main() -> None:
         goal = f"< {m['goal']} GB" if m["goal"] else ""
         lines.append(f"| {name} | {f}x{h}x{wd} | {tokens(m):,} | {gib(total_off)} | {gib(total_ours)} | "
                      f"{gib(total_fp8)} | {goal} |")
+        print(lines[-1], flush=True)  # (the row as soon as it is known; the table follows at the end)
         print(f"{name}: official = step {gib(off['peak'])} (weights {gib(off['weights'])}) + text encoder "
               f"{gib(w['text_encoder'])} + VAE {gib(w['vae'])} + LoRA AdamW {gib(off['adam'])}; realdpo = step "
               f"{gib(ours['peak'])} (weights {gib(ours['weights'])}); + fp8 base: step {gib(fp8['peak'])} (weights "
@@ -421,13 +608,14 @@ def main() -> None:
               ("--chunk-size 1 (streamed), no checkpointing", dict(checkpointing=False)),
               ("--chunk-size 1 (streamed), checkpointing", dict())]
     combo_lines = [f"| {first}, realdpo step | predicted peak (GiB) |", "| --- | --- |"]
-    for label, kw in combos:
+    for label, kw in combos if not args.skip_options else ():
         r = simulate(m, "realdpo", **kw)
         combo_lines.append(f"| {label} | {gib(r['peak'] + r['adam'])} |")
     print()
     print("\n".join(lines))
-    print()
-    print("\n".join(combo_lines), flush=True)
+    if not args.skip_options:
+        print()
+        print("\n".join(combo_lines), flush=True)
 
     if not args.skip_cpu:
         print("\n## 4. Options on a real CPU step (bench/dpo_step.py medium: width 512, 8 layers, 192 tokens/row, fp32)")

@@ -204,7 +204,12 @@ class _Run:
             [self.captions[ref] for ref, _ in jobs], cond, num_frames=f, height=h, width=w, steps=recipe.steps,
             guidance=recipe.guidance, seeds=[s for _, s in jobs], transformer=self.transformer,
             negative_cond=negative_cond, init_latents=init, strength=recipe.strength, sampler=recipe.sampler)
-        return reencode(self.spec, latents) if recipe.latents == "reencode" else latents
+        latents = reencode(self.spec, latents) if recipe.latents == "reencode" else latents
+        if not torch.isfinite(latents).all():  # the model or the settings, not the clip: stop the run
+            keys = ", ".join(ref.key for ref, _ in jobs)
+            raise UserError(f"{self.spec.path}: the {recipe.source} negatives of {keys} came out non-finite (NaN or "
+                            f"inf) with {recipe.steps} steps at guidance {recipe.guidance:g}; none of them was cached")
+        return latents
 
 
 def other_recipes(cache: LatentCache, plan: NegativePlan) -> list[str]:

@@ -169,6 +169,10 @@ def stale_videos(out: Path, rows: list[dict], overwrite: bool) -> list[Path]:
 
 
 def _video_bytes(spec: ModelSpec, latents, fps: float) -> list[bytes]:
+    import torch
+
+    if not torch.isfinite(latents).all():
+        raise UserError(f"{spec.path}: the generated latents are non-finite (NaN or inf); no video was written")
     return [encode_mp4(to_uint8(v), fps=fps, path=None) for v in spec.decode_latents(latents)]
 
 

@@ -397,3 +397,42 @@ def _partial_schedule(cls):
 
     Partial.__name__ = Partial.__qualname__ = cls.__name__
     return Partial
+
+
+class FlowMatchingSpec(DiffusersSpec):
+    """What the flow-matching families (Wan, HunyuanVideo 1.5, LTX-2) share: latents [B, C, F, h, w] from a VAE that
+    compresses `scale_temporal` x `scale_spatial` (set by the family), frames = scale_temporal*k + 1, height and width
+    multiples of the VAE's and the transformer's patch together, and the error a mean over all elements."""
+
+    prediction_type = "flow_matching"
+    display_name: ClassVar[str]  # the family as its size errors name it
+    example_frames: ClassVar[str]  # frame counts its size error gives as examples, e.g. "9, 81"
+    scale_temporal: int
+    scale_spatial: int
+    _default_size: tuple[int, int, int]
+
+    def default_beta(self) -> float:
+        # flow-matching DPO work uses 100-500; E here is a mean over all elements like CogVideoX's v-space error,
+        # whose 5000 is for a target (v) of unit scale, while u = eps - x0 has twice the variance
+        return 500.0
+
+    def default_size(self) -> tuple[int, int, int]:
+        return self._default_size
+
+    def patch_size(self) -> int:
+        """The transformer's spatial patch in latents (height and width must be multiples of it times the VAE's)."""
+        return 1
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
+        cfg = self.vae.config
+        channels = cfg.get("latent_channels") or cfg.get("z_dim")  # (Wan's VAE calls them z_dim)
+        return (int(channels), (frames - 1) // self.scale_temporal + 1, height // self.scale_spatial,
+                width // self.scale_spatial)
+
+    def check_size(self, frames: int, height: int, width: int) -> None:
+        if frames < 1 or (frames - 1) % self.scale_temporal:
+            raise UserError(f"{self.display_name} needs frames = {self.scale_temporal}k+1 (e.g. {self.example_frames}), "
+                            f"got {frames}")
+        mult = self.scale_spatial * self.patch_size()
+        if height % mult or width % mult:
+            raise UserError(f"{self.display_name} needs height and width divisible by {mult}, got {height}x{width}")

@@ -28,16 +28,17 @@ import torch
 
 from realbase.errors import UserError
 from realdpo.models.base import Cond
-from realdpo.models.common import REQUIRED_COMPONENTS, DiffusersSpec, add_pixel_noise, image_generator
+from realdpo.models.common import REQUIRED_COMPONENTS, FlowMatchingSpec, add_pixel_noise, image_generator
 from realdpo.models.frames import to_uint8
 
 DEFAULT_FRAMES = 121  # the pipelines' num_frames default (5 s at 24 fps)
 TEXT_KEYS = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
 
 
-class HunyuanVideo15Spec(DiffusersSpec):
+class HunyuanVideo15Spec(FlowMatchingSpec):
     family = "hunyuanvideo15"
-    prediction_type = "flow_matching"
+    display_name = "HunyuanVideo 1.5"
+    example_frames = "9, 121"
     pipeline_classes = {"t2v": "HunyuanVideo15Pipeline", "i2v": "HunyuanVideo15ImageToVideoPipeline"}
     multistep_scheduler = "UniPCMultistepScheduler"  # on the same shifted flow sigmas
     # the real clips' latents are the winners of every pair: encode them in float32 (the VAE is small beside 8.3B)
@@ -116,22 +117,8 @@ class HunyuanVideo15Spec(DiffusersSpec):
     def default_negative_prompt(self) -> str:
         return ""  # the pipelines' default: no negative prompt (encoded as the empty prompt)
 
-    def default_beta(self) -> float:
-        return 500.0  # flow matching, E a mean over all elements: as Wan (docs/method.md)
-
-    def default_size(self) -> tuple[int, int, int]:
-        return self._default_size
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
-        return (int(self.vae.config.latent_channels), (frames - 1) // self.scale_temporal + 1,
-                height // self.scale_spatial, width // self.scale_spatial)
-
-    def check_size(self, frames: int, height: int, width: int) -> None:
-        if frames < 1 or (frames - 1) % self.scale_temporal:
-            raise UserError(f"HunyuanVideo 1.5 needs frames = {self.scale_temporal}k+1 (e.g. 9, 121), got {frames}")
-        mult = self.scale_spatial * int(self.transformer.config.patch_size)
-        if height % mult or width % mult:
-            raise UserError(f"HunyuanVideo 1.5 needs height and width divisible by {mult}, got {height}x{width}")
+    def patch_size(self) -> int:
+        return int(self.transformer.config.patch_size)
 
     # ---- pipeline ------------------------------------------------------------------------------------------------
     def pipeline(self, transformer: torch.nn.Module | None = None, scheduler=None, guidance: float | None = None):

@@ -30,7 +30,7 @@ import torch
 
 from realbase.errors import UserError
 from realdpo.models.base import Cond
-from realdpo.models.common import REQUIRED_COMPONENTS, DiffusersSpec, add_pixel_noise, image_generator
+from realdpo.models.common import REQUIRED_COMPONENTS, FlowMatchingSpec, add_pixel_noise, image_generator
 from realdpo.models.frames import to_uint8
 
 DEFAULT_SIZE = (121, 512, 768)  # the pipelines' defaults: 5 s at 24 fps
@@ -50,9 +50,10 @@ NEGATIVE_PROMPT = (
 )
 
 
-class LTX2Spec(DiffusersSpec):
+class LTX2Spec(FlowMatchingSpec):
     family = "ltx2"
-    prediction_type = "flow_matching"
+    display_name = "LTX-2"
+    example_frames = "9, 121"
     pipeline_classes = {"t2v": "LTX2Pipeline", "i2v": "LTX2ImageToVideoPipeline"}
     # the real clips' latents are the winners of every pair: encode them in float32
     fp32_components = ("vae",)
@@ -95,22 +96,6 @@ class LTX2Spec(DiffusersSpec):
     def default_negative_prompt(self) -> str:
         return NEGATIVE_PROMPT
 
-    def default_beta(self) -> float:
-        return 500.0  # flow matching, E a mean over all elements: as Wan (docs/method.md)
-
-    def default_size(self) -> tuple[int, int, int]:
-        return self._default_size
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
-        return (int(self.vae.config.latent_channels), (frames - 1) // self.scale_temporal + 1,
-                height // self.scale_spatial, width // self.scale_spatial)
-
-    def check_size(self, frames: int, height: int, width: int) -> None:
-        if frames < 1 or (frames - 1) % self.scale_temporal:
-            raise UserError(f"LTX-2 needs frames = {self.scale_temporal}k+1 (e.g. 9, 121), got {frames}")
-        if height % self.scale_spatial or width % self.scale_spatial:
-            raise UserError(f"LTX-2 needs height and width divisible by {self.scale_spatial}, got {height}x{width}")
-
     # ---- audio -------------------------------------------------------------------------------------------------------
     def audio_num_frames(self, latent_frames: int) -> int:
         """The audio latent length the pipelines give a video of `latent_frames` latent frames at frame_rate."""
@@ -137,12 +122,17 @@ class LTX2Spec(DiffusersSpec):
         return noise[:, :, :frames], audio
 
     # ---- pipeline ------------------------------------------------------------------------------------------------
-    def sampling_scheduler(self, sampler: str = "default", strength: float = 1.0):
+    def sampling_scheduler(self, sampler: str = "default", strength: float = 1.0, num_sigmas: int = 2):
         """The model's FlowMatchEulerDiscreteScheduler (the pipelines step it with their own sigmas, so `strength` is
-        applied through the sigmas generate_latents passes)."""
+        applied through the sigmas generate_latents passes), for a run of `num_sigmas` sigmas."""
         if sampler != "default":
             raise UserError(f"LTX-2 samples with its own scheduler only (--sampler default), got {sampler!r}")
-        return type(self.scheduler).from_config(self.scheduler.config)
+        overrides = {}
+        if num_sigmas == 1 and self.scheduler.config.get("shift_terminal"):
+            # the terminal stretch keeps the first sigma and moves the last to shift_terminal: with one sigma they are
+            # the same one, and sigma 1 stretches to 0/0 (the pipelines' own one-step run gives NaN): no stretch
+            overrides["shift_terminal"] = None
+        return type(self.scheduler).from_config(self.scheduler.config, **overrides)
 
     def mu(self, latent_frames: int, h: int, w: int) -> float | None:
         """The scheduler's time-shift parameter for a video of this many tokens, as the pipelines compute it."""
@@ -306,8 +296,6 @@ class LTX2Spec(DiffusersSpec):
         (encoded here first when `cond` lacks them) and, for image-to-video, the first frame's latents."""
         self._check_batch(prompts, seeds, images, cond)
         self.check_size(num_frames, height, width)
-        pipe = self.pipeline(transformer, scheduler=self.sampling_scheduler(sampler))
-        pipe.set_progress_bar_config(disable=True)
         generators = self.generators(seeds)
         if not all(k in cond for k in TEXT_KEYS):
             cond = {**cond, **self.encode_prompts(prompts)}
@@ -321,7 +309,6 @@ class LTX2Spec(DiffusersSpec):
         if guided:  # the pipelines put the negative first
             texts = {k: torch.cat([negative_cond[k].to(texts[k].device).expand(n, *texts[k].shape[1:]), texts[k]])
                      for k in TEXT_KEYS}
-        _use_cached_text(pipe, texts)
         length = cond["prompt_embeds"].shape[1]
         dummy = torch.zeros(n, length, 1, device=self.device, dtype=self.dtype)  # replaced by the cached outputs
         ones = torch.ones(n, length, device=self.device, dtype=torch.long)
@@ -336,10 +323,14 @@ class LTX2Spec(DiffusersSpec):
         if init_latents is not None and strength < 1:  # SDEdit: the last `strength` of the pipeline's own sigmas
             keep = min(steps, max(1, round(steps * strength)))
             sigmas = list(np.linspace(1.0, 1 / steps, steps)[steps - keep:])
-            scheduler = self.sampling_scheduler()
+            scheduler = self.sampling_scheduler(sampler, num_sigmas=len(sigmas))
             scheduler.set_timesteps(sigmas=sigmas, mu=self.mu(f, h, w))
             s0 = float(scheduler.sigmas[0])
             x0 = self.normalize(init_latents.float().cpu())
+        n_sigmas = len(sigmas) if sigmas is not None else steps
+        pipe = self.pipeline(transformer, scheduler=self.sampling_scheduler(sampler, num_sigmas=n_sigmas))
+        pipe.set_progress_bar_config(disable=True)
+        _use_cached_text(pipe, texts)
         if x0 is not None or self.task == "i2v":
             eps = torch.stack([torch.randn((c, f, h, w), generator=g) for g in generators])
             start = eps if x0 is None else (1 - s0) * x0 + s0 * eps

@@ -23,7 +23,7 @@ import torch
 from realbase.errors import UserError
 from realbase.fields import one_of
 from realdpo.models.base import Cond
-from realdpo.models.common import DiffusersSpec, add_pixel_noise, image_generator, read_model_index
+from realdpo.models.common import FlowMatchingSpec, add_pixel_noise, image_generator, read_model_index
 from realdpo.models.experts import NAMES, ExpertPair
 from realdpo.models.frames import to_uint8
 
@@ -38,9 +38,10 @@ WAN_NEGATIVE_PROMPT = (
 EXPERT_CHOICES = ("low", "high", "both")
 
 
-class WanSpec(DiffusersSpec):
+class WanSpec(FlowMatchingSpec):
     family = "wan"
-    prediction_type = "flow_matching"
+    display_name = "Wan"
+    example_frames = "9, 81"
     pipeline_classes = {"t2v": "WanPipeline", "i2v": "WanImageToVideoPipeline"}
     multistep_scheduler = "UniPCMultistepScheduler"  # what Wan ships: already multistep
     fp32_components = ("vae", "image_encoder")  # as the diffusers Wan examples load them
@@ -97,24 +98,8 @@ class WanSpec(DiffusersSpec):
     def default_guidance(self) -> float:
         return 5.0
 
-    def default_beta(self) -> float:
-        # flow-matching DPO work uses 100-500; E here is a mean over all elements like CogVideoX's v-space error,
-        # whose 5000 is for a target (v) of unit scale, while u = eps - x0 has twice the variance
-        return 500.0
-
-    def default_size(self) -> tuple[int, int, int]:
-        return self._default_size
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
-        return (int(self.vae.config.z_dim), (frames - 1) // self.scale_temporal + 1, height // self.scale_spatial,
-                width // self.scale_spatial)
-
-    def check_size(self, frames: int, height: int, width: int) -> None:
-        if frames < 1 or (frames - 1) % self.scale_temporal:
-            raise UserError(f"Wan needs frames = {self.scale_temporal}k+1 (e.g. 9, 81), got {frames}")
-        mult = self.scale_spatial * self.transformer.config.patch_size[1]
-        if height % mult or width % mult:
-            raise UserError(f"Wan needs height and width divisible by {mult}, got {height}x{width}")
+    def patch_size(self) -> int:
+        return int(self.transformer.config.patch_size[1])
 
     # ---- the two experts of Wan 2.2 A14B --------------------------------------------------------------------------
     @property

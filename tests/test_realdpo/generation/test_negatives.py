@@ -291,3 +291,41 @@ def test_negatives_command(tmp_path, tiny_cogvideox_t2v, capsys):
     assert _losers(cache, samples[0], r2) is not None and _losers(cache, samples[1], r2) is not None
     assert run(args + ["--round", "2", "--lora", str(tmp_path / "nolora")]) == 2
     assert run(["negatives", "--shards", str(tmp_path / "nothing*.tar")]) == 2
+
+
+@pytest.mark.slow
+def test_non_finite_negatives_stop_the_run(tmp_path, tiny_cogvideox_t2v, capsys):
+    """A model that generates NaN (a saved tiny pipeline with one NaN weight in its output projection): `realdpo
+    negatives` stops with one line and caches none of them, `realdpo sample` writes no video (before, the NaN
+    latents were cached as negatives, and sample wrote a video of them)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from cli.main import run
+
+    model = tmp_path / "nan-model"
+    shutil.copytree(tiny_cogvideox_t2v, model)
+    weights_file = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(weights_file)
+    weights["proj_out.weight"][0, 0] = float("nan")
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    samples = _samples(tmp_path)
+    args = ["negatives", "--shards", str(tmp_path / "shards" / "*.tar"), "--model", str(model),
+            "--out", str(tmp_path / "cache"), "--negatives", "1", "--neg-steps", "2", "--frames", "9",
+            "--height", "64", "--width", "64"]
+    capsys.readouterr()
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "non-finite" in line] == [
+        f"Error: {model}: the generated negatives of a-0000 came out non-finite (NaN or inf) with 2 steps "
+        "at guidance 6; none of them was cached"] and "Traceback" not in err
+    spec = load_spec(model)
+    cache = LatentCache(tmp_path / "cache", spec.fingerprint(), 9, 64, 64, 8.0)
+    assert cache.get_real(samples[0].ref) is not None  # the real clips' entries stay
+    assert _losers(cache, samples[0], negative_plan(negatives=1, neg_steps=2)) is None
+    # `realdpo sample` on it: one line, no video
+    out = tmp_path / "nan.mp4"
+    assert run(["sample", "--prompt", "a jump", "--model", str(model), "--steps", "2", "--out", str(out)]) == 2
+    assert "the generated latents are non-finite (NaN or inf); no video was written" in capsys.readouterr().err
+    assert not out.exists()

@@ -4,6 +4,7 @@ writing a video, the family's defaults, and how the audio stream runs beside the
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
@@ -78,6 +79,28 @@ def test_the_audio_stream_runs_jointly_and_only_the_video_error_counts():
         other = noise.clone()
         other[:, :, x.shape[2]:] = torch.randn(other[:, :, x.shape[2]:].shape)
         assert not torch.allclose(spec.per_sample_error(spec.transformer, x, other, t, cond), e)
+
+
+def test_one_step_generation_is_finite():
+    """The scheduler's terminal stretch (shift_terminal) of a one-sigma schedule is 0/0 at sigma 1: the diffusers
+    pipeline's own one-step run starts from NaN timesteps. The spec drops the stretch there (before, these latents
+    were NaN, as the true-width DPO step's negatives at --neg-steps 1 were), and SDEdit's one kept sigma too."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    spec = load_spec(tiny_model("ltx2", "t2v"))
+    assert spec.scheduler.config.shift_terminal
+    own = FlowMatchEulerDiscreteScheduler.from_config(spec.scheduler.config)
+    with np.errstate(invalid="ignore"):
+        own.set_timesteps(sigmas=[1.0], mu=spec.mu(2, 2, 2))
+    assert torch.isnan(own.sigmas[0])  # the pipeline's scheduler, as LTX2Pipeline sets it for one step
+    cond = spec.encode_prompts(["a square"])
+    kw = dict(num_frames=9, height=64, width=64, steps=1, guidance=1.0, seeds=[3])
+    latents = spec.generate_latents(["a square"], cond, **kw)
+    assert latents.shape == (1, 8, 2, 2, 2) and torch.isfinite(latents).all()
+    edited = spec.generate_latents(["a square"], cond, init_latents=latents, strength=0.5, **{**kw, "steps": 2})
+    assert torch.isfinite(edited).all() and not torch.allclose(edited, latents)
+    # more than one sigma keeps the model's own stretch: the last sigma is shift_terminal
+    assert spec.sampling_scheduler(num_sigmas=2).config.shift_terminal == spec.scheduler.config.shift_terminal
 
 
 def _output(spec, seed=0):

@@ -32,9 +32,7 @@ from realdpo.models.frames import to_uint8
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
-# LTX-2's cases are written (the helpers below handle its packed tokens and audio stream) but not yet run to the end:
-# its true-width pipeline generates NaN with random weights (tests/test_true_configs.py)
-CASES = [(name, task) for name, cfg in CONFIGS.items() if cfg.family != "ltx2"
+CASES = [(name, task) for name, cfg in CONFIGS.items()
          for task in (("t2v", "i2v") if cfg.pipeline_config.get("expand_timesteps") else (cfg.task,))]
 TEXT_TOKENS = 16
 STEPS = 3  # enough to reach both of Wan 2.2 A14B's experts (boundary 0.875 / 0.9 at flow shift 3)

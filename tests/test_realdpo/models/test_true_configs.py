@@ -169,14 +169,8 @@ def encoded():
     return get
 
 
-# LTX-2 at true width with random weights: the negatives its pipeline generates come out NaN (the tiny LTX-2
-# pipelines' are finite, tests/test_ltx2.py); not diagnosed yet, so the case is an expected failure until it is
-DPO_CASES = [c for c in CASES if c[0] not in ("LTX-2", "LTX-2_i2v")] + [
-    pytest.param("LTX-2", "t2v", marks=pytest.mark.xfail(strict=True, reason="NaN negatives at true width"))]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name, task", DPO_CASES)
+@pytest.mark.parametrize("name, task", CASES)
 def test_dpo_step_at_true_width(name, task, encoded):
     """One layer at true width and heads, a real clip at a small size, K = 2 negatives from the model's own
     pipeline: the DPO step of training, policy (LoRA) against reference (adapter off). Input sizes only are cut for
