@@ -7,21 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import synthetic_clip, tiny_model, write_tiny_shard
+from tiny_models import tiny_model
 
 from cli.main import run
 from realbase.errors import UserError
 from realdpo.models import LTX2Spec, load_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> list[str]:
-    root = tmp_path_factory.mktemp("shards")
-    clips = [(f"synth-{i:04d}", f"a yellow square moving right, take {i}", synthetic_clip(frames=20, seed=i))
-             for i in range(2)]
-    return [str(write_tiny_shard(root / "realaction-000000.tar", clips))]
 
 
 @pytest.mark.parametrize("task", ["t2v", "i2v"])
