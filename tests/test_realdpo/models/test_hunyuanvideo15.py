@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from command_helpers import sample_video, train_two_steps
 from tiny_models import tiny_model
 
 from cli.main import run
@@ -65,12 +66,7 @@ def _first_frame(spec, x):
 @pytest.mark.parametrize("task", ["t2v", "i2v"])
 def test_train_two_steps_lora_loads_into_the_pipeline_and_sample_writes_a_video(task, shards, tmp_path):
     model = tiny_model("hunyuanvideo15", task)
-    out = tmp_path / "run"
-    assert run(["train", "--shards", *shards, "--model", str(model), "--out", str(out), "--cache-dir",
-                str(tmp_path / "cache"), "--steps", "2", "--negatives", "1", "--neg-steps", "2", "--lora-rank", "2",
-                "--lr", "1e-2", "--checkpoint-every", "0"]) == 0
-    lora = out / "lora"
-    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    lora = train_two_steps(model, shards, tmp_path)
 
     spec = load_spec(model)
     before = _output(spec)
@@ -86,14 +82,4 @@ def test_train_two_steps_lora_loads_into_the_pipeline_and_sample_writes_a_video(
     plain.transformer = pipe.transformer
     torch.testing.assert_close(_output(plain), trained)
 
-    video = tmp_path / "v.mp4"
-    argv = ["sample", "--prompt", "a yellow square", "--model", str(model), "--lora", str(out / "lora"),
-            "--steps", "2", "--out", str(video)]
-    if task == "i2v":
-        from PIL import Image
-
-        image = tmp_path / "first.png"
-        Image.new("RGB", (64, 64), (200, 180, 40)).save(image)
-        argv += ["--image", str(image)]
-    assert run(argv) == 0
-    assert video.stat().st_size > 0
+    sample_video(model, lora, task, tmp_path)

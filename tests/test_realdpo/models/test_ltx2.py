@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from command_helpers import sample_video, train_two_steps
 from tiny_models import tiny_model
 
-from cli.main import run
 from realbase.errors import UserError
 from realdpo.models import LTX2Spec, load_spec
 
@@ -105,12 +105,7 @@ def _output(spec, seed=0):
 @pytest.mark.parametrize("task", ["t2v", "i2v"])
 def test_train_two_steps_lora_loads_into_the_pipeline_and_sample_writes_a_video(task, shards, tmp_path):
     model = tiny_model("ltx2", task)
-    out = tmp_path / "run"
-    assert run(["train", "--shards", *shards, "--model", str(model), "--out", str(out), "--cache-dir",
-                str(tmp_path / "cache"), "--steps", "2", "--negatives", "1", "--neg-steps", "2", "--lora-rank", "2",
-                "--lr", "1e-2", "--checkpoint-every", "0"]) == 0
-    lora = out / "lora"
-    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    lora = train_two_steps(model, shards, tmp_path)
 
     spec = load_spec(model)
     before = _output(spec)
@@ -121,14 +116,4 @@ def test_train_two_steps_lora_loads_into_the_pipeline_and_sample_writes_a_video(
     spec.transformer = pipe.transformer
     assert not torch.allclose(_output(spec), before)
 
-    video = tmp_path / "v.mp4"
-    argv = ["sample", "--prompt", "a yellow square", "--model", str(model), "--lora", str(lora), "--steps", "2",
-            "--out", str(video)]
-    if task == "i2v":
-        from PIL import Image
-
-        image = tmp_path / "first.png"
-        Image.new("RGB", (64, 64), (200, 180, 40)).save(image)
-        argv += ["--image", str(image)]
-    assert run(argv) == 0
-    assert video.stat().st_size > 0
+    sample_video(model, lora, task, tmp_path)
