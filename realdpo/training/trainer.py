@@ -516,8 +516,11 @@ class Trainer:
         values = ", ".join(f"{k} {row[k]}" for k in bad)
         kept = (f"the last good checkpoint is {progress.last_ckpt}" if progress.last_ckpt is not None
                 else "no checkpoint was written before it")
+        # at step 1 no update has been applied yet: the base model on the cached inputs is non-finite, not the lr
+        hint = ("before any update, so not --lr or --beta: the model's weights or the cached latents are non-finite"
+                if step == 1 else "lower --lr or --beta")
         raise Diverged(f"step {step}: training diverged ({values}); stopped before this update, no LoRA written, "
-                       f"{kept} (lower --lr or --beta)")
+                       f"{kept} ({hint})")
 
     def log(self, s: Setup, progress: Progress, row: dict[str, Any], keys: list, data_file, bar, task) -> None:
         from realdpo.training.health import strict

@@ -180,6 +180,28 @@ def test_divergence_stops_at_the_step_with_one_line(shards, cache_dir, tmp_path,
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_a_non_finite_first_step_does_not_blame_the_learning_rate(shards, cache_dir, tmp_path, capsys, monkeypatch):
+    """A loss that is NaN at step 1, before any update, comes from the model or its inputs: the one line says so
+    instead of suggesting a lower --lr or --beta."""
+    import realdpo.method.step as step_module
+    from cli.main import run
+
+    terms = step_module.objective_terms
+
+    def nan_terms(*args, **kwargs):
+        out = terms(*args, **kwargs)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(step_module, "objective_terms", nan_terms)
+    code = run(["train", "--shards", *shards, "--out", str(tmp_path / "nan"), "--model",
+                str(tiny_model("cogvideox", "t2v")), "--cache-dir", str(cache_dir), "--steps", "2", "--negatives", "1",
+                "--neg-steps", "2", "--lora-rank", "4"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: step 1: training diverged ("), err  # (NaN gradients)
+    assert "not --lr or --beta" in err[0] and "lower --lr" not in err[0]
+
+
 def test_monitor_rules_on_constructed_rows():
     mon = HealthMonitor(steps=100)
     assert mon.window == 20
