@@ -276,7 +276,7 @@ def measure(args, device, dtype) -> dict:
 
         def first_step(side=side):
             runner, params = make(side, args, device, dtype, clocks[side])
-            losses[side] = runner.step()
+            losses[side] = float(runner.step())  # a 0-dim tensor: --out writes JSON
             for p in params:
                 p.grad = None
             runners[side] = (runner, params)
