@@ -419,6 +419,15 @@ class FlowMatchingSpec(DiffusersSpec):
     def default_size(self) -> tuple[int, int, int]:
         return self._default_size
 
+    @staticmethod
+    def _pil(images: torch.Tensor) -> list:
+        """Frames [N, 3, H, W] in [-1, 1] as PIL images, the form these families' pipelines take an image in."""
+        from PIL import Image
+
+        from realdpo.models.frames import to_uint8
+
+        return [Image.fromarray(a) for a in to_uint8(images)]
+
     def patch_size(self) -> int:
         """The transformer's spatial patch in latents (height and width must be multiples of it times the VAE's)."""
         return 1

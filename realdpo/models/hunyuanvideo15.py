@@ -29,7 +29,6 @@ import torch
 from realbase.errors import UserError
 from realdpo.models.base import Cond
 from realdpo.models.common import REQUIRED_COMPONENTS, FlowMatchingSpec, add_pixel_noise, image_generator
-from realdpo.models.frames import to_uint8
 
 DEFAULT_FRAMES = 121  # the pipelines' num_frames default (5 s at 24 fps)
 TEXT_KEYS = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
@@ -171,12 +170,6 @@ class HunyuanVideo15Spec(FlowMatchingSpec):
         z = latents.float().to(self.device) / self.scaling_factor
         video = torch.cat([self.vae.decode(v[None].to(self.vae.dtype)).sample.float() for v in z])
         return video.permute(0, 2, 1, 3, 4).clamp(-1, 1)
-
-    @staticmethod
-    def _pil(images: torch.Tensor) -> list:
-        from PIL import Image
-
-        return [Image.fromarray(a) for a in to_uint8(images)]
 
     @torch.no_grad()
     def encode_first_frames(self, images: torch.Tensor, num_frames: int) -> Cond:

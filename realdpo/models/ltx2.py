@@ -31,7 +31,6 @@ import torch
 from realbase.errors import UserError
 from realdpo.models.base import Cond
 from realdpo.models.common import REQUIRED_COMPONENTS, FlowMatchingSpec, add_pixel_noise, image_generator
-from realdpo.models.frames import to_uint8
 
 DEFAULT_SIZE = (121, 512, 768)  # the pipelines' defaults: 5 s at 24 fps
 TEXT_KEYS = ("prompt_embeds", "audio_prompt_embeds", "prompt_attention_mask")
@@ -182,12 +181,6 @@ class LTX2Spec(FlowMatchingSpec):
         z = latents.float().to(self.device)
         video = torch.cat([self.vae.decode(v[None].to(self.vae.dtype), None).sample.float() for v in z])
         return video.permute(0, 2, 1, 3, 4).clamp(-1, 1)
-
-    @staticmethod
-    def _pil(images: torch.Tensor) -> list:
-        from PIL import Image
-
-        return [Image.fromarray(a) for a in to_uint8(images)]
 
     @torch.no_grad()
     def encode_first_frames(self, images: torch.Tensor, num_frames: int) -> Cond:

@@ -25,7 +25,6 @@ from realbase.fields import one_of
 from realdpo.models.base import Cond
 from realdpo.models.common import FlowMatchingSpec, add_pixel_noise, image_generator, read_model_index
 from realdpo.models.experts import NAMES, ExpertPair
-from realdpo.models.frames import to_uint8
 
 WAN_DEFAULT_SIZE = (81, 480, 832)
 TI2V_DEFAULT_SIZE = (121, 704, 1280)
@@ -169,12 +168,6 @@ class WanSpec(FlowMatchingSpec):
         z = latents.float().to(self.device) * self.latents_std.to(self.device) + self.latents_mean.to(self.device)
         video = self.vae.decode(z.to(self.vae.dtype)).sample  # [B, 3, F, H, W]
         return video.permute(0, 2, 1, 3, 4).float().clamp(-1, 1)
-
-    @staticmethod
-    def _pil(images: torch.Tensor) -> list:
-        from PIL import Image
-
-        return [Image.fromarray(a) for a in to_uint8(images)]
 
     @torch.no_grad()
     def encode_first_frames(self, images: torch.Tensor, num_frames: int) -> Cond:
