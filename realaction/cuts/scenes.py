@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realbase.video import DecodeError, StreamClock, decode_packets, to_bgr
+from realbase.video import DecodeError, StreamClock, decode_packets, sampled_bgr, to_bgr
 
 # --detector name -> (PySceneDetect class, the keyword its threshold goes to); "transnetv2" is ours
 DETECTORS = {
@@ -116,12 +116,15 @@ class CutDetector:
         """The BGR frame PySceneDetect's SceneManager would hand the detector."""
         import cv2
 
-        bgr = to_bgr(frame) if self._reformatter is None else \
-            self._reformatter.reformat(frame, format="bgr24", threads=1).to_ndarray()
         if self._size is None:
-            self._size = pyscenedetect_size(bgr.shape[1], bgr.shape[0])
-        if (bgr.shape[1], bgr.shape[0]) != self._size:
-            bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_LINEAR)
+            self._size = pyscenedetect_size(frame.width, frame.height)
+        # the same bytes, converting only the pixels the shrink reads, where the shrink is by an odd whole factor
+        bgr = sampled_bgr(frame, *self._size, self._reformatter)
+        if bgr is None:
+            bgr = to_bgr(frame) if self._reformatter is None else \
+                self._reformatter.reformat(frame, format="bgr24", threads=1).to_ndarray()
+            if (bgr.shape[1], bgr.shape[0]) != self._size:
+                bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_LINEAR)
         return rotate(bgr, self.rotation)
 
     def feed(self, index: int, frame, pts: int) -> list[int]:
