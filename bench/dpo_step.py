@@ -5,7 +5,9 @@ same timesteps and noise:
 
 - realdpo: reference = the same module with its LoRA adapters disabled; the policy runs once on [x_w, x_l^1..x_l^K]
   with gradients, the reference once without; chunks of --chunk-size rows are streamed (each backpropagated before
-  the next runs), or with --keep-graph kept until one backward.
+  the next runs; in chunks of one row each loser row's LoRA gradient is set aside until its coefficient is known,
+  as the trainer does in one process, or with --winner-pass a no-grad winner pass gives the coefficients first, as
+  it does in several), or with --keep-graph kept until one backward.
 - official: a separate frozen full copy of the transformer as reference; for each negative the policy and the
   reference each run on the winner and on that loser (4 passes), then one backward per negative.
 
@@ -182,11 +184,13 @@ class _TimedReference:
 class Ours:
     name = "realdpo"
 
-    def __init__(self, spec, data, beta, chunk, keep_graph, clock: Clock | None = None):
+    def __init__(self, spec, data, beta, chunk, keep_graph, clock: Clock | None = None, winner_pass: bool = False):
         from realdpo.method.reference import DisabledAdapterReference
         from realdpo.method.step import ErrorModel, build_inputs
 
         self.spec, self.beta, self.chunk, self.keep_graph, self.clock = spec, beta, chunk, keep_graph, clock
+        # as the trainer runs LoRA in one process: loser rows' gradients set aside, no no-grad winner pass
+        self.loser_grads = None if winner_pass else [p for p in spec.transformer.parameters() if p.requires_grad]
         self.policy, self.ref = ErrorModel(spec, spec.transformer), DisabledAdapterReference(spec.transformer)
         winners, losers, noise, t, cond = data
         self.inputs = build_inputs(winners, losers, cond, noise, t)
@@ -213,7 +217,7 @@ class Ours:
         # raw (sum, count) statistics: no host read, so the step also runs on meta tensors (bench/memory.py)
         total, count = preference_step(policy, ref, self.spec, self.inputs, kind="dpo", beta=self.beta,
                                        chunk_size=self.chunk, keep_graph=self.keep_graph, backward=backward,
-                                       raw_stats=True)["loss"]
+                                       raw_stats=True, loser_grads=self.loser_grads)["loss"]
         return total / count
 
 
@@ -257,7 +261,8 @@ def make(side: str, args, device, dtype, clock: Clock | None = None):
         base_copy = copy.deepcopy(spec.transformer).eval().requires_grad_(False)
     params = add_lora(spec, args.rank)
     data = batch(spec, latent, text, args.batch, args.k, device, dtype)
-    runner = Ours(spec, data, args.beta, args.chunk_size, args.keep_graph, clock) if side == "realdpo" \
+    runner = Ours(spec, data, args.beta, args.chunk_size, args.keep_graph, clock,
+                  getattr(args, "winner_pass", False)) if side == "realdpo" \
         else Official(spec, data, args.beta, base_copy, clock)
     return runner, params
 
@@ -356,6 +361,9 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=1,
                     help="realdpo's --chunk-size in rows (0: all rows in one pass).")
     ap.add_argument("--keep-graph", action="store_true", help="realdpo's --keep-graph (instead of streamed chunks).")
+    ap.add_argument("--winner-pass", action="store_true",
+                    help="Streamed chunks with the no-grad winner pass (as several processes run them) instead of "
+                         "setting loser rows' gradients aside (one process, LoRA: the trainer's default).")
     ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                     help="Gradient checkpointing on both sides (the official training scripts enable it).")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default; 1 is steadier on shared cores).")

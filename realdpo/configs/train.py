@@ -49,7 +49,9 @@ class TrainConfig(ModelOptions, NegativeOptions, ShardOptions):
     rounds: int = field(1, help="Rounds of fresh negatives; rounds after the first regenerate them with the current policy.")
     chunk_size: Optional[int] = field(None, help="Rows (winners and losers) one forward pass runs on, same gradient. "
                                       "Each chunk is backpropagated before the next runs, so activations of one chunk "
-                                      "are alive at a time (one extra no-grad pass over the winners); see --keep-graph. "
+                                      "are alive at a time (one process training LoRA with chunks of 1: each loser "
+                                      "row's adapter gradient is set aside until its coefficient is known; otherwise "
+                                      "one extra no-grad pass over the winners); see --keep-graph. "
                                       "Default: 1 for real checkpoints (>= 100M-parameter transformers), all rows in "
                                       "one pass for tiny models.")
     keep_graph: bool = field(False, help="With --chunk-size: keep every chunk's graph until one backward (no extra "

@@ -12,6 +12,11 @@ the concatenation is split without changing the math, in one of two ways:
   pass over the B winners comes first (K+1 rows cost one extra winner pass, not K+1 extra passes), then each loser
   chunk runs forward and backpropagates `coef * E` at once, and the winners run last, when all their coefficients
   are known.
+  Given the trainable parameters (`loser_grads`, one process) and chunks of one row, the winner pass is not run
+  twice: per clip, each loser row runs forward and backward with coefficient 1 and its gradient is set aside
+  (K copies of the trainable parameters' gradients: small for LoRA); then the clip's winner runs forward, which
+  makes every coefficient of the clip known, the set-aside gradients are added with their coefficients, and the
+  winner backpropagates its own. The same gradient, from (K+1) rows of passes instead of K+2.
 - keep_graph: every chunk's forward keeps its graph and one backward follows. No extra pass, but all B*(K+1) rows
   are alive until that backward: with gradient checkpointing their checkpoints (the inputs of every block, of every
   row), without it every activation of every row.
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import torch
 
@@ -115,7 +120,8 @@ def preference_step(policy: Callable[..., torch.Tensor], reference: Reference | 
                     chunk_size: int | None = None, keep_graph: bool = False,
                     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
                     no_sync: Callable[[], ContextManager] = contextlib.nullcontext,
-                    groups: dict[str, torch.Tensor] | None = None, raw_stats: bool = False):
+                    groups: dict[str, torch.Tensor] | None = None, raw_stats: bool = False,
+                    loser_grads: Sequence[torch.nn.Parameter] | None = None):
     """Forward, loss and backward of one micro-batch; returns the metrics (floats, one host sync), or with
     `raw_stats` their (sum, count) tensors (`realdpo.method.losses.step_stats`, no host sync).
 
@@ -123,6 +129,9 @@ def preference_step(policy: Callable[..., torch.Tensor], reference: Reference | 
     keep_graph: chunk by keeping every chunk's graph until one backward, instead of streaming the chunks.
     backward: e.g. `accelerator.backward`. no_sync: suppresses gradient all-reduce for all but the last backward.
     groups: name -> bool [B] clips, for metrics per group (timestep buckets, experts).
+    loser_grads: the trainable parameters, in a single process: streamed chunks of one row then set each loser
+    row's gradient aside instead of running a no-grad winner pass (module docstring). Their `.grad` is swapped
+    while a loser row backpropagates, which a DDP or FSDP wrapper's reduction would not see.
     """
     slices = _slices(len(inputs), chunk_size)
     err_ref = None
@@ -131,6 +140,9 @@ def preference_step(policy: Callable[..., torch.Tensor], reference: Reference | 
     if len(slices) == 1 or keep_graph:
         err = torch.cat([policy(*inputs.take(sl)) for sl in slices])
         backward(objective_terms(kind, err, err_ref, inputs.batch_size, beta=beta, sft_weight=sft_weight)["loss"])
+    elif loser_grads is not None and chunk_size == 1 and inputs.losers is not None:
+        err = _streamed_with_loser_grads(policy, inputs, err_ref, list(loser_grads), kind=kind, beta=beta,
+                                         sft_weight=sft_weight, backward=backward, no_sync=no_sync)
     else:
         err = _streamed(policy, inputs, err_ref, chunk_size, kind=kind, beta=beta, sft_weight=sft_weight,
                         backward=backward, no_sync=no_sync)
@@ -165,5 +177,52 @@ def _streamed(policy, inputs: StepInputs, err_ref: torch.Tensor | None, chunk_si
             err = policy(*inputs.take(sl))
             known[sl] = err.detach().float()
             backward((coefficients(sl).to(err.dtype) * err).sum())
+            del err
+    return known
+
+
+def _streamed_with_loser_grads(policy, inputs: StepInputs, err_ref: torch.Tensor | None,
+                               params: list[torch.nn.Parameter], *, kind: str, beta: float, sft_weight: float,
+                               backward, no_sync) -> torch.Tensor:
+    """Streamed chunks of one row, clip by clip, with each loser row's gradient set aside until its clip's winner
+    error makes its coefficient known (module docstring). Returns the policy's errors [n] (detached)."""
+    b, k = inputs.batch_size, inputs.losers.shape[1]
+    device = inputs.winners.device
+    known = torch.zeros(len(inputs), dtype=torch.float32, device=device) if err_ref is None else \
+        err_ref.detach().float().clone()
+
+    def coefficients() -> torch.Tensor:
+        leaf = known.detach().requires_grad_(True)
+        loss = objective_terms(kind, leaf, err_ref, b, beta=beta, sft_weight=sft_weight)["loss"]
+        (grad,) = torch.autograd.grad(loss, leaf)
+        return grad
+
+    for clip in range(b):
+        aside = []
+        for row in range(b + clip * k, b + (clip + 1) * k):
+            sl = slice(row, row + 1)
+            held = [p.grad for p in params]  # earlier rows' and micro-batches' gradients
+            for p in params:
+                p.grad = None
+            with no_sync():
+                err = policy(*inputs.take(sl))
+                known[sl] = err.detach().float()
+                backward(err.sum())
+                del err
+            aside.append((row, [p.grad for p in params]))
+            for p, g in zip(params, held):
+                p.grad = g
+        sl = slice(clip, clip + 1)
+        with no_sync() if clip < b - 1 else contextlib.nullcontext():
+            err = policy(*inputs.take(sl))
+            known[sl] = err.detach().float()
+            coef = coefficients()
+            for row, grads in aside:
+                for p, g in zip(params, grads):
+                    if g is not None:
+                        g.mul_(coef[row].to(g.dtype))
+                        p.grad = g if p.grad is None else p.grad.add_(g)
+            del aside
+            backward((coef[sl].to(err.dtype) * err).sum())
             del err
     return known

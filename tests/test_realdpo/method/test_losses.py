@@ -123,14 +123,46 @@ def test_chunked_gradient_equals_unchunked(kind, tiny_spec):
         if checkpointing:
             tr.enable_gradient_checkpointing()
             tr.train()
-        for chunk, keep_graph in ((1, False), (3, False), (2, True)):
+        # (chunk, keep_graph, loser_grads): the last sets each loser row's gradient aside (no winner re-pass)
+        params = [p for p in tr.parameters() if p.requires_grad]
+        for chunk, keep_graph, aside in ((1, False, None), (3, False, None), (2, True, None), (1, False, params)):
             chunked = preference_step(policy, ref, spec, inputs, kind=kind, beta=500.0, chunk_size=chunk,
-                                      keep_graph=keep_graph)
+                                      keep_graph=keep_graph, loser_grads=aside)
             g = _grads(tr)
             assert chunked == pytest.approx(full, abs=1e-6), (chunk, keep_graph, checkpointing)
             for n in g_full:
                 torch.testing.assert_close(g[n], g_full[n], rtol=1e-5, atol=1e-7)
     tr.disable_gradient_checkpointing()
+
+
+def test_loser_grads_run_each_row_once_and_keep_earlier_gradients(tiny_spec):
+    """With the loser rows' gradients set aside, a step forwards each of its B*(K+1) rows once, all with
+    gradients (the plain streamed order forwards the B winners a second time without), and adds to gradients
+    already accumulated (an earlier micro-batch) instead of replacing them."""
+    spec = tiny_spec("cogvideox", torch.float64)
+    tr = lora_transformer(spec)
+    params = [p for p in tr.parameters() if p.requires_grad]
+    winners, losers, noise, t, cond = _batch(spec, seed=5)
+    inputs = build_inputs(winners, losers, cond, noise, t)
+    error_model, ref = ErrorModel(spec, tr), DisabledAdapterReference(tr)
+    calls = []
+
+    def policy(*a):
+        calls.append((a[0].shape[0], torch.is_grad_enabled()))
+        return error_model(*a)
+
+    preference_step(policy, ref, spec, inputs, kind="dpo", beta=500.0, chunk_size=1)
+    once = _grads(tr)
+    n = len(inputs)
+    assert sorted(calls) == sorted([(1, True)] * n + [(1, False)] * inputs.batch_size)
+    calls.clear()
+    for _ in range(2):  # two micro-batches accumulate
+        preference_step(policy, ref, spec, inputs, kind="dpo", beta=500.0, chunk_size=1, loser_grads=params)
+    assert calls == [(1, True)] * (2 * n)
+    twice = _grads(tr)
+    assert once.keys() == twice.keys() and once
+    for name in once:
+        torch.testing.assert_close(twice[name], 2 * once[name], rtol=1e-5, atol=1e-7)
 
 
 def test_streamed_chunks_hold_one_rows_activations(tiny_spec):
