@@ -157,28 +157,38 @@ def _streamed(policy, inputs: StepInputs, err_ref: torch.Tensor | None, chunk_si
     b, n = inputs.batch_size, len(inputs)
     winner_slices = _slices(b, chunk_size)
     loser_slices = [slice(sl.start + b, sl.stop + b) for sl in _slices(n - b, chunk_size)]
-    # errors known so far; rows not yet computed hold placeholders their coefficients never depend on
-    device = inputs.winners.device
-    known = torch.zeros(n, dtype=torch.float32, device=device) if err_ref is None else err_ref.detach().float().clone()
+    known = _placeholder_errors(inputs, err_ref)
     if loser_slices:
         with torch.no_grad():
             for sl in winner_slices:
                 known[sl] = policy(*inputs.take(sl)).float()
-
-    def coefficients(sl: slice) -> torch.Tensor:
-        leaf = known.detach().requires_grad_(True)
-        loss = objective_terms(kind, leaf, err_ref, b, beta=beta, sft_weight=sft_weight)["loss"]
-        (grad,) = torch.autograd.grad(loss, leaf)
-        return grad[sl]
 
     order = loser_slices + winner_slices
     for i, sl in enumerate(order):
         with no_sync() if i < len(order) - 1 else contextlib.nullcontext():
             err = policy(*inputs.take(sl))
             known[sl] = err.detach().float()
-            backward((coefficients(sl).to(err.dtype) * err).sum())
+            coef = _coefficients(known, kind, err_ref, b, beta=beta, sft_weight=sft_weight)[sl]
+            backward((coef.to(err.dtype) * err).sum())
             del err
     return known
+
+
+def _placeholder_errors(inputs: StepInputs, err_ref: torch.Tensor | None) -> torch.Tensor:
+    """The policy's errors [n] as the streamed orders fill them in: rows not yet computed hold placeholders (the
+    reference's errors, or zeros) that the coefficients of the rows computed so far never depend on."""
+    if err_ref is None:
+        return torch.zeros(len(inputs), dtype=torch.float32, device=inputs.winners.device)
+    return err_ref.detach().float().clone()
+
+
+def _coefficients(known: torch.Tensor, kind: str, err_ref: torch.Tensor | None, batch_size: int, *, beta: float,
+                  sft_weight: float) -> torch.Tensor:
+    """dloss/dE [n] at the errors `known` [n]: the factor each row's error is backpropagated with."""
+    leaf = known.detach().requires_grad_(True)
+    loss = objective_terms(kind, leaf, err_ref, batch_size, beta=beta, sft_weight=sft_weight)["loss"]
+    (grad,) = torch.autograd.grad(loss, leaf)
+    return grad
 
 
 def _streamed_with_loser_grads(policy, inputs: StepInputs, err_ref: torch.Tensor | None,
@@ -187,16 +197,7 @@ def _streamed_with_loser_grads(policy, inputs: StepInputs, err_ref: torch.Tensor
     """Streamed chunks of one row, clip by clip, with each loser row's gradient set aside until its clip's winner
     error makes its coefficient known (module docstring). Returns the policy's errors [n] (detached)."""
     b, k = inputs.batch_size, inputs.losers.shape[1]
-    device = inputs.winners.device
-    known = torch.zeros(len(inputs), dtype=torch.float32, device=device) if err_ref is None else \
-        err_ref.detach().float().clone()
-
-    def coefficients() -> torch.Tensor:
-        leaf = known.detach().requires_grad_(True)
-        loss = objective_terms(kind, leaf, err_ref, b, beta=beta, sft_weight=sft_weight)["loss"]
-        (grad,) = torch.autograd.grad(loss, leaf)
-        return grad
-
+    known = _placeholder_errors(inputs, err_ref)
     for clip in range(b):
         aside = []
         for row in range(b + clip * k, b + (clip + 1) * k):
@@ -216,7 +217,7 @@ def _streamed_with_loser_grads(policy, inputs: StepInputs, err_ref: torch.Tensor
         with no_sync() if clip < b - 1 else contextlib.nullcontext():
             err = policy(*inputs.take(sl))
             known[sl] = err.detach().float()
-            coef = coefficients()
+            coef = _coefficients(known, kind, err_ref, b, beta=beta, sft_weight=sft_weight)
             for row, grads in aside:
                 for p, g in zip(params, grads):
                     if g is not None:

@@ -452,7 +452,8 @@ class Trainer:
         stats, t_data, used_keys = {}, 0.0, []
         # one process training adapters: each loser row's gradient is set aside (K copies of the adapters'
         # gradients) instead of a second, no-grad winner pass; wrappers that reduce gradients need the plain order
-        loser_grads = list(m.trainable.values()) if s.world == 1 and o.lora and not s.fsdp else None
+        params = list(m.trainable.values())
+        loser_grads = params if s.world == 1 and o.lora and not s.fsdp else None
         t0 = time.perf_counter()
         for micro in range(o.grad_accum):
             td = time.perf_counter()
@@ -474,7 +475,6 @@ class Trainer:
                     sft_weight=o.sft_weight, chunk_size=o.chunk_size, keep_graph=o.keep_graph,
                     backward=acc.backward, no_sync=chunk_no_sync, groups=self.groups(s, m, timesteps),
                     raw_stats=True, loser_grads=loser_grads))
-        params = list(m.trainable.values())
         if o.max_grad_norm > 0:
             grad_norm = acc.clip_grad_norm_(params, o.max_grad_norm)
         else:
