@@ -1,5 +1,5 @@
-"""Helpers for the curation tests: a folder of real sources, what the shards hold, and which processes are alive
-(Linux /proc)."""
+"""Helpers for the curation tests: a folder of real sources, PySceneDetect's own cuts, what the shards hold, and
+which processes are alive (Linux /proc)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,18 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+
+
+def pyscenedetect_cuts(path: Path, detector: str) -> list[int]:
+    """The cut frames PySceneDetect's own pipeline (`open_video` + `SceneManager`) finds: the reference."""
+    from scenedetect import SceneManager, open_video
+
+    from realaction.cuts.scenes import make_detector
+
+    sm = SceneManager()
+    sm.add_detector(make_detector(detector))
+    sm.detect_scenes(open_video(str(path)))
+    return [scene[0].frame_num for scene in sm.get_scene_list(start_in_scene=True)[1:]]
 
 
 def write_real_sources(root: Path, bikes_path: Path, carphone_path: Path) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from curate_helpers import pyscenedetect_cuts
 
 from realaction.config import CurateConfig
-from realaction.cuts.scenes import DETECTORS, detect_cuts, make_detector
+from realaction.cuts.scenes import DETECTORS, detect_cuts
 from realaction.decoding.footage import make_real_concat, real_shots
 from realaction.pipeline import curate
 from realbase.files import read_jsonl
@@ -27,15 +28,6 @@ def ffmpeg(*args: str) -> None:
     import imageio_ffmpeg
 
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
-
-
-def pyscenedetect_cuts(path: Path, detector: str) -> list[int]:
-    from scenedetect import SceneManager, open_video
-
-    sm = SceneManager()
-    sm.add_detector(make_detector(detector))
-    sm.detect_scenes(open_video(str(path)))
-    return [scene[0].frame_num for scene in sm.get_scene_list(start_in_scene=True)[1:]]
 
 
 def transnet_test_video() -> Path | None:

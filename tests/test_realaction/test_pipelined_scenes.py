@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import av
 import pytest
+from curate_helpers import pyscenedetect_cuts
 
 from realaction.cuts.pipelined_scenes import PipelinedCutDetector
-from realaction.cuts.scenes import CutDetector, detect_cuts, make_detector
+from realaction.cuts.scenes import CutDetector, detect_cuts
 from realbase.video import StreamClock, decode_packets
-
-
-def pyscenedetect_cuts(path, detector: str) -> list[int]:
-    from scenedetect import SceneManager, open_video
-
-    sm = SceneManager()
-    sm.add_detector(make_detector(detector))
-    sm.detect_scenes(open_video(str(path)))
-    return [scene[0].frame_num for scene in sm.get_scene_list(start_in_scene=True)[1:]]
 
 
 def run(path, make) -> tuple[object, list[tuple[int, list[int]]]]:
