@@ -50,7 +50,9 @@ class LabBuildConfig:
     refine_lr: float = field(3e-4, help="Peak learning rate of stage 4.")
     caption_dropout: float = field(0.1, help="Fraction of training captions replaced by the empty prompt (for guidance).")
     ema: float = field(0.999, help="Rate of the weight EMA that is saved (0 saves the raw weights).")
-    threads: int = field(2, help="torch threads (0: torch's default; the committed weights were built with 2). Weights are reproducible for a given seed and thread count.")
+    threads: int = field(2, help="torch threads (0: torch's default; the committed weights were built with 2). "
+                         "Weights are reproducible for a given seed and thread count on one CPU model and torch "
+                         "build; another CPU rounds differently and trains different weights.")
 
     def validate(self) -> None:
         for name in ("vae_steps", "vae_batch", "clips", "steps", "batch", "refine_clips"):
