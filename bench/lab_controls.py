@@ -8,7 +8,8 @@
    the data shows only that.
 
 Figures from bench/lab_acceptance.json (fixed before the runs); writes bench/results/lab_acceptance/controls.json.
-Last line: `controls sft_gains=<a>,<b>,<c> physical_only=<p> pass=<yes|no>`.
+Last line: `controls sft_gains=<a>,<b>,<c> physical_only=<p> pass=<yes|no|incomplete>` (incomplete: no
+--physical-only-model was given, so the second control was not run; every control that ran passed).
 
     python bench/lab_controls.py --workers 2 --physical-only-model lab_model_physical/
 """
@@ -72,10 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, path)
     phys = out.get("physical_only", {}).get("physical_rate")
+    # a control that did not run has not passed: without the physical-only model the verdict cannot be yes
+    verdict = "no" if not all(out["pass"].values()) else "yes" if phys is not None else "incomplete"
     print(f"wrote {path}")
     print(f"controls sft_gains={','.join(f'{g:+.1f}' for g in gains)} "
-          f"physical_only={'n/a' if phys is None else f'{phys:.1f}'} "
-          f"pass={'yes' if all(out['pass'].values()) else 'no'}")
+          f"physical_only={'n/a' if phys is None else f'{phys:.1f}'} pass={verdict}")
     return out
 
 
