@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     crit = json.loads(CRITERIA.read_text())
     torch.set_num_threads(args.threads)
     spec = load_spec(args.model)
-    out = {"model": str(args.model), "criteria": crit, "threads": torch.get_num_threads(), "seconds": {}}
+    out = {"model": str(args.model), "criteria": crit, "sampler": {"steps": SAMPLE_STEPS, "guidance": SAMPLE_GUIDANCE},
+           "threads": torch.get_num_threads(), "seconds": {}}
 
     t0 = time.perf_counter()
     out["vae"] = vae_reconstructions(spec, crit["vae"]["clips"], crit["vae"]["set_seed"])

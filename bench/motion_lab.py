@@ -82,6 +82,7 @@ SWEEP = dict(lrs=[1e-6, 1e-5, 1e-4], betas=[500.0, 5000.0], rank=128, val_pairs=
 EARLY = 0.2  # a setting whose loss saturates within this fraction of the steps is rejected
 STRIP_PROMPT = 0
 SCORES_VERSION = 4  # 4: lab v2 metric (render pass and motion checks), per-video flags
+SAMPLER = {"steps": SAMPLE_STEPS, "guidance": SAMPLE_GUIDANCE}
 METRICS = ("physical_rate", "render_pass", "physical_among_rendered", "residual", "dynamic_degree", "motion_smoothness")
 
 
@@ -122,7 +123,10 @@ def _saved(path: Path) -> dict | None:
 
 
 def _current(scores: dict | None) -> dict | None:
-    return scores if scores is not None and scores.get("scores_version") == SCORES_VERSION else None
+    """Saved scores, unless an older metric or another sampler made them (the base's evaluation is keyed on
+    neither its fields nor its folder, so a changed SAMPLE_GUIDANCE must not reuse it)."""
+    ok = scores is not None and scores.get("scores_version") == SCORES_VERSION and scores.get("sampler") == SAMPLER
+    return scores if ok else None
 
 
 def dpo_setting() -> dict:
@@ -144,7 +148,7 @@ def arm_config(overrides: dict, steps: int, setting: dict) -> dict:
 
 def evaluate(spec, prompts, batch: int = 16) -> tuple[dict, np.ndarray]:
     videos = generate_videos(spec, prompts, steps=SAMPLE_STEPS, guidance=SAMPLE_GUIDANCE, batch_size=batch)
-    return {**score_videos(videos), "scores_version": SCORES_VERSION}, videos[STRIP_PROMPT]
+    return {**score_videos(videos), "scores_version": SCORES_VERSION, "sampler": SAMPLER}, videos[STRIP_PROMPT]
 
 
 def run_dir(out: Path, name: str, seed: int, n_real: int, steps: int) -> Path:

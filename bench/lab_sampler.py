@@ -1,0 +1,91 @@
+"""Sample a lab model with several sampler settings on a validation seed of the held-out set (seed 1 by default,
+never the reported prompts' seed 0) and score each with the lab's tracker: how the experiment's sampler
+(`SAMPLE_STEPS`, `SAMPLE_GUIDANCE` in realdpo/lab/model.py) was chosen.
+
+A setting is SAMPLER:STEPS:GUIDANCE, SAMPLER one of `default` (the model's DDIM scheduler) or `multistep` (the
+family's multistep solver). Writes bench/results/lab_acceptance/sampler.json; one line per setting.
+
+    python bench/lab_sampler.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from realdpo.lab.evaluate import heldout_prompts, summarize  # noqa: E402
+from realdpo.lab.model import lab_model_path  # noqa: E402
+from realdpo.lab.tracker import score_video  # noqa: E402
+from realdpo.lab.world import FRAMES, SIZE  # noqa: E402
+from realdpo.models import load_spec  # noqa: E402
+from realdpo.models.common import quiet_progress  # noqa: E402
+from realdpo.models.frames import to_uint8  # noqa: E402
+
+SETTINGS = ("default:20:1", "default:50:1", "multistep:20:1", "default:20:2", "default:20:3", "default:20:4",
+            "default:20:6", "multistep:20:3")
+
+
+def parse_setting(text: str) -> tuple[str, int, float]:
+    sampler, steps, guidance = text.split(":")
+    if sampler not in ("default", "multistep"):
+        raise SystemExit(f"Error: {text}: the sampler must be default or multistep")
+    return sampler, int(steps), float(guidance)
+
+
+@torch.no_grad()
+def sample(spec, prompts, sampler: str, steps: int, guidance: float, batch: int = 16) -> list:
+    videos = []
+    for i in range(0, len(prompts.captions), batch):
+        caps = prompts.captions[i:i + batch]
+        with quiet_progress():
+            latents = spec.generate_latents(caps, spec.encode_prompts(caps), num_frames=FRAMES, height=SIZE,
+                                            width=SIZE, steps=steps, guidance=guidance,
+                                            seeds=prompts.seeds[i:i + batch], images=prompts.images[i:i + batch],
+                                            sampler=sampler)
+            videos += [to_uint8(v) for v in spec.decode_latents(latents)]
+    return videos
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="lab pipeline folder (default: the committed one)")
+    ap.add_argument("--seed", type=int, default=1, help="held-out set seed (the reported prompts use 0)")
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lab_acceptance" / "sampler.json")
+    ap.add_argument("settings", nargs="*", default=list(SETTINGS), help="SAMPLER:STEPS:GUIDANCE ...")
+    args = ap.parse_args(argv)
+    settings = [parse_setting(s) for s in args.settings]
+    torch.set_num_threads(args.threads)
+    model = args.model or lab_model_path()
+    with quiet_progress():
+        spec = load_spec(model)
+    prompts = heldout_prompts(args.prompts, args.seed)
+    rows = []
+    for sampler, steps, guidance in settings:
+        t0 = time.perf_counter()
+        s = summarize([score_video(v) for v in sample(spec, prompts, sampler, steps, guidance)])
+        rows.append({"sampler": sampler, "steps": steps, "guidance": guidance,
+                     "seconds": round(time.perf_counter() - t0, 1), **s})
+        print(f"{sampler} {steps} steps guidance {guidance:g}: physical {s['physical_rate']:.1f} %, render pass "
+              f"{s['render_pass']:.1f} %, residual median {s['residual_px']['median']:.3f} px; failed "
+              + ", ".join(f"{c} {v:.1f}" for c, v in s["failed"].items()), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps({"model": str(model), "heldout_seed": args.seed, "prompts": args.prompts,
+                               "threads": torch.get_num_threads(), "settings": rows}, indent=1))
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
