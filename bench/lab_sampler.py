@@ -3,7 +3,9 @@ never the reported prompts' seed 0) and score each with the lab's tracker: how t
 (`SAMPLE_STEPS`, `SAMPLE_GUIDANCE` in realdpo/lab/model.py) was chosen.
 
 A setting is SAMPLER:STEPS:GUIDANCE, SAMPLER one of `default` (the model's DDIM scheduler) or `multistep` (the
-family's multistep solver). Writes bench/results/lab_acceptance/sampler.json; one line per setting.
+family's multistep solver). `--lora NAME=DIR` (repeatable) also samples the model with each LoRA loaded (e.g. the SFT
+control's runs), so a setting can be judged on what post-training gains under it, not only on the base.
+Writes bench/results/lab_acceptance/sampler.json (or --out); one line per model and setting.
 
     python bench/lab_sampler.py --threads 2
 """
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lab_acceptance" / "sampler.json")
+    ap.add_argument("--lora", action="append", default=[], help="NAME=DIR: also sample with this LoRA loaded")
     ap.add_argument("settings", nargs="*", default=list(SETTINGS), help="SAMPLER:STEPS:GUIDANCE ...")
     args = ap.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
@@ -69,15 +72,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with quiet_progress():
         spec = load_spec(model)
     prompts = heldout_prompts(args.prompts, args.seed)
+    loras = [("base", None)] + [tuple(item.split("=", 1)) for item in args.lora]
     rows = []
-    for sampler, steps, guidance in settings:
-        t0 = time.perf_counter()
-        s = summarize([score_video(v) for v in sample(spec, prompts, sampler, steps, guidance)])
-        rows.append({"sampler": sampler, "steps": steps, "guidance": guidance,
-                     "seconds": round(time.perf_counter() - t0, 1), **s})
-        print(f"{sampler} {steps} steps guidance {guidance:g}: physical {s['physical_rate']:.1f} %, render pass "
-              f"{s['render_pass']:.1f} %, residual median {s['residual_px']['median']:.3f} px; failed "
-              + ", ".join(f"{c} {v:.1f}" for c, v in s["failed"].items()), flush=True)
+    for name, lora in loras:
+        if lora is not None:
+            from realdpo.generation.sampling import load_lora
+
+            with quiet_progress():
+                spec = load_spec(model)
+            load_lora(spec, Path(lora))
+        for sampler, steps, guidance in settings:
+            t0 = time.perf_counter()
+            s = summarize([score_video(v) for v in sample(spec, prompts, sampler, steps, guidance)])
+            rows.append({"model": name, "lora": lora, "sampler": sampler, "steps": steps, "guidance": guidance,
+                         "seconds": round(time.perf_counter() - t0, 1), **s})
+            print(f"{name}: {sampler} {steps} steps guidance {guidance:g}: physical {s['physical_rate']:.1f} %, "
+                  f"render pass {s['render_pass']:.1f} %, residual median {s['residual_px']['median']:.3f} px; failed "
+                  + ", ".join(f"{c} {v:.1f}" for c, v in s["failed"].items()), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps({"model": str(model), "heldout_seed": args.seed, "prompts": args.prompts,
