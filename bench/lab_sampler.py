@@ -72,7 +72,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with quiet_progress():
         spec = load_spec(model)
     prompts = heldout_prompts(args.prompts, args.seed)
-    loras = [("base", None)] + [tuple(item.split("=", 1)) for item in args.lora]
+    loras = [("base", None)]
+    for item in args.lora:
+        name, _, folder = item.partition("=")
+        if not name or not folder or not Path(folder).is_dir():
+            raise SystemExit(f"Error: --lora {item}: expected NAME=DIR with DIR a LoRA folder")
+        loras.append((name, folder))
     rows = []
     for name, lora in loras:
         if lora is not None:
