@@ -23,37 +23,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realdpo.lab.evaluate import heldout_prompts, summarize  # noqa: E402
+from realdpo.lab.evaluate import generate_videos, heldout_prompts, summarize  # noqa: E402
 from realdpo.lab.model import lab_model_path  # noqa: E402
 from realdpo.lab.tracker import score_video  # noqa: E402
-from realdpo.lab.world import FRAMES, SIZE  # noqa: E402
 from realdpo.models import load_spec  # noqa: E402
 from realdpo.models.common import quiet_progress  # noqa: E402
-from realdpo.models.frames import to_uint8  # noqa: E402
 
 SETTINGS = ("default:20:1", "default:50:1", "multistep:20:1", "default:20:2", "default:20:3", "default:20:4",
             "default:20:6", "multistep:20:3")
 
 
 def parse_setting(text: str) -> tuple[str, int, float]:
-    sampler, steps, guidance = text.split(":")
-    if sampler not in ("default", "multistep"):
-        raise SystemExit(f"Error: {text}: the sampler must be default or multistep")
-    return sampler, int(steps), float(guidance)
-
-
-@torch.no_grad()
-def sample(spec, prompts, sampler: str, steps: int, guidance: float, batch: int = 16) -> list:
-    videos = []
-    for i in range(0, len(prompts.captions), batch):
-        caps = prompts.captions[i:i + batch]
-        with quiet_progress():
-            latents = spec.generate_latents(caps, spec.encode_prompts(caps), num_frames=FRAMES, height=SIZE,
-                                            width=SIZE, steps=steps, guidance=guidance,
-                                            seeds=prompts.seeds[i:i + batch], images=prompts.images[i:i + batch],
-                                            sampler=sampler)
-            videos += [to_uint8(v) for v in spec.decode_latents(latents)]
-    return videos
+    parts = text.split(":")
+    try:
+        sampler, steps, guidance = parts[0], int(parts[1]), float(parts[2])
+    except (IndexError, ValueError):
+        raise SystemExit(f"Error: {text}: expected SAMPLER:STEPS:GUIDANCE, e.g. default:20:2") from None
+    if len(parts) != 3 or sampler not in ("default", "multistep"):
+        raise SystemExit(f"Error: {text}: expected SAMPLER:STEPS:GUIDANCE with SAMPLER default or multistep")
+    return sampler, steps, guidance
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -88,7 +76,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             load_lora(spec, Path(lora))
         for sampler, steps, guidance in settings:
             t0 = time.perf_counter()
-            s = summarize([score_video(v) for v in sample(spec, prompts, sampler, steps, guidance)])
+            with quiet_progress():
+                videos = generate_videos(spec, prompts, steps=steps, guidance=guidance, sampler=sampler)
+            s = summarize([score_video(v) for v in videos])
             rows.append({"model": name, "lora": lora, "sampler": sampler, "steps": steps, "guidance": guidance,
                          "seconds": round(time.perf_counter() - t0, 1), **s})
             print(f"{name}: {sampler} {steps} steps guidance {guidance:g}: physical {s['physical_rate']:.1f} %, "

@@ -39,10 +39,10 @@ def heldout_prompts(count: int, seed: int = 0) -> Prompts:
 
 def generate_videos(spec, prompts: Prompts, *, steps: int, guidance: float, batch_size: int = 16,
                     progress: Callable[[int], None] | None = None, init_latents: torch.Tensor | None = None,
-                    strength: float = 1.0) -> np.ndarray:
+                    strength: float = 1.0, sampler: str = "default") -> np.ndarray:
     """One video per prompt from `spec` (with whatever LoRA is loaded into it): uint8 [N, F, H, W, 3].
     `init_latents` [N, ...] with `strength` < 1: start from those clean latents noised part-way (SDEdit, as in
-    `ModelSpec.generate_latents`)."""
+    `ModelSpec.generate_latents`); `sampler` as there ("default" or "multistep")."""
     out = []
     for i in range(0, len(prompts.captions), batch_size):
         caps = prompts.captions[i:i + batch_size]
@@ -50,7 +50,8 @@ def generate_videos(spec, prompts: Prompts, *, steps: int, guidance: float, batc
         latents = spec.generate_latents(caps, cond, num_frames=FRAMES, height=SIZE, width=SIZE, steps=steps,
                                         guidance=guidance, seeds=prompts.seeds[i:i + batch_size],
                                         images=prompts.images[i:i + batch_size], strength=strength,
-                                        init_latents=None if init_latents is None else init_latents[i:i + batch_size])
+                                        init_latents=None if init_latents is None else init_latents[i:i + batch_size],
+                                        sampler=sampler)
         video = spec.decode_latents(latents)
         if not torch.isfinite(video).all():
             raise UserError(f"the model sampled non-finite values for held-out prompts {i}-{i + len(caps) - 1}")
