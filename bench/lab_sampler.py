@@ -4,7 +4,8 @@ never the reported prompts' seed 0) and score each with the lab's tracker: how t
 
 A setting is SAMPLER:STEPS:GUIDANCE, SAMPLER one of `default` (the model's DDIM scheduler) or `multistep` (the
 family's multistep solver). `--lora NAME=DIR` (repeatable) also samples the model with each LoRA loaded (e.g. the SFT
-control's runs), so a setting can be judged on what post-training gains under it, not only on the base.
+control's runs), so a setting can be judged on what post-training gains under it, not only on the base; each LoRA's
+row then also holds its paired gain over the base (same prompts and sampler seeds) with a 95 % bootstrap interval.
 Writes bench/results/lab_acceptance/sampler.json (or --out); one line per model and setting.
 
     python bench/lab_sampler.py --threads 2
@@ -19,10 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from realdpo.evaluation.intervals import interval  # noqa: E402
 from realdpo.lab.evaluate import generate_videos, heldout_prompts, summarize  # noqa: E402
 from realdpo.lab.model import lab_model_path  # noqa: E402
 from realdpo.lab.tracker import score_video  # noqa: E402
@@ -42,6 +45,14 @@ def parse_setting(text: str) -> tuple[str, int, float]:
     if len(parts) != 3 or sampler not in ("default", "multistep"):
         raise SystemExit(f"Error: {text}: expected SAMPLER:STEPS:GUIDANCE with SAMPLER default or multistep")
     return sampler, steps, guidance
+
+
+def paired_gain(flags: list[int], base: dict) -> dict:
+    """A LoRA's physical rate minus the base's at the same setting (points), prompt by prompt, with the bootstrap
+    interval over prompts."""
+    diffs = [float(a) - float(b) for a, b in zip(flags, base["physical"])]
+    lo, hi = interval(diffs, list(range(len(diffs))))
+    return {"points": 100 * float(np.mean(diffs)), "ci": (100 * lo, 100 * hi)}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -78,10 +89,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             t0 = time.perf_counter()
             with quiet_progress():
                 videos = generate_videos(spec, prompts, steps=steps, guidance=guidance, sampler=sampler)
-            s = summarize([score_video(v) for v in videos])
-            rows.append({"model": name, "lora": lora, "sampler": sampler, "steps": steps, "guidance": guidance,
-                         "seconds": round(time.perf_counter() - t0, 1), **s})
-            print(f"{name}: {sampler} {steps} steps guidance {guidance:g}: physical {s['physical_rate']:.1f} %, "
+            scores = [score_video(v) for v in videos]
+            s = summarize(scores)
+            row = {"model": name, "lora": lora, "sampler": sampler, "steps": steps, "guidance": guidance,
+                   "seconds": round(time.perf_counter() - t0, 1), **s, "physical": [int(v.physical) for v in scores]}
+            gain = ""
+            if lora is not None:
+                base = rows[settings.index((sampler, steps, guidance))]  # the base's rows come first
+                row["gain"] = paired_gain(row["physical"], base)
+                gain = f" (gain over base {row['gain']['points']:+.1f} [{row['gain']['ci'][0]:+.1f}, " \
+                       f"{row['gain']['ci'][1]:+.1f}])"
+            rows.append(row)
+            print(f"{name}: {sampler} {steps} steps guidance {guidance:g}: physical {s['physical_rate']:.1f} %{gain}, "
                   f"render pass {s['render_pass']:.1f} %, residual median {s['residual_px']['median']:.3f} px; failed "
                   + ", ".join(f"{c} {v:.1f}" for c, v in s["failed"].items()), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
