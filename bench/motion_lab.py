@@ -17,16 +17,16 @@ Protocol (fixed before any arm was run; docs/lab.md, "The experiment"):
   prompt's videos are its training seeds), and paired differences against base and sft;
 - health: each DPO run's implicit-reward accuracy and margin per step (its metrics.jsonl), plotted, with the step at
   which the library's health monitor first calls the run saturated;
-- seeds: 0, 1, 2 for sft and the recipe, 0 for the other arms (training seed: LoRA init, data order, noise, and the
-  negatives' sampler seeds). The sweep trains on seed VALIDATION_SEED and judges on held-out pairs of the real set,
-  never on the held-out prompts.
+- seeds: 0, 1, 2 for every arm (training seed: LoRA init, data order, noise, and the negatives' sampler seeds);
+  `--ablation-seeds 0` runs the arms other than sft and the recipe at seed 0 only. The sweep trains on seed
+  VALIDATION_SEED and judges on held-out pairs of the real set, never on the held-out prompts.
 
 Outputs in --out: results.json, table.md, physical_rate.png, health.png, strip.png (held-out prompt 0, every arm,
 seed 0), runs/<arm>-s<seed>-r<real>-k<steps>/ (the training run and its held-out scores). A rerun reuses finished
 runs. The last line printed is `physical_rate base=<a> sft=<b> dpo=<c>`.
 
     python bench/motion_lab.py --sweep --workers 2   # once, before the arms: choose lr and beta (writes SWEEP_FILE)
-    python bench/motion_lab.py --workers 2           # the experiment (3 seeds, 64 prompts) on a 2-core machine
+    python bench/motion_lab.py --workers 2           # the experiment (3 seeds, 256 prompts) on a 2-core machine
     python bench/motion_lab.py --quick               # 1 seed, 16 prompts, 32 real clips, 3 arms, fewer steps
     python bench/motion_lab.py --extra dpo-k1:loss=dpo,negatives=1   # an ablation arm (repeatable)
 """
@@ -72,9 +72,11 @@ COMMON = dict(batch_size=4, lr_scheduler="constant", negatives=3, neg_steps=SAMP
 # rows per clip and the reference (forward only, ~1/3 of the cost) on 4 more, about 5x an SFT step's 1 row.
 STEPS = 2000  # SFT steps: where the positive control shows its effect clearly
 DPO_STEP_COST = 5
-# base, sft and the recipe run every seed; the ablation arms run the first seed only (on 2 cores a DPO arm costs about
-# 7 minutes, so 3 seeds of all 7 arms do not fit the protocol's budget; `--ablation-seeds 0 1 2` runs them all).
-FULL = dict(seeds=[0, 1, 2], ablation_seeds=[0], prompts=64, real=128, steps=STEPS, arms=list(ARMS))
+# Every arm runs 3 seeds. On 2 cores a DPO run costs 4-7 minutes; `--ablation-seeds 0` runs the arms other than sft and
+# the recipe at the first seed only, the cheaper protocol (wall times of each in docs/lab.md).
+# 256 held-out prompts: on 64 the SFT control's gain ranged from +8 to +33 points between blocks of prompts, so a
+# 64-prompt table could not tell a 10-point effect from none (docs/lab.md, "Results").
+FULL = dict(seeds=[0, 1, 2], ablation_seeds=[0, 1, 2], prompts=256, real=128, steps=STEPS, arms=list(ARMS))
 QUICK = dict(seeds=[0], ablation_seeds=[0], prompts=16, real=32, steps=300, arms=["sft", "dpo", "dpo-raw"])
 # The sweep: the official setting (lr 1e-6, beta 5000, rank 128) and the grid around it, on a validation seed.
 VALIDATION_SEED = 100
@@ -211,7 +213,12 @@ def run_arm(name: str, fields: dict, seed: int, shards: list[str], n_real: int, 
                          "name or another --out")
     if (scores := _current(previous)) is not None:
         return scores
-    t_train, c_train = train_run(run, fields, seed, shards, model, out)
+    # scored at another prompt count: the training is done, only the scoring is new
+    trained = [s for f in run.glob("heldout-*.json") if (s := _saved(f)).get("fields") == fields]
+    if trained and (run / "train" / "lora").is_dir():
+        t_train, c_train = trained[0]["train_seconds"], trained[0]["train_cpu_seconds"]
+    else:
+        t_train, c_train = train_run(run, fields, seed, shards, model, out)
     t0, c0 = time.perf_counter(), time.process_time()
     spec = load_spec(model)
     load_lora(spec, run / "train" / "lora")
@@ -485,8 +492,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sweep", action="store_true", help="choose the DPO arms' lr and beta on the validation seed")
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; --quick: 0)")
     ap.add_argument("--ablation-seeds", type=int, nargs="+", help="training seeds of the arms other than sft and the "
-                    "recipe (default 0)")
-    ap.add_argument("--prompts", type=int, help="held-out prompts (default 64; --quick: 16)")
+                    "recipe (default 0 1 2, those of them in --seeds)")
+    ap.add_argument("--prompts", type=int, help="held-out prompts (default 256; --quick: 16)")
     ap.add_argument("--real", type=int, help="real clips (default 128; --quick: 32)")
     ap.add_argument("--steps", type=int, help=f"SFT steps; the DPO arms run a {DPO_STEP_COST}th of them (default {STEPS}; "
                     f"--quick: {QUICK['steps']})")
