@@ -1,6 +1,6 @@
 """The motion-lab experiment: does RealDPO make the lab model's motion more physical than SFT does?
 
-Protocol (fixed before any arm was run; docs/lab.md, "The experiment"):
+Protocol (fixed before any arm was run but the prompt count, 64 then 256; docs/lab.md, "The experiment"):
 - base model: the committed lab model (realdpo/lab/model), a CogVideoX image-to-video pipeline trained on the web mix
   (`--model DIR` runs the same protocol from another saved lab pipeline, in its own --out);
 - real set: REAL clips of the lab's `real` set (physical only), written as mp4 + caption files and curated with
@@ -72,7 +72,7 @@ COMMON = dict(batch_size=4, lr_scheduler="constant", negatives=3, neg_steps=SAMP
 # rows per clip and the reference (forward only, ~1/3 of the cost) on 4 more, about 5x an SFT step's 1 row.
 STEPS = 2000  # SFT steps: where the positive control shows its effect clearly
 DPO_STEP_COST = 5
-# Every arm runs 3 seeds. On 2 cores a DPO run costs 4-7 minutes; `--ablation-seeds 0` runs the arms other than sft and
+# Every arm runs 3 seeds. On 2 cores a DPO run costs 6-9 minutes; `--ablation-seeds 0` runs the arms other than sft and
 # the recipe at the first seed only, the cheaper protocol (wall times of each in docs/lab.md).
 # 256 held-out prompts: on 64 the SFT control's gain ranged from +8 to +33 points between blocks of prompts, so a
 # 64-prompt table could not tell a 10-point effect from none (docs/lab.md, "Results").
