@@ -20,12 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realdpo.evaluation.intervals import interval  # noqa: E402
+from motion_lab import paired_difference  # noqa: E402
+
 from realdpo.lab.evaluate import generate_videos, heldout_prompts, summarize  # noqa: E402
 from realdpo.lab.model import lab_model_path  # noqa: E402
 from realdpo.lab.tracker import score_video  # noqa: E402
@@ -45,14 +45,6 @@ def parse_setting(text: str) -> tuple[str, int, float]:
     if len(parts) != 3 or sampler not in ("default", "multistep"):
         raise SystemExit(f"Error: {text}: expected SAMPLER:STEPS:GUIDANCE with SAMPLER default or multistep")
     return sampler, steps, guidance
-
-
-def paired_gain(flags: list[int], base: dict) -> dict:
-    """A LoRA's physical rate minus the base's at the same setting (points), prompt by prompt, with the bootstrap
-    interval over prompts."""
-    diffs = [float(a) - float(b) for a, b in zip(flags, base["physical"])]
-    lo, hi = interval(diffs, list(range(len(diffs))))
-    return {"points": 100 * float(np.mean(diffs)), "ci": (100 * lo, 100 * hi)}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -96,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             gain = ""
             if lora is not None:
                 base = rows[settings.index((sampler, steps, guidance))]  # the base's rows come first
-                row["gain"] = paired_gain(row["physical"], base)
+                row["gain"] = paired_difference([(row["physical"], base["physical"])])
                 gain = f" (gain over base {row['gain']['points']:+.1f} [{row['gain']['ci'][0]:+.1f}, " \
                        f"{row['gain']['ci'][1]:+.1f}])"
             rows.append(row)

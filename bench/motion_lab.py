@@ -245,6 +245,17 @@ def _flags(rows: list[dict], key: str) -> tuple[list[float], list[int]]:
     return vals, prompts
 
 
+def paired_difference(pairs: list[tuple[list, list]]) -> dict:
+    """Physical rate of a minus b in points, over (a's flags, b's flags) pairs of the same prompts (one pair per
+    seed), prompt by prompt, with the 95 % bootstrap interval over prompts."""
+    diffs, clusters = [], []
+    for a, b in pairs:
+        diffs += [float(x) - float(y) for x, y in zip(a, b)]
+        clusters += list(range(len(a)))
+    lo, hi = interval(diffs, clusters)
+    return {"points": 100 * float(np.mean(diffs)), "ci": (100 * lo, 100 * hi)}
+
+
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per arm: each metric's mean over seeds (and std), the physical rate and render pass pooled over seeds with a
     95 % bootstrap interval over prompts, and the paired difference in physical rate against base and sft (per
@@ -263,14 +274,10 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
             if ref == name or ref not in results:
                 continue
             ref_rows = {r.get("seed", 0): r for r in results[ref]}
-            diffs, clusters = [], []
-            for r in rows:
-                other = ref_rows.get(r.get("seed", 0), results[ref][0])  # base has one evaluation for every seed
-                a, b = r["per_video"]["physical"], other["per_video"]["physical"]
-                diffs += [float(x) - float(y) for x, y in zip(a, b)]
-                clusters += list(range(len(a)))
-            lo, hi = interval(diffs, clusters)
-            entry[f"vs_{ref}"] = {"points": 100 * float(np.mean(diffs)), "ci": (100 * lo, 100 * hi)}
+            # base has one evaluation for every seed
+            others = [ref_rows.get(r.get("seed", 0), results[ref][0]) for r in rows]
+            entry[f"vs_{ref}"] = paired_difference([(r["per_video"]["physical"], o["per_video"]["physical"])
+                                                    for r, o in zip(rows, others)])
         entry["failed"] = {c: float(np.mean([r["failed"][c] for r in rows])) for c in rows[0]["failed"]}
         health = [r.get("health") or {} for r in rows]
         sat = [h.get("saturated_at") for h in health if h]
